@@ -1,0 +1,238 @@
+//! Configuration: one struct, defaults first, then the environment, checked
+//! at boot with the offending variable named. Secrets are never printed
+//! (`Debug` redacts them) and nothing depends on the working directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::money::Currencies;
+
+#[derive(Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub redis_url: String,
+    /// Prefix of every Redis key we use, so several deployments or test runs
+    /// can share one Redis.
+    pub queue_prefix: String,
+    pub bind_addr: SocketAddr,
+    pub psp_webhook_secrets: Vec<String>,
+    pub psp_base_url: String,
+    pub psp_api_key: Option<String>,
+    pub bootstrap_admin_key: Option<String>,
+    pub currencies: Currencies,
+    pub cors_origins: Vec<String>,
+    /// Requests per second allowed per API key.
+    pub rate_limit_per_sec: u32,
+    pub worker_concurrency: usize,
+    pub worker_name: String,
+    pub saka_timezone: chrono_tz::Tz,
+    pub log_json: bool,
+    pub psp_sim_port: u16,
+    pub psp_sim_webhook_url: String,
+    pub psp_sim_fail_amounts: Vec<String>,
+    /// A `queued` job no worker has started after this long is pushed again.
+    pub job_relay_after: Duration,
+    /// A running job's lease; past it, the relay hands the job to another worker.
+    pub job_timeout: Duration,
+    /// Attempts on infrastructure errors before a job is `dead`.
+    pub job_max_attempts: i32,
+    /// How often the relay runs (seconds, 1..=59).
+    pub relay_every_secs: u32,
+    pub body_limit_bytes: usize,
+    pub proof_max_bytes: usize,
+    pub storage_dir: PathBuf,
+    pub migrate_on_start: bool,
+    pub db_pool_size: u32,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("queue_prefix", &self.queue_prefix)
+            .field("bind_addr", &self.bind_addr)
+            .field("psp_webhook_secrets", &format!("<{} secrets>", self.psp_webhook_secrets.len()))
+            .field("psp_base_url", &self.psp_base_url)
+            .field("bootstrap_admin_key", &self.bootstrap_admin_key.as_ref().map(|_| "<set>"))
+            .field("currencies", &self.currencies)
+            .field("cors_origins", &self.cors_origins)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("worker_concurrency", &self.worker_concurrency)
+            .field("worker_name", &self.worker_name)
+            .field("saka_timezone", &self.saka_timezone)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key, message: message.into() }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let parse_num = |key: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match get(key) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| err(key, format!("`{v}` is not a whole number"))),
+            }
+        };
+        let port = parse_num("PORT", 8080)?;
+        let port = u16::try_from(port).map_err(|_| err("PORT", "out of range"))?;
+        let bind_addr = match get("BIND_ADDR") {
+            Some(v) => v.parse().map_err(|_| err("BIND_ADDR", format!("`{v}` is not host:port")))?,
+            None => SocketAddr::from(([0, 0, 0, 0], port)),
+        };
+        let list = |key: &str| -> Vec<String> {
+            get(key)
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default()
+        };
+        let currencies = match get("CURRENCIES") {
+            Some(v) => Currencies::parse(&v).map_err(|m| err("CURRENCIES", m))?,
+            None => Currencies::default(),
+        };
+        let rate_limit_per_sec = match get("RATE_LIMIT_PER_KEY") {
+            None => 50,
+            Some(v) => parse_rate(&v).ok_or_else(|| err("RATE_LIMIT_PER_KEY", format!("`{v}` is not N/s or N/m")))?,
+        };
+        let saka_timezone = match get("SAKA_TIMEZONE") {
+            None => chrono_tz::UTC,
+            Some(v) => v.parse().map_err(|_| err("SAKA_TIMEZONE", format!("`{v}` is not an IANA time zone")))?,
+        };
+        let log_json = match get("LOG_FORMAT").as_deref() {
+            None | Some("json") => true,
+            Some("pretty") => false,
+            Some(other) => return Err(err("LOG_FORMAT", format!("`{other}` is not json or pretty"))),
+        };
+        let worker_name = get("WORKER_NAME").unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let psp_webhook_secrets = list("PSP_WEBHOOK_SECRETS");
+        if psp_webhook_secrets.iter().any(|s| s.len() < 16) {
+            return Err(err("PSP_WEBHOOK_SECRETS", "every secret must be at least 16 characters"));
+        }
+        let bootstrap_admin_key = get("BOOTSTRAP_ADMIN_KEY");
+        if bootstrap_admin_key.as_ref().is_some_and(|k| k.len() < 24) {
+            return Err(err("BOOTSTRAP_ADMIN_KEY", "must be at least 24 characters"));
+        }
+        let relay_every_secs = parse_num("RELAY_EVERY_SECS", 2)?;
+        if !(1..=59).contains(&relay_every_secs) {
+            return Err(err("RELAY_EVERY_SECS", "must be from 1 to 59"));
+        }
+        let worker_concurrency = parse_num("WORKER_CONCURRENCY", 8)?;
+        if worker_concurrency == 0 {
+            return Err(err("WORKER_CONCURRENCY", "must be at least 1"));
+        }
+        let job_max_attempts = parse_num("JOB_MAX_ATTEMPTS", 5)?;
+        Ok(Self {
+            database_url: get("DATABASE_URL").unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/kobatela".into()),
+            redis_url: get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            queue_prefix: get("QUEUE_PREFIX").unwrap_or_else(|| "kobatela".into()),
+            bind_addr,
+            psp_webhook_secrets,
+            psp_base_url: get("PSP_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8090".into()),
+            psp_api_key: get("PSP_API_KEY"),
+            bootstrap_admin_key,
+            currencies,
+            cors_origins: list("CORS_ORIGINS"),
+            rate_limit_per_sec,
+            worker_concurrency: worker_concurrency as usize,
+            worker_name,
+            saka_timezone,
+            log_json,
+            psp_sim_port: u16::try_from(parse_num("PSP_SIM_PORT", 8090)?).map_err(|_| err("PSP_SIM_PORT", "out of range"))?,
+            psp_sim_webhook_url: get("PSP_SIM_WEBHOOK_URL").unwrap_or_else(|| format!("http://127.0.0.1:{port}/psp/webhook")),
+            psp_sim_fail_amounts: list("PSP_SIM_FAIL_AMOUNTS"),
+            job_relay_after: Duration::from_secs(parse_num("JOB_RELAY_AFTER_SECS", 10)?),
+            job_timeout: Duration::from_secs(parse_num("JOB_TIMEOUT_SECS", 30)?.max(1)),
+            job_max_attempts: i32::try_from(job_max_attempts.clamp(1, 100)).unwrap_or(5),
+            relay_every_secs: relay_every_secs as u32,
+            body_limit_bytes: parse_num("BODY_LIMIT_BYTES", 64 * 1024)? as usize,
+            proof_max_bytes: parse_num("PROOF_MAX_BYTES", 10 * 1024 * 1024)? as usize,
+            storage_dir: PathBuf::from(get("STORAGE_DIR").unwrap_or_else(|| std::env::temp_dir().join("kobatela-proofs").to_string_lossy().into_owned())),
+            migrate_on_start: matches!(get("MIGRATE_ON_START").as_deref(), Some("1" | "true" | "yes")),
+            db_pool_size: u32::try_from(parse_num("DB_POOL_SIZE", 16)?.clamp(1, 200)).unwrap_or(16),
+        })
+    }
+
+    /// The API refuses to start without a webhook secret (no unsigned PSP calls).
+    pub fn require_webhook_secrets(&self) -> Result<(), ConfigError> {
+        if self.psp_webhook_secrets.is_empty() {
+            return Err(err("PSP_WEBHOOK_SECRETS", "required: comma-separated secrets the PSP signs webhooks with"));
+        }
+        Ok(())
+    }
+}
+
+fn parse_rate(text: &str) -> Option<u32> {
+    let (n, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
+    let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+    match unit.trim() {
+        "s" | "sec" | "second" => Some(n),
+        "m" | "min" | "minute" => Some(n.div_ceil(60)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_load() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(c.bind_addr.port(), 8080);
+        assert_eq!(c.rate_limit_per_sec, 50);
+        assert_eq!(c.saka_timezone, chrono_tz::UTC);
+        assert!(c.require_webhook_secrets().is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(load(&[("PORT", "x")]).err().map(|e| e.key), Some("PORT"));
+        assert_eq!(load(&[("SAKA_TIMEZONE", "Mars/Base")]).err().map(|e| e.key), Some("SAKA_TIMEZONE"));
+        assert_eq!(load(&[("RATE_LIMIT_PER_KEY", "fast")]).err().map(|e| e.key), Some("RATE_LIMIT_PER_KEY"));
+        assert_eq!(load(&[("PSP_WEBHOOK_SECRETS", "short")]).err().map(|e| e.key), Some("PSP_WEBHOOK_SECRETS"));
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let c = load(&[
+            ("PSP_WEBHOOK_SECRETS", "supersecretvalue-1234"),
+            ("BOOTSTRAP_ADMIN_KEY", "bootstrap-secret-value-123456"),
+            ("DATABASE_URL", "postgres://u:pw@h/db"),
+        ])
+        .expect("valid");
+        let text = format!("{c:?}");
+        assert!(!text.contains("supersecretvalue"));
+        assert!(!text.contains("bootstrap-secret"));
+        assert!(!text.contains("pw@"));
+    }
+}

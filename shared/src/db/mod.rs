@@ -1,0 +1,98 @@
+//! Database access: the pool, migrations, the one way to open a write
+//! transaction ([`serializable`]) and the mapping of named constraints to
+//! client errors.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rand::Rng;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::error::{Error, ErrorCode, Problem};
+
+/// The sqlx migrations of this repository (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Attempts of one transaction on serialization failures before giving up
+/// (the job then counts an infrastructure attempt).
+const MAX_TX_ATTEMPTS: u32 = 12;
+
+pub async fn connect(url: &str, max: u32) -> Result<PgPool, Error> {
+    let opts: PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts.application_name("kobatela"))
+        .await?;
+    Ok(pool)
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    MIGRATOR.run(pool).await.map_err(|e| Error::internal(format!("migrations: {e}")))
+}
+
+/// Serialization retries, for the metrics.
+pub fn note_retry(kind: &'static str) {
+    metrics::counter!("kobatela_serialization_retries_total", "kind" => kind).increment(1);
+}
+
+/// Runs `f` in one SERIALIZABLE transaction and commits. A serialization
+/// failure or deadlock (40001, 40P01), in any statement or at commit,
+/// restarts the whole transaction after a jittered back-off, a bounded
+/// number of times. `ctx` is handed back to `f` so it can borrow.
+///
+/// `f` decides what to return; an `Err` rolls the transaction back. To
+/// commit while reporting a business refusal, return the refusal inside `Ok`.
+pub async fn serializable<C, T, F>(pool: &PgPool, ctx: &C, mut f: F) -> Result<T, Error>
+where
+    C: ?Sized + Sync,
+    F: for<'c> FnMut(&'c mut PgConnection, &'c C) -> BoxFuture<'c, Result<T, Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").execute(&mut *tx).await?;
+            let value = f(&mut tx, ctx).await?;
+            tx.commit().await?;
+            Ok::<T, Error>(value)
+        }
+        .await;
+        match result {
+            Err(e) if e.is_retryable_conflict() && attempt < MAX_TX_ATTEMPTS => {
+                note_retry("tx");
+                let base = 2u64.pow(attempt.min(6)) ;
+                let jitter = rand::rng().random_range(0..=base * 2);
+                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Maps a unique or check violation on a named constraint to a problem;
+/// anything else passes through untouched.
+pub trait OnConstraint<T> {
+    fn on_constraint(self, name: &str, code: ErrorCode, detail: &str) -> Result<T, Error>;
+}
+
+impl<T> OnConstraint<T> for Result<T, Error> {
+    fn on_constraint(self, name: &str, code: ErrorCode, detail: &str) -> Result<T, Error> {
+        match self {
+            Err(Error::Db(sqlx::Error::Database(db))) if db.constraint() == Some(name) => {
+                Err(Error::Problem(Problem::new(code, detail)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
+    fn on_constraint(self, name: &str, code: ErrorCode, detail: &str) -> Result<T, Error> {
+        self.map_err(Error::from).on_constraint(name, code, detail)
+    }
+}

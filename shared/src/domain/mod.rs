@@ -1,0 +1,32 @@
+//! Domain rules as plain async functions over a connection the caller owns
+//! (a transaction for writes). They never begin or commit.
+
+pub mod api_keys;
+pub mod audit;
+pub mod catalogue;
+pub mod mandates;
+pub mod purchases;
+pub mod users;
+
+use crate::error::{Error, ErrorCode};
+use crate::ids::UserId;
+use sqlx::PgConnection;
+
+/// Refuses with `USER_NOT_FOUND` unless the user exists.
+pub(crate) async fn require_user(conn: &mut PgConnection, id: UserId) -> Result<bool, Error> {
+    let active: Option<bool> = sqlx::query_scalar("SELECT is_active FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    active.ok_or_else(|| Error::not_found(ErrorCode::UserNotFound, "user"))
+}
+
+/// Refuses unless the user exists and is active: an inactive user can
+/// neither act nor receive.
+pub(crate) async fn require_active_user(conn: &mut PgConnection, id: UserId, field: &str) -> Result<(), Error> {
+    if require_user(conn, id).await? {
+        Ok(())
+    } else {
+        Err(Error::problem(ErrorCode::Forbidden, format!("{field} is not an active user")))
+    }
+}

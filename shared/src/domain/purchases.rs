@@ -1,0 +1,199 @@
+//! Purchases (job `purchase`): a beneficiary spends a mandate sealed to
+//! exactly (sender, beneficiary, currency) at an allowed merchant. The
+//! mandate only moves through one guarded UPDATE, so parallel jobs and
+//! replicas can never overspend it.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use crate::domain::audit;
+use crate::domain::mandates::{COLUMNS as MANDATE_COLUMNS, Mandate};
+use crate::error::{Error, ErrorCode, Problem, Result};
+use crate::ids::{CategoryId, JobId, MandateId, MerchantId, PurchaseId, UserId};
+use crate::jobs::Outcome;
+use crate::money::display;
+use crate::principal::{Principal, Role};
+
+/// The `purchase` job payload, version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PurchaseV1 {
+    pub sender_id: UserId,
+    pub beneficiary_id: UserId,
+    pub merchant_id: MerchantId,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub category_id: Option<CategoryId>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Purchase {
+    pub id: PurchaseId,
+    pub sender_id: UserId,
+    pub beneficiary_id: UserId,
+    pub merchant_id: MerchantId,
+    pub category_id: Option<CategoryId>,
+    pub mandate_id: MandateId,
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PurchaseOut {
+    pub id: PurchaseId,
+    pub sender_id: UserId,
+    pub beneficiary_id: UserId,
+    pub merchant_id: MerchantId,
+    pub category_id: Option<CategoryId>,
+    pub mandate_id: MandateId,
+    pub amount: String,
+    pub currency: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub href: String,
+}
+
+impl From<Purchase> for PurchaseOut {
+    fn from(p: Purchase) -> Self {
+        PurchaseOut {
+            href: format!("/spend/purchases/{}", p.id),
+            id: p.id,
+            sender_id: p.sender_id,
+            beneficiary_id: p.beneficiary_id,
+            merchant_id: p.merchant_id,
+            category_id: p.category_id,
+            mandate_id: p.mandate_id,
+            amount: display(p.amount, &p.currency),
+            currency: p.currency,
+            status: p.status,
+            created_at: p.created_at,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, sender_id, beneficiary_id, merchant_id, category_id, mandate_id, amount, currency, status, created_at";
+
+fn refuse(code: ErrorCode, detail: &str) -> Error {
+    Error::Problem(Problem::new(code, detail))
+}
+
+/// Applies DOMAIN.md's purchase rules in order; the first that fails decides.
+pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cmd: &PurchaseV1) -> Result<Outcome> {
+    // 1. The merchant exists.
+    let merchant: Option<(Option<CategoryId>, bool)> = sqlx::query_as("SELECT category_id, is_certified FROM merchants WHERE id = $1")
+        .bind(cmd.merchant_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some((merchant_category, certified)) = merchant else {
+        return Err(refuse(ErrorCode::MerchantNotFound, "merchant not found"));
+    };
+    // 2. The category is the merchant's; a different one is never trusted.
+    if cmd.category_id.is_some() && cmd.category_id != merchant_category {
+        return Err(refuse(ErrorCode::CategoryMismatch, "the category does not match the merchant's category"));
+    }
+    let category = merchant_category;
+    // 3. The mandate sealed to exactly this sender, beneficiary and currency,
+    //    used by that beneficiary (or an admin).
+    if !(who.is_admin() || (who.role == Role::Beneficiary && who.user_id == cmd.beneficiary_id)) {
+        return Err(refuse(ErrorCode::MandateRequired, "only the mandate's beneficiary may spend it"));
+    }
+    let mandate: Option<Mandate> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MANDATE_COLUMNS} FROM mandates
+          WHERE sender_id = $1 AND beneficiary_id = $2 AND currency = $3 AND status = 'ACTIVE'"
+    )))
+    .bind(cmd.sender_id)
+    .bind(cmd.beneficiary_id)
+    .bind(&cmd.currency)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(mandate) = mandate else {
+        return Err(refuse(ErrorCode::MandateRequired, "no active mandate from this sender to this beneficiary in this currency"));
+    };
+    if mandate.expires_at <= Utc::now() {
+        // Expired in this same transaction, kept although the purchase is refused.
+        sqlx::query("UPDATE mandates SET status = 'EXPIRED', updated_at = now() WHERE id = $1 AND status = 'ACTIVE'")
+            .bind(mandate.id)
+            .execute(&mut *conn)
+            .await?;
+        audit::write(conn, &who.actor(), "MANDATE_EXPIRED", "mandate", mandate.id, serde_json::json!({"by": "purchase", "job_id": job_id})).await?;
+        return Ok(Outcome::Refused(Problem::new(ErrorCode::MandateExpired, "the mandate has expired")));
+    }
+    // 4. The mandate's own restrictions.
+    if mandate.allowed_merchant_id.is_some_and(|m| m != cmd.merchant_id) {
+        return Err(refuse(ErrorCode::MandateMerchantForbidden, "the mandate does not allow this merchant"));
+    }
+    if mandate.allowed_category_id.is_some() && mandate.allowed_category_id != category {
+        return Err(refuse(ErrorCode::MandateCategoryForbidden, "the mandate does not allow this category"));
+    }
+    // 5. Usage: a rule for the merchant or its category, or a certified merchant.
+    let allowed: bool = certified
+        || sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM allowed_usage WHERE owner_id = $1 AND (merchant_id = $2 OR ($3::uuid IS NOT NULL AND category_id = $3)))",
+        )
+        .bind(cmd.beneficiary_id)
+        .bind(cmd.merchant_id)
+        .bind(category)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !allowed {
+        return Err(refuse(ErrorCode::UnauthorizedUsage, "the beneficiary may not spend at this merchant"));
+    }
+    // 6. The guarded decrement: never read-modify-write.
+    let after: Option<(Decimal, Decimal, String)> = sqlx::query_as(
+        "UPDATE mandates SET spent_amount = spent_amount + $2,
+                status = CASE WHEN spent_amount + $2 = total_amount THEN 'CONSUMED' ELSE status END,
+                updated_at = now()
+          WHERE id = $1 AND status = 'ACTIVE' AND spent_amount + $2 <= total_amount
+          RETURNING spent_amount, total_amount, status",
+    )
+    .bind(mandate.id)
+    .bind(cmd.amount)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((spent, total, status)) = after else {
+        return Err(refuse(ErrorCode::MandateExhausted, "the mandate's remaining amount is too small"));
+    };
+    // 7. The purchase and its audit.
+    let purchase: Purchase = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO purchases (id, job_id, sender_id, beneficiary_id, merchant_id, category_id, mandate_id, amount, currency, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'COMPLETED') RETURNING {COLUMNS}"
+    )))
+    .bind(PurchaseId::new())
+    .bind(job_id)
+    .bind(cmd.sender_id)
+    .bind(cmd.beneficiary_id)
+    .bind(cmd.merchant_id)
+    .bind(category)
+    .bind(mandate.id)
+    .bind(cmd.amount)
+    .bind(&cmd.currency)
+    .fetch_one(&mut *conn)
+    .await?;
+    let actor = who.actor();
+    let amount = display(cmd.amount, &cmd.currency);
+    audit::write(conn, &actor, "PURCHASE_COMPLETED", "purchase", purchase.id, serde_json::json!({
+        "mandate_id": mandate.id, "merchant_id": cmd.merchant_id, "amount": amount, "currency": cmd.currency, "job_id": job_id,
+    })).await?;
+    audit::write(conn, &actor, "MANDATE_CONSUMED", "mandate", mandate.id, serde_json::json!({
+        "purchase_id": purchase.id, "amount": amount, "spent_amount": display(spent, &cmd.currency),
+        "remaining_amount": display(total - spent, &cmd.currency), "status": status,
+    })).await?;
+    Ok(Outcome::Succeeded(serde_json::to_value(PurchaseOut::from(purchase))?))
+}
+
+/// The parties, support and admin see a purchase.
+pub async fn get_for(conn: &mut PgConnection, id: PurchaseId, who: &Principal) -> Result<PurchaseOut> {
+    let p: Option<Purchase> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM purchases WHERE id = $1 AND ($2 OR sender_id = $3 OR beneficiary_id = $3)"
+    )))
+    .bind(id)
+    .bind(who.reads_all())
+    .bind(who.user_id)
+    .fetch_optional(conn)
+    .await?;
+    p.map(Into::into).ok_or_else(|| Error::not_found(ErrorCode::PurchaseNotFound, "purchase"))
+}

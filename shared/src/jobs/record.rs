@@ -1,0 +1,303 @@
+//! The job row: insert with idempotency, the receipt a client reads, and
+//! the state changes the executor and the relay make.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::{Error, ErrorCode, Problem, Result};
+use crate::ids::{ApiKeyId, JobId, UserId};
+use crate::jobs::JobKind;
+use crate::page::{Page, PageRequest};
+use crate::principal::{Principal, Role};
+
+const COLUMNS: &str = "id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, status, attempts, created_at, started_at, finished_at, result, error";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: JobId,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub actor_user_id: UserId,
+    pub actor_key_id: ApiKeyId,
+    pub actor_role: String,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<Vec<u8>>,
+    pub status: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+}
+
+impl JobRow {
+    pub fn principal(&self) -> Principal {
+        Principal {
+            user_id: self.actor_user_id,
+            key_id: self.actor_key_id,
+            role: Role::parse(&self.actor_role).unwrap_or(Role::Psp),
+        }
+    }
+
+    pub fn job_kind(&self) -> Option<JobKind> {
+        JobKind::parse(&self.kind)
+    }
+
+    /// The payload as the command type of its kind.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.payload.clone()).map_err(|e| Error::internal(format!("job {} payload: {e}", self.id)))
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "succeeded" | "failed" | "dead")
+    }
+
+    pub fn receipt(&self) -> Receipt {
+        Receipt {
+            job_id: self.id,
+            kind: self.kind.clone(),
+            status: self.status.clone(),
+            attempts: self.attempts,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            result: self.result.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// What a client sees of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Receipt {
+    pub job_id: JobId,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+}
+
+pub struct NewJob {
+    pub kind: JobKind,
+    pub payload: serde_json::Value,
+    pub principal: Principal,
+    pub idempotency_key: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(kind: JobKind, payload: &impl Serialize, principal: &Principal, idempotency_key: Option<String>) -> Result<Self> {
+        Ok(Self { kind, payload: serde_json::to_value(payload)?, principal: *principal, idempotency_key })
+    }
+
+    fn request_hash(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(self.kind.as_str().as_bytes());
+        h.update(b"\n");
+        h.update(self.payload.to_string().as_bytes());
+        h.finalize().to_vec()
+    }
+}
+
+/// Inserts the job row. With an idempotency key already used by the same
+/// principal: the same request gives back the original row (`false`), another
+/// request is `IDEMPOTENCY_KEY_REUSED`.
+pub async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<(JobRow, bool)> {
+    let hash = new.request_hash();
+    let inserted: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, pushed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+         ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING {COLUMNS}"
+    )))
+    .bind(JobId::new())
+    .bind(new.kind.as_str())
+    .bind(&new.payload)
+    .bind(new.principal.user_id)
+    .bind(new.principal.key_id)
+    .bind(new.principal.role.as_str())
+    .bind(&new.idempotency_key)
+    .bind(&hash)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = inserted {
+        return Ok((row, true));
+    }
+    let existing: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2"
+    )))
+    .bind(new.principal.user_id)
+    .bind(&new.idempotency_key)
+    .fetch_one(&mut *conn)
+    .await?;
+    if existing.request_hash.as_deref() == Some(hash.as_slice()) {
+        Ok((existing, false))
+    } else {
+        Err(Error::problem(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was already used with another request",
+        ))
+    }
+}
+
+pub async fn get(conn: &mut PgConnection, id: JobId) -> Result<Option<JobRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM jobs WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// A receipt for its creator, support or admin; anyone else gets the same
+/// 404 as for a missing job.
+pub async fn get_for(conn: &mut PgConnection, id: JobId, who: &Principal) -> Result<JobRow> {
+    let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE id = $1 AND ($2 OR actor_user_id = $3)"
+    )))
+    .bind(id)
+    .bind(who.reads_all())
+    .bind(who.user_id)
+    .fetch_optional(conn)
+    .await?;
+    row.ok_or_else(|| Error::not_found(ErrorCode::NotFound, "job"))
+}
+
+pub async fn list(conn: &mut PgConnection, status: Option<&str>, kind: Option<&str>, page: &PageRequest) -> Result<Page<JobRow>> {
+    let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
+           AND id < $3 ORDER BY id DESC LIMIT $4"
+    )))
+    .bind(status)
+    .bind(kind)
+    .bind(page.before())
+    .bind(page.fetch_limit())
+    .fetch_all(conn)
+    .await?;
+    Ok(Page::from_rows(rows, page, |r| r.id.0))
+}
+
+/// Claims a job for this worker, outside the work transaction so that the
+/// receipt shows `running`: only a `queued` job that is due, or a `running`
+/// one whose lease ran out (its worker died), can be claimed.
+pub async fn claim(pool: &PgPool, id: JobId, worker: &str, lease: std::time::Duration) -> Result<Option<JobRow>> {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),
+                locked_by = $2, locked_until = now() + make_interval(secs => $3::float8 / 1000)
+          WHERE id = $1 AND ((status = 'queued' AND next_attempt_at <= now())
+                          OR (status = 'running' AND locked_until < now()))
+          RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(worker)
+    .bind(lease_ms as f64)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Inside the work transaction: locks the row and checks that this claim
+/// (same attempt) still owns it; a relay hand-over in between means another
+/// worker took it and this run must not commit.
+pub async fn still_owned(conn: &mut PgConnection, id: JobId, attempt: i32) -> Result<bool> {
+    let row: Option<(String, i32)> = sqlx::query_as("SELECT status, attempts FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(matches!(row, Some((status, attempts)) if status == "running" && attempts == attempt))
+}
+
+/// Ends a job inside its transaction and wakes receipt waiters.
+pub async fn finish(conn: &mut PgConnection, id: JobId, result: std::result::Result<&serde_json::Value, &Problem>) -> Result<()> {
+    let (status, result, error) = match result {
+        Ok(v) => ("succeeded", Some(v.clone()), None),
+        Err(p) => ("failed", None, Some(p.to_json())),
+    };
+    sqlx::query(
+        "UPDATE jobs SET status = $2, result = $3, error = $4, finished_at = now(), locked_by = NULL, locked_until = NULL
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(result)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify('kobatela_jobs', $1)").bind(id.to_string()).execute(conn).await?;
+    Ok(())
+}
+
+/// After an infrastructure error: back to `queued` with a later
+/// `next_attempt_at` (exponential back-off, the relay pushes it when due), or
+/// `dead` past the last attempt. Returns the new status.
+pub async fn record_failure(pool: &PgPool, id: JobId, attempt: i32, max_attempts: i32, message: &str) -> Result<String> {
+    let backoff_secs = 2f64.powi(attempt.clamp(1, 10)) * (0.75 + rand::random::<f64>() * 0.5);
+    let status: Option<String> = sqlx::query_scalar(
+        "UPDATE jobs SET
+            status = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'queued' END,
+            finished_at = CASE WHEN attempts >= $3 THEN now() ELSE NULL END,
+            error = CASE WHEN attempts >= $3 THEN jsonb_build_object('code', 'INTERNAL', 'status', 500, 'title', 'Internal error', 'detail', 'gave up after repeated infrastructure errors') ELSE NULL END,
+            next_attempt_at = now() + make_interval(secs => $4),
+            last_error = $5, locked_by = NULL, locked_until = NULL
+          WHERE id = $1 AND attempts = $2 AND status = 'running'
+          RETURNING status",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(max_attempts)
+    .bind(backoff_secs)
+    .bind(message)
+    .fetch_optional(pool)
+    .await?;
+    if status.as_deref() == Some("dead") {
+        sqlx::query("SELECT pg_notify('kobatela_jobs', $1)").bind(id.to_string()).execute(pool).await?;
+    }
+    Ok(status.unwrap_or_else(|| "superseded".into()))
+}
+
+/// `POST /jobs/{id}/retry`: a dead job goes back to the queue with fresh attempts.
+pub async fn retry_dead(conn: &mut PgConnection, id: JobId) -> Result<JobRow> {
+    let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET status = 'queued', attempts = 0, next_attempt_at = now(), pushed_at = now(),
+                finished_at = NULL, error = NULL, started_at = NULL
+          WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => Ok(row),
+        None => match get(conn, id).await? {
+            Some(_) => Err(Error::problem(ErrorCode::JobNotDead, "only a dead job can be retried")),
+            None => Err(Error::not_found(ErrorCode::NotFound, "job")),
+        },
+    }
+}
+
+/// The relay's pick: jobs due but not taken. A `queued` job pushed longer
+/// than `after` ago, or due for a retry since its last push, or a `running`
+/// job whose lease ran out. They are marked pushed now and returned.
+pub async fn take_for_relay(pool: &PgPool, after: std::time::Duration, limit: i64) -> Result<Vec<(JobId, String)>> {
+    let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX) as f64;
+    Ok(sqlx::query_as(
+        "UPDATE jobs SET pushed_at = now(),
+                status = CASE WHEN status = 'running' THEN 'queued' ELSE status END,
+                locked_by = NULL, locked_until = NULL
+          WHERE id IN (
+            SELECT id FROM jobs
+             WHERE status IN ('queued', 'running') AND next_attempt_at <= now()
+               AND ((status = 'queued' AND (pushed_at IS NULL OR pushed_at < now() - make_interval(secs => $1 / 1000)
+                                             OR pushed_at < next_attempt_at))
+                 OR (status = 'running' AND locked_until < now()))
+             ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+          RETURNING id, kind",
+    )
+    .bind(after_ms)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

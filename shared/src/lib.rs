@@ -1,0 +1,16 @@
+//! Kobatela's shared library: money and ids, configuration, errors, the
+//! database access, the job contract and the domain rules. Both binaries
+//! (`api` and `worker`) and the tests use it; nothing here knows about HTTP.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod ids;
+pub mod jobs;
+pub mod money;
+pub mod page;
+pub mod principal;
+pub mod telemetry;
+
+pub use error::{Error, ErrorCode, FieldError, Problem, Result};
