@@ -1,1 +1,127 @@
-fn main(){}
+//! `api serve` (default), `api migrate`, `api keys create --user NAME --role ROLE`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kobatela_api::state::AppState;
+use kobatela_api::waiter::JobWaiter;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use shared::config::Config;
+use shared::domain::api_keys;
+use shared::jobs::Queue;
+use shared::principal::Role;
+use shared::{db, telemetry};
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("api: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = Config::from_env()?;
+    telemetry::init(config.log_json);
+    shared::money::install_currencies(config.currencies.clone());
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] | ["serve"] => serve(config).await,
+        ["migrate"] => {
+            let pool = db::connect(&config.database_url, 2).await.context("connecting to Postgres")?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        ["keys", "create", rest @ ..] => {
+            let (mut user, mut role) = (None, None);
+            let mut it = rest.iter();
+            while let Some(flag) = it.next() {
+                match *flag {
+                    "--user" => user = it.next().map(|s| s.to_string()),
+                    "--role" => role = it.next().and_then(|r| Role::parse(r)),
+                    other => bail!("unknown argument {other}; usage: api keys create --user NAME --role ROLE"),
+                }
+            }
+            let (Some(user), Some(role)) = (user, role) else {
+                bail!("usage: api keys create --user NAME --role admin|support|sender|beneficiary|psp");
+            };
+            let pool = db::connect(&config.database_url, 2).await.context("connecting to Postgres")?;
+            let args = (user, role);
+            let key = db::serializable(&pool, &args, |tx, (user, role)| Box::pin(api_keys::create_for_username(tx, user, *role))).await?;
+            println!("created {} key {} for user {} ({})", key.role, key.prefix, user_name(&args.0), key.user_id);
+            println!("{}", key.key);
+            Ok(())
+        }
+        _ => bail!("usage: api [serve] | api migrate | api keys create --user NAME --role ROLE"),
+    }
+}
+
+fn user_name(s: &str) -> &str {
+    s
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    config.require_webhook_secrets()?;
+    let pool = db::connect(&config.database_url, config.db_pool_size).await.context("connecting to Postgres")?;
+    if config.migrate_on_start {
+        db::migrate(&pool).await?;
+    }
+    if let Some(secret) = &config.bootstrap_admin_key {
+        let created = db::serializable(&pool, secret.as_str(), |tx, s| Box::pin(api_keys::bootstrap_admin(tx, s))).await?;
+        if created {
+            tracing::info!("bootstrap admin key installed for user admin");
+        }
+    }
+    let queue = connect_queue(&config).await?;
+    let metrics = PrometheusBuilder::new()
+        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])?
+        .install_recorder()?;
+    let waiter = JobWaiter::start(pool.clone());
+    let addr = config.bind_addr;
+    let state = AppState::new(pool, queue, config, metrics, waiter);
+    let app = kobatela_api::router(state);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, "api listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=10 {
+        match Queue::connect(&config.redis_url, &config.queue_prefix).await {
+            Ok(q) => return Ok(q),
+            Err(e) if attempt < 10 => {
+                tracing::warn!(error = %e, "Redis not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("connecting to Redis"),
+        }
+    }
+    bail!("connecting to Redis")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

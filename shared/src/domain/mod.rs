@@ -6,6 +6,7 @@ pub mod audit;
 pub mod catalogue;
 pub mod mandates;
 pub mod purchases;
+pub mod saka;
 pub mod users;
 
 use crate::error::{Error, ErrorCode};

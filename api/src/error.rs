@@ -1,0 +1,76 @@
+//! The one place errors become HTTP: `application/problem+json` with our
+//! `code`. A 5xx says `INTERNAL` and the request id; the cause goes to the log.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shared::{Error, ErrorCode, FieldError, Problem};
+
+#[derive(Debug)]
+pub enum ApiError {
+    Shared(Error),
+    RateLimited { retry_after_secs: u64 },
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Shared(e)
+    }
+}
+
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        ApiError::Shared(Error::Problem(p))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Shared(Error::Db(e))
+    }
+}
+
+impl ApiError {
+    pub fn problem(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ApiError::Shared(Error::problem(code, detail))
+    }
+
+    pub fn field(code: ErrorCode, field: &str, message: impl Into<String>) -> Self {
+        Problem::fields(code, vec![FieldError::new(field, message)]).into()
+    }
+}
+
+/// Renders a problem body with its status.
+pub fn problem_response(p: &Problem) -> Response {
+    let status = StatusCode::from_u16(p.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut res = (status, p.to_json().to_string()).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    res
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Shared(Error::Problem(p)) => problem_response(&p),
+            ApiError::RateLimited { retry_after_secs } => {
+                let mut res = problem_response(&Problem::new(ErrorCode::RateLimited, "too many requests for this API key"));
+                if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(1).to_string()) {
+                    res.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                res
+            }
+            ApiError::Shared(other) => {
+                // The request id is on the span; the cause chain goes to the log only.
+                tracing::error!(error = %other, "request failed");
+                let code = if matches!(other, Error::Queue(_)) || is_unavailable(&other) { ErrorCode::Unavailable } else { ErrorCode::Internal };
+                let detail = if code == ErrorCode::Unavailable { "a backing service is unavailable; retry later" } else { "internal error; see the request id in X-Request-Id" };
+                problem_response(&Problem::new(code, detail))
+            }
+        }
+    }
+}
+
+fn is_unavailable(e: &Error) -> bool {
+    matches!(e, Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed))
+}

@@ -1,0 +1,16 @@
+//! Extractors: they authenticate, parse and validate at the edge so that
+//! handlers receive trusted types.
+
+pub mod fields;
+pub mod idempotency;
+pub mod path;
+pub mod principal;
+pub mod query;
+pub mod wait;
+
+pub use fields::{Fields, JsonFields};
+pub use idempotency::IdempotencyKey;
+pub use path::IdPath;
+pub use principal::Auth;
+pub use query::QueryMap;
+pub use wait::PreferWait;

@@ -1,0 +1,88 @@
+//! The Kobatela HTTP API: thin handlers over `shared`. It authenticates,
+//! validates, writes job rows and pushes them; it never runs a money rule.
+
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+pub mod submit;
+pub mod waiter;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use shared::{ErrorCode, Problem};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::problem_response;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let config = &state.config;
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok())))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static("idempotency-key"),
+            axum::http::HeaderName::from_static("prefer"),
+            axum::http::HeaderName::from_static("x-api-key"),
+        ]);
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request| {
+            let request_id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %request_id, key_id = tracing::field::Empty)
+        })
+        .on_request(())
+        .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+            tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "request done");
+        });
+    Router::new()
+        .merge(routes::health::router())
+        .merge(routes::users::router())
+        .merge(routes::api_keys::router())
+        .merge(routes::catalogue::router())
+        .merge(routes::mandates::router())
+        .merge(routes::purchases::router())
+        .merge(routes::jobs::router())
+        .merge(routes::audit::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(cors)
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(40)))
+        .layer(CatchPanicLayer::custom(|_| problem_response(&Problem::new(ErrorCode::Internal, "internal error"))))
+        .layer(trace)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    problem_response(&Problem::new(ErrorCode::NotFound, "no such route"))
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    problem_response(&Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route"))
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("kobatela_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("kobatela_http_request_seconds", "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    res
+}

@@ -1,0 +1,47 @@
+//! `/health` (the process is up), `/ready` (Postgres and Redis answer),
+//! `/metrics` (Prometheus text).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use shared::jobs::JobKind;
+
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics))
+}
+
+async fn health() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(s): State<AppState>) -> impl IntoResponse {
+    let pg = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&s.pool).await.is_ok();
+    let redis = s.queue.ping().await.is_ok();
+    let status = if pg && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    (status, Json(json!({"postgres": word(pg), "redis": word(redis)})))
+}
+
+/// Gauges read at scrape time: queue depth per kind and jobs per kind and
+/// status (dead jobs included); counters and histograms come from the
+/// request path.
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    for kind in JobKind::ALL {
+        if let Ok(depth) = s.queue.depth(*kind).await {
+            metrics::gauge!("kobatela_queue_depth", "kind" => kind.as_str()).set(depth as f64);
+        }
+    }
+    let counts: Result<Vec<(String, String, i64)>, _> =
+        sqlx::query_as("SELECT kind, status, count(*) FROM jobs GROUP BY kind, status").fetch_all(&s.pool).await;
+    if let Ok(rows) = counts {
+        for (kind, status, n) in rows {
+            metrics::gauge!("kobatela_jobs", "kind" => kind, "status" => status).set(n as f64);
+        }
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}

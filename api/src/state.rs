@@ -1,0 +1,40 @@
+//! Application state shared by every handler.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use metrics_exporter_prometheus::PrometheusHandle;
+use shared::config::Config;
+use shared::ids::ApiKeyId;
+use shared::jobs::Queue;
+use sqlx::PgPool;
+
+use crate::waiter::JobWaiter;
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub pool: PgPool,
+    pub queue: Queue,
+    pub config: Config,
+    pub metrics: PrometheusHandle,
+    pub limiter: DefaultKeyedRateLimiter<ApiKeyId>,
+    pub waiter: JobWaiter,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, queue: Queue, config: Config, metrics: PrometheusHandle, waiter: JobWaiter) -> Self {
+        let per_sec = NonZeroU32::new(config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
+        let limiter = RateLimiter::keyed(Quota::per_second(per_sec));
+        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter }))
+    }
+}

@@ -1,0 +1,44 @@
+//! Maintenance jobs: the relay (re-push what no worker took in time) and
+//! retention (old cron ticks and finished jobs).
+
+use shared::error::Result;
+use shared::jobs::{JobKind, Outcome, record};
+use sqlx::PgConnection;
+
+use super::Runners;
+
+/// Pushes again every job that is due but was not taken: lost messages
+/// (Redis flushed or restarted), pushes that failed, retries whose back-off
+/// ended, and jobs whose worker died (lease expired). The picked rows are
+/// marked in their own short statement so the push happens outside any
+/// transaction that holds money rows.
+pub async fn relay(r: &Runners, _conn: &mut PgConnection) -> Result<Outcome> {
+    let picked = record::take_for_relay(&r.pool, r.config.job_relay_after, 1000).await?;
+    let mut pushed = 0;
+    for (id, kind) in &picked {
+        let Some(kind) = JobKind::parse(kind) else { continue };
+        match r.queue.push(kind, *id).await {
+            Ok(()) => pushed += 1,
+            Err(e) => tracing::warn!(job_id = %id, error = %e, "relay push failed; next tick retries"),
+        }
+    }
+    if pushed > 0 {
+        tracing::info!(pushed, "relay re-pushed jobs");
+        metrics::counter!("kobatela_relay_pushed_total").increment(pushed);
+    }
+    Ok(Outcome::Succeeded(serde_json::json!({"pushed": pushed})))
+}
+
+/// Old cron ticks go after two days; finished jobs after 30 days (receipts
+/// and idempotency keys live at least 24 h, as promised).
+pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
+    let ticks = sqlx::query("DELETE FROM cron_ticks WHERE claimed_at < now() - interval '2 days'").execute(&mut *conn).await?.rows_affected();
+    let jobs = sqlx::query(
+        "DELETE FROM jobs WHERE status IN ('succeeded', 'failed') AND finished_at < now() - interval '30 days'
+           AND kind IN ('job_relay', 'retention', 'mandate_expiry', 'saka_day_rollover', 'saka_approval_expiry', 'escrow_deadlines')",
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(Outcome::Succeeded(serde_json::json!({"cron_ticks_deleted": ticks, "jobs_deleted": jobs})))
+}

@@ -1,0 +1,38 @@
+//! Runners: the rule each job kind applies inside its transaction. They are
+//! thin: parse the payload, call `shared::domain`, shape the outcome.
+
+mod maintenance;
+
+use futures::future::BoxFuture;
+use shared::config::Config;
+use shared::domain::{mandates, purchases};
+use shared::error::{Error, Result};
+use shared::jobs::{JobKind, JobRow, Outcome, Queue, Runner};
+use sqlx::{PgConnection, PgPool};
+
+pub struct Runners {
+    pub pool: PgPool,
+    pub queue: Queue,
+    pub config: Config,
+}
+
+impl Runner for Runners {
+    fn run<'c>(&'c self, conn: &'c mut PgConnection, job: &'c JobRow) -> BoxFuture<'c, Result<Outcome>> {
+        Box::pin(async move {
+            let who = job.principal();
+            let Some(kind) = job.job_kind() else {
+                return Err(Error::internal(format!("unknown job kind {}", job.kind)));
+            };
+            match kind {
+                JobKind::Purchase => purchases::execute(conn, &who, job.id, &job.payload()?).await,
+                JobKind::MandateExpiry => {
+                    let expired = mandates::expire_due(conn, &who.actor()).await?;
+                    Ok(Outcome::Succeeded(serde_json::json!({"expired": expired})))
+                }
+                JobKind::JobRelay => maintenance::relay(self, conn).await,
+                JobKind::Retention => maintenance::retention(conn).await,
+                other => Err(Error::internal(format!("no runner for job kind {other} in this version"))),
+            }
+        })
+    }
+}
