@@ -44,6 +44,8 @@ pub struct Config {
     pub storage_dir: PathBuf,
     pub migrate_on_start: bool,
     pub db_pool_size: u32,
+    /// Cron expression (with seconds) of the `mandate_expiry` job.
+    pub mandate_expiry_cron: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -173,6 +175,7 @@ impl Config {
             storage_dir: PathBuf::from(get("STORAGE_DIR").unwrap_or_else(|| std::env::temp_dir().join("kobatela-proofs").to_string_lossy().into_owned())),
             migrate_on_start: matches!(get("MIGRATE_ON_START").as_deref(), Some("1" | "true" | "yes")),
             db_pool_size: u32::try_from(parse_num("DB_POOL_SIZE", 16)?.clamp(1, 200)).unwrap_or(16),
+            mandate_expiry_cron: get("MANDATE_EXPIRY_CRON").unwrap_or_else(|| "0 * * * * *".into()),
         })
     }
 

@@ -110,6 +110,8 @@ codes! {
     SakaInsufficient = ("SAKA_INSUFFICIENT", 409, "Not enough SAKA grains"),
     SakaSelfApproval = ("SAKA_SELF_APPROVAL", 403, "The requester cannot approve"),
     SakaDailyCapReached = ("SAKA_DAILY_CAP_REACHED", 409, "Daily manual adjustment cap reached"),
+    SakaAdjustmentNotFound = ("SAKA_ADJUSTMENT_NOT_FOUND", 404, "SAKA adjustment not found"),
+    SakaAdjustmentNotPending = ("SAKA_ADJUSTMENT_NOT_PENDING", 409, "SAKA adjustment is no longer pending approval"),
 }
 
 impl Serialize for ErrorCode {
@@ -277,7 +279,10 @@ mod tests {
         // The spec lives beside the repository (../shared). Codes we added
         // for HTTP plumbing are listed here with the reason they exist.
         let ours = ["METHOD_NOT_ALLOWED", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "UNAVAILABLE",
-            "JOB_NOT_DEAD", "MANDATE_NOT_FOUND", "MANDATE_NOT_ACTIVE", "PURCHASE_NOT_FOUND"];
+            "JOB_NOT_DEAD", "MANDATE_NOT_FOUND", "MANDATE_NOT_ACTIVE", "PURCHASE_NOT_FOUND",
+            // Approving or rejecting an unknown, or an already decided or
+            // expired, manual adjustment.
+            "SAKA_ADJUSTMENT_NOT_FOUND", "SAKA_ADJUSTMENT_NOT_PENDING"];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
         let (Ok(domain), Ok(api)) = (
             std::fs::read_to_string(root.join("DOMAIN.md")),

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod money;
 pub mod page;
 pub mod principal;
+pub mod psp;
 pub mod telemetry;
 
 pub use error::{Error, ErrorCode, FieldError, Problem, Result};

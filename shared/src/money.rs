@@ -195,6 +195,10 @@ impl Grains {
     pub fn checked_add(self, other: Grains) -> Option<Grains> {
         self.0.checked_add(other.0).map(Grains)
     }
+
+    pub fn is_positive(self) -> bool {
+        self.0 > 0
+    }
 }
 
 impl std::fmt::Display for Grains {

@@ -104,7 +104,8 @@ pub async fn create(conn: &mut PgConnection, by: &Principal, new: &NewKey) -> Re
 /// Resolves a presented secret to its principal: unknown, expired, revoked
 /// or inactive-owner keys are all `AUTH_INVALID`.
 pub async fn authenticate(pool: &PgPool, presented: &str) -> Result<Principal> {
-    let row: Option<(ApiKeyId, UserId, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, bool, Option<DateTime<Utc>>)> = sqlx::query_as(
+    type KeyRow = (ApiKeyId, UserId, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, bool, Option<DateTime<Utc>>);
+    let row: Option<KeyRow> = sqlx::query_as(
         "SELECT k.id, k.user_id, k.role, k.expires_at, k.revoked_at, u.is_active, k.last_used_at
            FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1",
     )

@@ -101,17 +101,29 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     if !(who.is_admin() || (who.role == Role::Beneficiary && who.user_id == cmd.beneficiary_id)) {
         return Err(refuse(ErrorCode::MandateRequired, "only the mandate's beneficiary may spend it"));
     }
+    // The ACTIVE mandate of the triple, else its latest one: a mandate used
+    // up by earlier purchases answers MANDATE_EXHAUSTED (the client learns
+    // the money is spent), an expired one MANDATE_EXPIRED; a revoked one or
+    // none at all, MANDATE_REQUIRED.
     let mandate: Option<Mandate> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {MANDATE_COLUMNS} FROM mandates
-          WHERE sender_id = $1 AND beneficiary_id = $2 AND currency = $3 AND status = 'ACTIVE'"
+          WHERE sender_id = $1 AND beneficiary_id = $2 AND currency = $3
+          ORDER BY (status = 'ACTIVE') DESC, id DESC LIMIT 1"
     )))
     .bind(cmd.sender_id)
     .bind(cmd.beneficiary_id)
     .bind(&cmd.currency)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(mandate) = mandate else {
-        return Err(refuse(ErrorCode::MandateRequired, "no active mandate from this sender to this beneficiary in this currency"));
+    let mandate = match mandate {
+        Some(m) if m.status == "ACTIVE" => m,
+        Some(m) if m.status == "CONSUMED" => {
+            return Err(refuse(ErrorCode::MandateExhausted, "the mandate is fully spent"));
+        }
+        Some(m) if m.status == "EXPIRED" => return Err(refuse(ErrorCode::MandateExpired, "the mandate has expired")),
+        _ => {
+            return Err(refuse(ErrorCode::MandateRequired, "no active mandate from this sender to this beneficiary in this currency"));
+        }
     };
     if mandate.expires_at <= Utc::now() {
         // Expired in this same transaction, kept although the purchase is refused.

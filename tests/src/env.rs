@@ -1,0 +1,316 @@
+//! Spawned binaries on a fresh database and Redis prefix.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::process::{Child, Command};
+
+use crate::client::Client;
+
+pub struct EnvOptions {
+    pub workers: usize,
+    pub psp: bool,
+    /// Extra variables for every process (e.g. `RATE_LIMIT_PER_KEY`).
+    pub vars: Vec<(String, String)>,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        Self { workers: 1, psp: false, vars: Vec::new() }
+    }
+}
+
+impl EnvOptions {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    pub fn psp(mut self) -> Self {
+        self.psp = true;
+        self
+    }
+    pub fn var(mut self, k: &str, v: &str) -> Self {
+        self.vars.push((k.to_string(), v.to_string()));
+        self
+    }
+}
+
+pub struct Env {
+    pub name: String,
+    pub db_url: String,
+    server_url: String,
+    pub redis_url: String,
+    pub prefix: String,
+    pub api_url: String,
+    pub psp_url: Option<String>,
+    pub admin_key: String,
+    pub webhook_secret: String,
+    pub pool: PgPool,
+    vars: HashMap<String, String>,
+    api: Option<Child>,
+    psp: Option<Child>,
+    workers: Vec<(String, Child)>,
+    log_dir: PathBuf,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+pub fn bin(name: &str, var: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    target.join("debug").join(name)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn server_url() -> String {
+    std::env::var("KOBATELA_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// `postgres://u@h:p/db?x` with another database name.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map(|(b, q)| (b, Some(q))).unwrap_or((url, None));
+    let base = match base.rfind('/') {
+        Some(i) if i > base.find("://").map(|j| j + 2).unwrap_or(0) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+impl Env {
+    pub async fn start() -> anyhow::Result<Env> {
+        Self::with(EnvOptions::default()).await
+    }
+
+    pub async fn with(opts: EnvOptions) -> anyhow::Result<Env> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("kob_e2e_{}", &id[..12]);
+        let server_url = server_url();
+        let mut admin = PgConnection::connect(&server_url).await.with_context(|| format!("connecting to {server_url}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+        admin.close().await?;
+        let db_url = with_database(&server_url, &name);
+        let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let log_dir = workspace_root().join("target/kobatela-logs/e2e").join(&name);
+        std::fs::create_dir_all(&log_dir)?;
+        let admin_key = format!("kb_admin_{}", uuid::Uuid::new_v4().simple());
+        let webhook_secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
+        let api_port = free_port()?;
+        let mut vars: HashMap<String, String> = [
+            ("DATABASE_URL", db_url.clone()),
+            ("REDIS_URL", redis_url.clone()),
+            ("QUEUE_PREFIX", format!("e2e-{}", &id[..12])),
+            ("PORT", api_port.to_string()),
+            ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
+            ("BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
+            ("PSP_WEBHOOK_SECRETS", webhook_secret.clone()),
+            ("LOG_FORMAT", "json".into()),
+            ("RUST_LOG", "info,sqlx=warn".into()),
+            ("RELAY_EVERY_SECS", "1".into()),
+            ("JOB_RELAY_AFTER_SECS", "3".into()),
+            ("JOB_TIMEOUT_SECS", "10".into()),
+            ("DB_POOL_SIZE", "8".into()),
+            ("RATE_LIMIT_PER_KEY", "1000/s".into()),
+            ("STORAGE_DIR", log_dir.join("storage").to_string_lossy().into_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let psp_port = free_port()?;
+        if opts.psp {
+            vars.insert("PSP_BASE_URL".into(), format!("http://127.0.0.1:{psp_port}"));
+            vars.insert("PSP_SIM_PORT".into(), psp_port.to_string());
+            vars.insert("PSP_SIM_WEBHOOK_URL".into(), format!("http://127.0.0.1:{api_port}/psp/webhook"));
+        }
+        for (k, v) in opts.vars {
+            vars.insert(k, v);
+        }
+        let prefix = vars.get("QUEUE_PREFIX").cloned().unwrap_or_default();
+        let status = Command::new(bin("api", "KOBATELA_API_BIN"))
+            .arg("migrate")
+            .envs(&vars)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .context("running `api migrate` (build the binaries first: cargo build --bins)")?;
+        if !status.success() {
+            bail!("api migrate failed");
+        }
+        let pool = PgPool::connect(&db_url).await?;
+        let mut env = Env {
+            name,
+            db_url,
+            server_url,
+            redis_url,
+            prefix,
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            psp_url: opts.psp.then(|| format!("http://127.0.0.1:{psp_port}")),
+            admin_key,
+            webhook_secret,
+            pool,
+            vars,
+            api: None,
+            psp: None,
+            workers: Vec::new(),
+            log_dir,
+        };
+        env.api = Some(env.spawn("api", &bin("api", "KOBATELA_API_BIN"), &["serve"], &[])?);
+        wait_http(&format!("{}/ready", env.api_url), env.log_dir.join("api.log")).await?;
+        if opts.psp {
+            env.psp = Some(env.spawn("psp-sim", &bin("psp-sim", "KOBATELA_PSP_SIM_BIN"), &[], &[])?);
+            let url = format!("{}/health", env.psp_url.clone().unwrap_or_default());
+            wait_http(&url, env.log_dir.join("psp-sim.log")).await?;
+        }
+        for i in 0..opts.workers {
+            env.start_worker(&format!("w{i}")).await?;
+        }
+        Ok(env)
+    }
+
+    fn spawn(&self, name: &str, path: &Path, args: &[&str], extra: &[(&str, &str)]) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_dir.join(format!("{name}.log")))?;
+        let child = Command::new(path)
+            .args(args)
+            .envs(&self.vars)
+            .envs(extra.iter().copied())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
+        Ok(child)
+    }
+
+    /// Starts a worker replica with a unique name.
+    pub async fn start_worker(&mut self, name: &str) -> anyhow::Result<()> {
+        let worker_name = format!("{}-{name}-{}", self.name, self.workers.len());
+        let child = self.spawn(&format!("worker-{name}"), &bin("worker", "KOBATELA_WORKER_BIN"), &[], &[("WORKER_NAME", &worker_name)])?;
+        self.workers.push((name.to_string(), child));
+        // The worker has no port; give it a moment to register its queues.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    }
+
+    /// SIGKILL: the worker dies without finishing anything.
+    pub async fn kill_worker(&mut self, name: &str) -> anyhow::Result<()> {
+        if let Some(pos) = self.workers.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.workers.remove(pos);
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait: the worker finishes the jobs in hand.
+    pub async fn stop_worker(&mut self, name: &str) -> anyhow::Result<Option<i32>> {
+        if let Some(pos) = self.workers.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.workers.remove(pos);
+            if let Some(pid) = child.id() {
+                Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
+            }
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+            return Ok(status.code());
+        }
+        Ok(None)
+    }
+
+    pub fn admin(&self) -> Client {
+        Client::new(&self.api_url, Some(&self.admin_key))
+    }
+
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.api_url, None)
+    }
+
+    pub fn client(&self, key: &str) -> Client {
+        Client::new(&self.api_url, Some(key))
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.log_dir.join(format!("{name}.log"))
+    }
+
+    pub fn var(&self, k: &str) -> Option<&str> {
+        self.vars.get(k).map(String::as_str)
+    }
+
+    /// Deletes every Redis key of this environment: what `FLUSHALL` does
+    /// to a Redis we do not share with other test runs.
+    pub async fn flush_redis(&self) -> anyhow::Result<u64> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("*{}*", self.prefix)).query_async(&mut conn).await?;
+        let mut deleted = 0;
+        for chunk in keys.chunks(500) {
+            deleted += redis::cmd("DEL").arg(chunk).query_async::<u64>(&mut conn).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Stops every process, drops the database and the Redis keys.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for (_, mut w) in self.workers.drain(..) {
+            let _ = w.kill().await;
+        }
+        if let Some(mut p) = self.psp.take() {
+            let _ = p.kill().await;
+        }
+        if let Some(mut a) = self.api.take() {
+            let _ = a.kill().await;
+        }
+        self.pool.close().await;
+        let _ = self.flush_redis().await;
+        let mut admin = PgConnection::connect(&self.server_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut admin).await?;
+        let _ = std::fs::remove_dir_all(&self.log_dir);
+        Ok(())
+    }
+}
+
+async fn wait_http(url: &str, log: PathBuf) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for _ in 0..150 {
+        if let Ok(r) = http.get(url).timeout(Duration::from_secs(1)).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    bail!("{url} did not answer in 15 s; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+}
+
+/// Polls `check` until it returns `Some` or the time runs out.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("condition not reached within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

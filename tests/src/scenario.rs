@@ -1,0 +1,73 @@
+//! Common set-ups built through the public API only.
+
+use anyhow::{Context, ensure};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::env::Env;
+
+pub struct Person {
+    pub id: String,
+    pub key: String,
+    pub client: Client,
+}
+
+/// Creates a user and an API key with `role` for them.
+pub async fn person(env: &Env, username: &str, role: &str) -> anyhow::Result<Person> {
+    let admin = env.admin();
+    let user = admin.post("/users", json!({"username": username, "email": format!("{username}@example.test")})).await?;
+    ensure!(user.status == 201, "create user {username}: {} {}", user.status, user.text);
+    let id = user.s("id");
+    let key = admin.post("/api-keys", json!({"user_id": id, "role": role, "name": "test"})).await?;
+    ensure!(key.status == 201, "create key: {} {}", key.status, key.text);
+    let key = key.s("key");
+    Ok(Person { id, client: env.client(&key), key })
+}
+
+pub struct Shop {
+    pub sender: Person,
+    pub beneficiary: Person,
+    pub category_id: String,
+    pub merchant_id: String,
+    pub mandate_id: String,
+}
+
+/// A sender, a beneficiary allowed to spend in category FOOD, a merchant in
+/// it, and an ACTIVE mandate of `total` `currency` from sender to beneficiary.
+pub async fn shop(env: &Env, total: &str, currency: &str) -> anyhow::Result<Shop> {
+    let admin = env.admin();
+    let sender = person(env, "alice", "sender").await?;
+    let beneficiary = person(env, "bob", "beneficiary").await?;
+    let cat = admin.post("/spend/categories", json!({"code": "FOOD", "label": "Food"})).await?;
+    ensure!(cat.status == 201, "category: {}", cat.text);
+    let category_id = cat.s("id");
+    let m = admin.post("/spend/merchants", json!({"name": "Marché Central", "category_id": category_id})).await?;
+    ensure!(m.status == 201, "merchant: {}", m.text);
+    let merchant_id = m.s("id");
+    let allow = admin.post("/spend/allow", json!({"owner_id": beneficiary.id, "category_id": category_id})).await?;
+    ensure!(allow.status == 201, "allow: {}", allow.text);
+    let mandate = sender
+        .client
+        .post("/mandates", json!({
+            "sender_id": sender.id, "beneficiary_id": beneficiary.id, "total_amount": total,
+            "currency": currency, "expires_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339(),
+        }))
+        .await?;
+    ensure!(mandate.status == 201, "mandate: {} {}", mandate.status, mandate.text);
+    let mandate_id = mandate.s("id");
+    Ok(Shop { sender, beneficiary, category_id, merchant_id, mandate_id })
+}
+
+impl Shop {
+    pub fn purchase_body(&self, amount: &str, currency: &str) -> serde_json::Value {
+        json!({"sender_id": self.sender.id, "beneficiary_id": self.beneficiary.id, "merchant_id": self.merchant_id,
+               "amount": amount, "currency": currency})
+    }
+
+    pub async fn buy(&self, key: &str, amount: &str) -> anyhow::Result<crate::client::Reply> {
+        let r = self.beneficiary.client.job("/spend/purchases", key, self.purchase_body(amount, "USD"), 20).await?;
+        let id = r.s("job_id");
+        let r = self.beneficiary.client.finished(&id, 30).await.context("waiting for the purchase")?;
+        Ok(r)
+    }
+}
