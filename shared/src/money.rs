@@ -141,6 +141,10 @@ pub fn parse_decimal(field: &str, raw: &AmountIn, decimals: u32) -> Result<Decim
     if value >= amount_ceiling() {
         return Err(bad("is too large".into()));
     }
+    // One spelling per amount ("10" and "10.00" are the same request); the
+    // checks above guarantee this never rounds.
+    let mut value = value.normalize();
+    value.rescale(decimals);
     Ok(value)
 }
 
