@@ -1,0 +1,33 @@
+//! Health, readiness and metrics.
+
+use e2e::scenario::shop;
+use e2e::{Env, EnvOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_and_metrics_answer() -> anyhow::Result<()> {
+    let env = Env::with(EnvOptions::default().workers(1).var("WORKER_METRICS_ADDR", "127.0.0.1:0")).await?;
+    let anon = env.anonymous();
+    let h = anon.get("/health").await?;
+    assert_eq!((h.status, h.s("status").as_str()), (200, "ok"));
+    let r = anon.get("/ready").await?;
+    assert_eq!((r.status, r.s("postgres").as_str(), r.s("redis").as_str()), (200, "ok", "ok"));
+    let shop = shop(&env, "100.00", "USD").await?;
+    let ok = shop.buy("m1", "1.00").await?;
+    assert_eq!(ok.s("status"), "succeeded");
+    let _ = shop.beneficiary.client.job("/spend/purchases", "m2", shop.purchase_body("1000.00", "USD"), 20).await?;
+    let m = anon.get("/metrics").await?;
+    assert_eq!(m.status, 200);
+    for name in [
+        "kobatela_http_requests_total",
+        "kobatela_http_request_seconds",
+        "kobatela_jobs_enqueued_total",
+        "kobatela_queue_depth",
+        "kobatela_jobs{",
+    ] {
+        assert!(m.text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(m.text.contains("status=\"succeeded\"") && m.text.contains("status=\"failed\""));
+    // Every response carries a request id.
+    assert!(h.headers.get("x-request-id").is_some());
+    env.stop().await
+}
