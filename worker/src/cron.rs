@@ -21,11 +21,11 @@ pub struct Schedule {
     pub saka_tz: bool,
 }
 
-pub fn schedules(relay_every_secs: u32) -> Vec<Schedule> {
+pub fn schedules(config: &shared::config::Config) -> Vec<Schedule> {
     let s = |kind, expr: &str, saka_tz| Schedule { kind, expr: expr.to_string(), saka_tz };
     vec![
-        s(JobKind::JobRelay, &format!("*/{relay_every_secs} * * * * *"), false),
-        s(JobKind::MandateExpiry, "0 * * * * *", false),
+        s(JobKind::JobRelay, &format!("*/{} * * * * *", config.relay_every_secs), false),
+        s(JobKind::MandateExpiry, &config.mandate_expiry_cron, false),
         s(JobKind::Retention, "0 17 3 * * *", false),
     ]
 }

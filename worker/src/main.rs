@@ -116,7 +116,7 @@ async fn run() -> anyhow::Result<()> {
                 .build(handle)
         });
     }
-    for schedule in cron::schedules(config.relay_every_secs) {
+    for schedule in cron::schedules(&config) {
         let expr = cron_parse(&schedule.expr)?;
         let job = cron::CronJob { kind: schedule.kind, ctx: ctx.clone() };
         let name = format!("{}.cron.{}", config.worker_name, schedule.kind);
