@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::catalogue::router())
         .merge(routes::mandates::router())
         .merge(routes::purchases::router())
+        .merge(routes::saka::router())
         .merge(routes::jobs::router())
         .merge(routes::audit::router())
         .fallback(not_found)

@@ -7,4 +7,5 @@ pub mod health;
 pub mod jobs;
 pub mod mandates;
 pub mod purchases;
+pub mod saka;
 pub mod users;

@@ -132,7 +132,11 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
             .execute(&mut *conn)
             .await?;
         audit::write(conn, &who.actor(), "MANDATE_EXPIRED", "mandate", mandate.id, serde_json::json!({"by": "purchase", "job_id": job_id})).await?;
-        return Ok(Outcome::Refused(Problem::new(ErrorCode::MandateExpired, "the mandate has expired")));
+        let refusal = Problem::new(ErrorCode::MandateExpired, "the mandate has expired");
+        audit::write(conn, &who.actor(), "PURCHASE_REFUSED", "purchase", job_id, serde_json::json!({
+            "job_id": job_id, "code": refusal.code.as_str(), "detail": refusal.detail, "mandate_id": mandate.id,
+        })).await?;
+        return Ok(Outcome::Refused(refusal));
     }
     // 4. The mandate's own restrictions.
     if mandate.allowed_merchant_id.is_some_and(|m| m != cmd.merchant_id) {

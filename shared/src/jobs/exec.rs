@@ -18,8 +18,9 @@ use crate::ids::JobId;
 use crate::jobs::record::{self, JobRow};
 
 /// What a rule decided. `Refused` keeps the rule's writes (an alert, an
-/// expiry), whereas an `Err(Error::Problem)` from the rule rolls them back
-/// to the savepoint before the refusal is recorded.
+/// expiry) and the rule audits that refusal itself, whereas an
+/// `Err(Error::Problem)` from the rule rolls its writes back to the savepoint
+/// and the executor audits the refusal (`JobKind::refusal_audit`).
 #[derive(Debug)]
 pub enum Outcome {
     Succeeded(serde_json::Value),
@@ -114,30 +115,34 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                     return Ok(TxEnd::Superseded);
                 }
                 sqlx::query("SAVEPOINT rule").execute(&mut *tx).await?;
-                let outcome = runner.run(tx, job).await;
-                let outcome = match outcome {
-                    Ok(o) => o,
-                    Err(Error::Problem(p)) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT rule").execute(&mut *tx).await?;
-                        Outcome::Refused(p)
-                    }
-                    Err(e) => return Err(e),
-                };
-                match outcome {
-                    Outcome::Succeeded(value) => {
+                match runner.run(tx, job).await {
+                    Ok(Outcome::Succeeded(value)) => {
                         record::finish(tx, job.id, Ok(&value)).await?;
                         Ok(TxEnd::Done(value))
                     }
-                    Outcome::Refused(p) => {
-                        let (entity, action) = job.job_kind().map(|k| k.refusal_audit()).unwrap_or(("job", "JOB_REFUSED"));
-                        let data = serde_json::json!({"job_id": job.id, "code": p.code.as_str(), "detail": p.detail, "request": job.payload});
-                        audit::write(tx, &job.principal().actor(), action, entity, job.id, data).await?;
+                    // The rule kept its writes and audited its own refusal.
+                    Ok(Outcome::Refused(p)) => {
                         record::finish(tx, job.id, Err(&p)).await?;
                         Ok(TxEnd::Refused(p))
                     }
+                    // The rule's writes are undone; the refusal is audited here.
+                    Err(Error::Problem(p)) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT rule").execute(&mut *tx).await?;
+                        audit_refusal(tx, job, &p).await?;
+                        record::finish(tx, job.id, Err(&p)).await?;
+                        Ok(TxEnd::Refused(p))
+                    }
+                    Err(e) => Err(e),
                 }
             })
         })
         .await
     }
+}
+
+/// The audit row of a refusal the rule did not keep anything for.
+pub async fn audit_refusal(conn: &mut PgConnection, job: &JobRow, p: &Problem) -> Result<()> {
+    let (entity, action) = job.job_kind().map(|k| k.refusal_audit()).unwrap_or(("job", "JOB_REFUSED"));
+    let data = serde_json::json!({"job_id": job.id, "code": p.code.as_str(), "detail": p.detail, "request": job.payload});
+    audit::write(conn, &job.principal().actor(), action, entity, job.id, data).await
 }
