@@ -1,6 +1,7 @@
 //! Kobatela's shared library: money and ids, configuration, errors, the
 //! database access, the job contract and the domain rules. Both binaries
-//! (`api` and `worker`) and the tests use it; nothing here knows about HTTP.
+//! (`api` and `worker`) and the tests use it. It knows nothing of our own HTTP
+//! API; the only HTTP here is the PSP client (`psp`).
 
 pub mod config;
 pub mod db;
