@@ -156,3 +156,8 @@ CREATE TABLE allowed_payees (
 );
 
 ALTER TABLE payments ADD COLUMN payee_id uuid REFERENCES allowed_payees (id);
+
+-- Jobs a job creates inside its own transaction (payouts after an approval):
+-- the executor pushes them right after the parent commits.
+ALTER TABLE jobs ADD COLUMN parent_job_id uuid;
+CREATE INDEX jobs_parent ON jobs (parent_job_id) WHERE parent_job_id IS NOT NULL;

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use shared::config::Config;
 use shared::ids::ApiKeyId;
 use shared::jobs::Queue;
+use shared::storage::{LocalDirStore, ProofStore};
 use sqlx::PgPool;
 
 use crate::waiter::JobWaiter;
@@ -22,6 +23,7 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     pub limiter: DefaultKeyedRateLimiter<ApiKeyId>,
     pub waiter: JobWaiter,
+    pub store: Arc<dyn ProofStore>,
 }
 
 impl std::ops::Deref for AppState {
@@ -35,6 +37,7 @@ impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config, metrics: PrometheusHandle, waiter: JobWaiter) -> Self {
         let per_sec = NonZeroU32::new(config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::keyed(Quota::per_second(per_sec));
-        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter }))
+        let store: Arc<dyn ProofStore> = Arc::new(LocalDirStore::new(config.storage_dir.clone()));
+        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter, store }))
     }
 }

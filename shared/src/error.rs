@@ -94,6 +94,8 @@ codes! {
     MissingGps = ("MISSING_GPS", 422, "The photo has no GPS position"),
     GeofenceViolation = ("GEOFENCE_VIOLATION", 422, "The photo was taken outside the geofence"),
     ProofUnreadable = ("PROOF_UNREADABLE", 422, "The proof file cannot be read"),
+    PayoutFailed = ("PAYOUT_FAILED", 409, "The PSP refused the payout"),
+    PaymentNotRedrivable = ("PAYMENT_NOT_REDRIVABLE", 409, "Only a PENDING or ERROR payment can be executed again"),
     PayeeAlreadyAllowed = ("PAYEE_ALREADY_ALLOWED", 409, "Payee already allowed"),
     PayeeNotAllowed = ("PAYEE_NOT_ALLOWED", 403, "Payee not allowed"),
     DailyLimitReached = ("DAILY_LIMIT_REACHED", 409, "Daily limit reached"),
@@ -282,7 +284,10 @@ mod tests {
             "JOB_NOT_DEAD", "MANDATE_NOT_FOUND", "MANDATE_NOT_ACTIVE", "PURCHASE_NOT_FOUND",
             // Approving or rejecting an unknown, or an already decided or
             // expired, manual adjustment.
-            "SAKA_ADJUSTMENT_NOT_FOUND", "SAKA_ADJUSTMENT_NOT_PENDING"];
+            "SAKA_ADJUSTMENT_NOT_FOUND", "SAKA_ADJUSTMENT_NOT_PENDING",
+            // A payout the PSP refused (the payment is ERROR, the balance freed);
+            // re-driving a payment that is already SENT or SETTLED.
+            "PAYOUT_FAILED", "PAYMENT_NOT_REDRIVABLE"];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
         let (Ok(domain), Ok(api)) = (
             std::fs::read_to_string(root.join("DOMAIN.md")),

@@ -12,7 +12,9 @@ pub mod jobs;
 pub mod money;
 pub mod page;
 pub mod principal;
+pub mod proofs;
 pub mod psp;
+pub mod storage;
 pub mod telemetry;
 
 pub use error::{Error, ErrorCode, FieldError, Problem, Result};

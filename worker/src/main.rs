@@ -37,6 +37,7 @@ impl WorkerCtx {
         let exec = Executor {
             pool: &self.pool,
             runner: &self.runners,
+            queue: &self.runners.queue,
             worker: &self.config.worker_name,
             lease: self.config.job_timeout,
             max_attempts: self.config.job_max_attempts,
@@ -93,7 +94,13 @@ async fn run() -> anyhow::Result<()> {
     }
     let ctx = Arc::new(WorkerCtx {
         pool: pool.clone(),
-        runners: Runners { pool, queue: queue.clone(), config: config.clone() },
+        runners: Runners {
+            pool,
+            queue: queue.clone(),
+            config: config.clone(),
+            store: Arc::new(shared::storage::LocalDirStore::new(config.storage_dir.clone())),
+            psp: Arc::new(shared::psp::client::HttpPspClient::new(config.psp_base_url.clone(), config.psp_api_key.clone(), Duration::from_secs(10))),
+        },
         slots: Semaphore::new(config.worker_concurrency),
         config: config.clone(),
     });

@@ -3,9 +3,14 @@
 pub mod api_keys;
 pub mod audit;
 pub mod catalogue;
+pub mod escrows;
 pub mod health;
 pub mod jobs;
 pub mod mandates;
+pub mod payments;
+pub mod proofs;
 pub mod purchases;
 pub mod saka;
+pub mod transfers;
 pub mod users;
+pub mod webhooks;

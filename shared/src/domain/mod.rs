@@ -1,13 +1,20 @@
 //! Domain rules as plain async functions over a connection the caller owns
 //! (a transaction for writes). They never begin or commit.
 
+pub mod alerts;
 pub mod api_keys;
 pub mod audit;
 pub mod catalogue;
+pub mod escrows;
 pub mod mandates;
+pub mod payees;
+pub mod payouts;
+pub mod proofs;
 pub mod purchases;
 pub mod saka;
+pub mod transfers;
 pub mod users;
+pub mod webhooks;
 
 use crate::error::{Error, ErrorCode};
 use crate::ids::UserId;

@@ -4,6 +4,13 @@
 //! commit. Serialization failures restart the transaction; a business
 //! refusal commits as `failed`; any other error rolls back and is recorded
 //! as an attempt (back-off, then `dead`).
+//!
+//! A rule that must call the outside world (a payout to the PSP) answers
+//! `Outcome::Continue`: its first transaction commits without ending the
+//! job, the call happens outside any transaction, and a second transaction
+//! records the reply and ends the job. A crash in between leaves the job
+//! `running` with an expired lease; the relay hands it to another worker,
+//! whose first step finds and reuses what the first one reserved.
 
 use std::time::{Duration, Instant};
 
@@ -15,26 +22,40 @@ use crate::db;
 use crate::domain::audit;
 use crate::error::{Error, Problem, Result};
 use crate::ids::JobId;
+use crate::jobs::Queue;
 use crate::jobs::record::{self, JobRow};
 
 /// What a rule decided. `Refused` keeps the rule's writes (an alert, an
 /// expiry) and the rule audits that refusal itself, whereas an
 /// `Err(Error::Problem)` from the rule rolls its writes back to the savepoint
 /// and the executor audits the refusal (`JobKind::refusal_audit`).
+/// `Continue` commits the rule's writes and asks for [`Runner::call`].
 #[derive(Debug)]
 pub enum Outcome {
     Succeeded(serde_json::Value),
     Refused(Problem),
+    Continue(serde_json::Value),
 }
 
 /// Runs the rule of a job inside the job's transaction.
 pub trait Runner: Send + Sync {
     fn run<'c>(&'c self, conn: &'c mut PgConnection, job: &'c JobRow) -> BoxFuture<'c, Result<Outcome>>;
 
-    /// Work after commit (pushing follow-up jobs). Errors are logged; the
-    /// relay delivers anything a failure here left behind.
-    fn after_commit<'c>(&'c self, _job: &'c JobRow, _outcome: &'c serde_json::Value) -> BoxFuture<'c, ()> {
-        Box::pin(async {})
+    /// The outside call after `Outcome::Continue(state)`, in no transaction.
+    /// `Err` is an infrastructure failure (the job is retried).
+    fn call<'c>(&'c self, _job: &'c JobRow, _state: &'c serde_json::Value) -> BoxFuture<'c, Result<serde_json::Value>> {
+        Box::pin(async { Err(Error::internal("this job kind makes no outside call")) })
+    }
+
+    /// Records the call's reply in a second transaction and ends the job.
+    fn complete<'c>(
+        &'c self,
+        _conn: &'c mut PgConnection,
+        _job: &'c JobRow,
+        _state: &'c serde_json::Value,
+        _reply: &'c serde_json::Value,
+    ) -> BoxFuture<'c, Result<Outcome>> {
+        Box::pin(async { Err(Error::internal("this job kind makes no outside call")) })
     }
 }
 
@@ -53,14 +74,16 @@ pub enum Report {
 pub struct Executor<'a, R: Runner + ?Sized> {
     pub pool: &'a PgPool,
     pub runner: &'a R,
+    pub queue: &'a Queue,
     pub worker: &'a str,
     pub lease: Duration,
     pub max_attempts: i32,
 }
 
 enum TxEnd {
-    Done(serde_json::Value),
+    Done,
     Refused(Problem),
+    Continue(serde_json::Value),
     Superseded,
 }
 
@@ -78,20 +101,17 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
 
     async fn run_claimed(&self, job: JobRow) -> Result<Report> {
         let started = Instant::now();
-        let ended = tokio::time::timeout(self.lease, self.transaction(&job)).await;
+        let ended = tokio::time::timeout(self.lease, self.steps(&job)).await;
         let ended = ended.unwrap_or_else(|_| Err(Error::internal("job timed out")));
         let elapsed = started.elapsed().as_secs_f64();
         let kind = job.kind.clone();
         let (report, outcome) = match ended {
-            Ok(TxEnd::Done(value)) => {
-                self.runner.after_commit(&job, &value).await;
-                (Report::Succeeded, "succeeded")
-            }
+            Ok(TxEnd::Done) => (Report::Succeeded, "succeeded"),
             Ok(TxEnd::Refused(p)) => {
                 info!(code = %p.code, detail = %p.detail, "job refused");
                 (Report::Failed(p.code.as_str().to_string()), "failed")
             }
-            Ok(TxEnd::Superseded) => (Report::Superseded, "superseded"),
+            Ok(TxEnd::Superseded) | Ok(TxEnd::Continue(_)) => (Report::Superseded, "superseded"),
             Err(e) => {
                 let message = e.to_string();
                 let status = record::record_failure(self.pool, job.id, job.attempts, self.max_attempts, &message).await?;
@@ -100,6 +120,9 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                 (Report::Errored { status, message }, outcome)
             }
         };
+        if matches!(report, Report::Succeeded | Report::Failed(_)) {
+            self.push_children(&job).await;
+        }
         metrics::counter!("kobatela_jobs_total", "kind" => kind.clone(), "outcome" => outcome).increment(1);
         metrics::histogram!("kobatela_job_seconds", "kind" => kind.clone()).record(elapsed);
         let since_created = (chrono::Utc::now() - job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
@@ -107,24 +130,41 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
         Ok(report)
     }
 
-    async fn transaction(&self, job: &JobRow) -> Result<TxEnd> {
-        let ctx = (job, self.runner);
-        db::serializable(self.pool, &ctx, |tx, (job, runner)| {
+    /// The rule's transaction and, for `Continue`, the call and the second
+    /// transaction.
+    async fn steps(&self, job: &JobRow) -> Result<TxEnd> {
+        let first = self.transaction(job, None).await?;
+        let TxEnd::Continue(state) = first else {
+            return Ok(first);
+        };
+        let reply = self.runner.call(job, &state).await?;
+        self.transaction(job, Some((&state, &reply))).await
+    }
+
+    async fn transaction(&self, job: &JobRow, second: Option<(&serde_json::Value, &serde_json::Value)>) -> Result<TxEnd> {
+        let ctx = (job, self.runner, second);
+        db::serializable(self.pool, &ctx, |tx, (job, runner, second)| {
             Box::pin(async move {
                 if !record::still_owned(tx, job.id, job.attempts).await? {
                     return Ok(TxEnd::Superseded);
                 }
                 sqlx::query("SAVEPOINT rule").execute(&mut *tx).await?;
-                match runner.run(tx, job).await {
+                let outcome = match second {
+                    None => runner.run(tx, job).await,
+                    Some((state, reply)) => runner.complete(tx, job, state, reply).await,
+                };
+                match outcome {
                     Ok(Outcome::Succeeded(value)) => {
                         record::finish(tx, job.id, Ok(&value)).await?;
-                        Ok(TxEnd::Done(value))
+                        Ok(TxEnd::Done)
                     }
                     // The rule kept its writes and audited its own refusal.
                     Ok(Outcome::Refused(p)) => {
                         record::finish(tx, job.id, Err(&p)).await?;
                         Ok(TxEnd::Refused(p))
                     }
+                    Ok(Outcome::Continue(state)) if second.is_none() => Ok(TxEnd::Continue(state)),
+                    Ok(Outcome::Continue(_)) => Err(Error::internal("a job may call out only once")),
                     // The rule's writes are undone; the refusal is audited here.
                     Err(Error::Problem(p)) => {
                         sqlx::query("ROLLBACK TO SAVEPOINT rule").execute(&mut *tx).await?;
@@ -137,6 +177,24 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
             })
         })
         .await
+    }
+
+    /// Pushes the jobs this job created in its transaction (the relay would
+    /// deliver them too, only later).
+    async fn push_children(&self, job: &JobRow) {
+        if !job.job_kind().is_some_and(|k| k.spawns_jobs()) {
+            return;
+        }
+        match record::queued_children(self.pool, job.id).await {
+            Ok(children) => {
+                for (id, kind) in children {
+                    if let Err(e) = self.queue.push(kind, id).await {
+                        warn!(child = %id, error = %e, "push of a follow-up job failed; the relay will deliver it");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list follow-up jobs; the relay will deliver them"),
+        }
     }
 }
 

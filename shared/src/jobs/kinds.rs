@@ -48,6 +48,16 @@ kinds! {
     Retention = "retention" => ("job", "RETENTION_REFUSED"),
 }
 
+impl JobKind {
+    /// Kinds whose rules create follow-up jobs (payouts) in their transaction.
+    pub fn spawns_jobs(self) -> bool {
+        matches!(
+            self,
+            JobKind::EscrowTransition | JobKind::EscrowDeadlines | JobKind::ProofValidation | JobKind::UsageSpend | JobKind::PspWebhook
+        )
+    }
+}
+
 impl std::fmt::Display for JobKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

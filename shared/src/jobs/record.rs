@@ -146,6 +146,26 @@ pub async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<(JobRow, bo
     }
 }
 
+/// Creates a follow-up job inside the parent's transaction, under the
+/// parent's principal, keyed so a re-run of the parent finds the same child.
+pub async fn insert_child(conn: &mut PgConnection, parent: &JobRow, kind: JobKind, payload: &impl Serialize, key: String) -> Result<JobRow> {
+    let new = NewJob::new(kind, payload, &parent.principal(), Some(key))?;
+    let (row, created) = insert(&mut *conn, &new).await?;
+    if created {
+        sqlx::query("UPDATE jobs SET parent_job_id = $2 WHERE id = $1").bind(row.id).bind(parent.id).execute(conn).await?;
+    }
+    Ok(row)
+}
+
+/// The queued children of a job, to push after the parent commits.
+pub async fn queued_children(pool: &PgPool, parent: JobId) -> Result<Vec<(JobId, JobKind)>> {
+    let rows: Vec<(JobId, String)> = sqlx::query_as("SELECT id, kind FROM jobs WHERE parent_job_id = $1 AND status = 'queued'")
+        .bind(parent)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().filter_map(|(id, k)| JobKind::parse(&k).map(|k| (id, k))).collect())
+}
+
 pub async fn get(conn: &mut PgConnection, id: JobId) -> Result<Option<JobRow>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM jobs WHERE id = $1")))
         .bind(id)

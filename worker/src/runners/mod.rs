@@ -5,10 +5,13 @@ mod maintenance;
 
 use futures::future::BoxFuture;
 use shared::config::Config;
-use shared::domain::{mandates, purchases, saka};
+use shared::domain::{escrows, mandates, payees, payouts, proofs, purchases, saka, transfers, webhooks};
 use shared::error::{Error, Result};
 use shared::jobs::{JobKind, JobRow, Outcome, Queue, Runner};
+use shared::psp::client::{PayoutRequest, PspClient, PspError};
+use shared::storage::ProofStore;
 use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
 
 /// The clock of the rules that depend on the date (SAKA days). One place, so
 /// the domain functions take `now` as an argument and tests move it.
@@ -20,6 +23,8 @@ pub struct Runners {
     pub pool: PgPool,
     pub queue: Queue,
     pub config: Config,
+    pub store: Arc<dyn ProofStore>,
+    pub psp: Arc<dyn PspClient>,
 }
 
 impl Runner for Runners {
@@ -46,10 +51,58 @@ impl Runner for Runners {
                     let expired = saka::expire_pending(conn, now()).await?;
                     Ok(Outcome::Succeeded(serde_json::json!({"expired": expired})))
                 }
+                JobKind::Transfer => transfers::execute(conn, &who, job.id, &job.payload()?).await,
+                JobKind::EscrowDeposit => {
+                    let e = escrows::deposit(conn, &who, Some(job.id), None, &job.payload()?).await?;
+                    Ok(Outcome::Succeeded(serde_json::to_value(escrows::full(conn, &e).await?)?))
+                }
+                JobKind::EscrowTransition => escrows::transition(conn, &who, job, &job.payload()?).await,
+                JobKind::EscrowDeadlines => {
+                    let released = escrows::release_due(conn, job).await?;
+                    Ok(Outcome::Succeeded(serde_json::json!({"released": released})))
+                }
+                JobKind::UsageSpend => payees::spend(conn, &who, job, &job.payload()?).await,
+                JobKind::ProofValidation => proofs::run(conn, self.store.as_ref(), job).await,
+                JobKind::Payout => payouts::prepare(conn, &job.payload()?).await,
+                JobKind::PspWebhook => webhooks::apply(conn, &job.payload()?).await,
                 JobKind::JobRelay => maintenance::relay(self, conn).await,
                 JobKind::Retention => maintenance::retention(conn).await,
-                other => Err(Error::internal(format!("no runner for job kind {other} in this version"))),
             }
+        })
+    }
+
+    /// The PSP call of a payout, outside any transaction.
+    fn call<'c>(&'c self, _job: &'c JobRow, state: &'c serde_json::Value) -> BoxFuture<'c, Result<serde_json::Value>> {
+        Box::pin(async move {
+            let state: payouts::CallState = serde_json::from_value(state.clone())?;
+            let req = PayoutRequest {
+                payment_id: state.payment_id.to_string(),
+                amount: state.amount,
+                currency: state.currency,
+                payee_ref: state.recipient,
+                kind: state.kind,
+            };
+            let reply = match self.psp.payout(&req).await {
+                Ok(res) => payouts::CallReply::Accepted { psp_ref: res.psp_ref },
+                Err(PspError::Refused { code, message }) => payouts::CallReply::Refused { code, message },
+                // Unknown outcome: retry the job later with the same payment id.
+                Err(e @ PspError::Transport(_)) => return Err(Error::internal(e)),
+            };
+            Ok(serde_json::to_value(reply)?)
+        })
+    }
+
+    fn complete<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        job: &'c JobRow,
+        state: &'c serde_json::Value,
+        reply: &'c serde_json::Value,
+    ) -> BoxFuture<'c, Result<Outcome>> {
+        Box::pin(async move {
+            let state: payouts::CallState = serde_json::from_value(state.clone())?;
+            let reply: payouts::CallReply = serde_json::from_value(reply.clone())?;
+            payouts::record_reply(conn, &job.principal(), &state, &reply).await
         })
     }
 }

@@ -1,0 +1,184 @@
+//! Escrows, their milestones, deposits, transitions, usage payees and spends.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rust_decimal::Decimal;
+use shared::db;
+use shared::domain::escrows::{self, EscrowDepositV1, EscrowTransitionV1, GeofenceIn, NewEscrow, NewMilestone, TransitionAction};
+use shared::domain::payees::{self, NewPayee, UsageSpendV1};
+use shared::ids::{EscrowId, UserId};
+use shared::jobs::JobKind;
+use shared::money::{AmountIn, parse_decimal};
+use shared::principal::Role;
+use shared::ErrorCode;
+
+use crate::error::ApiResult;
+use crate::extract::fields::got;
+use crate::extract::{Auth, Fields, IdPath, IdempotencyKey, JsonFields, PreferWait};
+use crate::state::AppState;
+use crate::submit::submit;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/escrows", post(create))
+        .route("/escrows/{id}", get(read))
+        .route("/escrows/{id}/milestones", post(add_milestone))
+        .route("/escrows/{id}/deposit", post(deposit))
+        .route("/escrows/{id}/mark-delivered", post(mark_delivered))
+        .route("/escrows/{id}/client-approve", post(client_approve))
+        .route("/escrows/{id}/client-reject", post(client_reject))
+        .route("/escrows/{id}/check-deadline", post(check_deadline))
+        .route("/spend/allowed", post(allow_payee))
+        .route("/spend", post(spend))
+}
+
+/// An amount whose currency is the escrow's, known only to the rule: the
+/// edge checks the shape (positive, at most 2 decimals), the rule checks
+/// the currency's own minor unit.
+fn escrow_amount(f: &mut Fields, name: &str, required: bool) -> Option<Decimal> {
+    let raw: Option<serde_json::Value> = if required { f.req(name) } else { f.opt(name) };
+    let raw = raw?;
+    match parse_decimal(name, &AmountIn(raw), 2) {
+        Ok(v) => Some(v),
+        Err((code, e)) => {
+            f.error(code, &e.field, e.message);
+            None
+        }
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn create(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Sender])?;
+    let client_id = f.req::<UserId>("client_id");
+    let provider_id = f.req::<UserId>("provider_id");
+    let total = f.money("amount_total", "currency", &s.config.currencies);
+    let conditions = f.opt::<serde_json::Value>("release_conditions").unwrap_or_else(|| serde_json::json!({}));
+    if !conditions.is_object() {
+        f.error(ErrorCode::ValidationError, "release_conditions", "must be a JSON object");
+    }
+    let deadline_at = f.req::<chrono::DateTime<chrono::Utc>>("deadline_at");
+    f.finish()?;
+    let new = NewEscrow { client_id: got(client_id)?, provider_id: got(provider_id)?, total: got(total)?, release_conditions: conditions, deadline_at: got(deadline_at)? };
+    let e = db::serializable(&s.pool, &(who, new), |tx, (who, new)| Box::pin(escrows::create(tx, who, new))).await?;
+    Ok((StatusCode::CREATED, Json(e)))
+}
+
+async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<EscrowId>) -> ApiResult<impl IntoResponse> {
+    let mut conn = s.pool.acquire().await?;
+    Ok(Json(escrows::get_for(&mut conn, id, &who).await?))
+}
+
+#[tracing::instrument(skip_all)]
+async fn add_milestone(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<EscrowId>, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Sender])?;
+    let idx = f.req::<i32>("idx");
+    if idx.is_some_and(|i| i < 1) {
+        f.error(ErrorCode::ValidationError, "idx", "milestones are numbered from 1");
+    }
+    let label = f.text("label", 200);
+    let amount = escrow_amount(&mut f, "amount", true);
+    let proof_type: Option<String> = f.req("proof_type");
+    if proof_type.as_deref().is_some_and(|p| p != "PHOTO" && p != "DOCUMENT") {
+        f.error(ErrorCode::ValidationError, "proof_type", "must be PHOTO or DOCUMENT");
+    }
+    let geofence = f.opt::<GeofenceIn>("geofence");
+    if let Some(g) = geofence
+        && !(g.lat.is_finite() && g.lng.is_finite() && (-90.0..=90.0).contains(&g.lat) && (-180.0..=180.0).contains(&g.lng) && g.radius_m > 0.0 && g.radius_m.is_finite())
+    {
+        f.error(ErrorCode::ValidationError, "geofence", "needs lat in [-90, 90], lng in [-180, 180] and radius_m > 0");
+    }
+    f.finish()?;
+    let new = NewMilestone { idx: got(idx)?, label: got(label)?, amount: got(amount)?, proof_type: got(proof_type)?, geofence };
+    let m = db::serializable(&s.pool, &(who, id, new), |tx, (who, id, new)| Box::pin(escrows::add_milestone(tx, who, *id, new))).await?;
+    Ok((StatusCode::CREATED, Json(m)))
+}
+
+async fn deposit(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<EscrowId>,
+    IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Sender])?;
+    let amount = escrow_amount(&mut f, "amount", true);
+    f.finish()?;
+    submit(&s, &who, JobKind::EscrowDeposit, &EscrowDepositV1 { escrow_id: id, amount: got(amount)? }, Some(key), wait).await
+}
+
+async fn transition(s: &AppState, who: &shared::principal::Principal, id: EscrowId, action: TransitionAction, key: String, wait: Option<std::time::Duration>, mut f: Fields) -> ApiResult<axum::response::Response> {
+    let note = f.opt_text("note", 1000);
+    f.finish()?;
+    submit(s, who, JobKind::EscrowTransition, &EscrowTransitionV1 { escrow_id: id, action, note }, Some(key), wait).await
+}
+
+macro_rules! transition_handler {
+    ($name:ident, $action:expr) => {
+        async fn $name(
+            State(s): State<AppState>,
+            Auth(who): Auth,
+            IdPath(id): IdPath<EscrowId>,
+            IdempotencyKey(key): IdempotencyKey,
+            PreferWait(wait): PreferWait,
+            JsonFields(f): JsonFields,
+        ) -> ApiResult<impl IntoResponse> {
+            transition(&s, &who, id, $action, key, wait, f).await
+        }
+    };
+}
+
+transition_handler!(mark_delivered, TransitionAction::MarkDelivered);
+transition_handler!(client_approve, TransitionAction::ClientApprove);
+transition_handler!(client_reject, TransitionAction::ClientReject);
+transition_handler!(check_deadline, TransitionAction::CheckDeadline);
+
+fn limit(f: &mut Fields, name: &str) -> Option<Decimal> {
+    let raw: serde_json::Value = f.opt(name)?;
+    // A limit of zero is allowed (the payee is frozen).
+    if raw == serde_json::json!(0) || raw == serde_json::json!("0") {
+        return Some(Decimal::ZERO);
+    }
+    match parse_decimal(name, &AmountIn(raw), 2) {
+        Ok(v) => Some(v),
+        Err((code, e)) => {
+            f.error(code, &e.field, format!("{} (limits are ≥ 0)", e.message));
+            None
+        }
+    }
+}
+
+async fn allow_payee(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Sender])?;
+    let escrow_id = f.req::<EscrowId>("escrow_id");
+    let payee_ref = f.text("payee_ref", 200);
+    let label = f.text("label", 200);
+    let daily_limit = limit(&mut f, "daily_limit");
+    let total_limit = limit(&mut f, "total_limit");
+    f.finish()?;
+    let new = NewPayee { escrow_id: got(escrow_id)?, payee_ref: got(payee_ref)?, label: got(label)?, daily_limit, total_limit };
+    let p = db::serializable(&s.pool, &(who, new), |tx, (who, new)| Box::pin(payees::allow(tx, who, new))).await?;
+    Ok((StatusCode::CREATED, Json(p)))
+}
+
+async fn spend(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Sender])?;
+    let escrow_id = f.req::<EscrowId>("escrow_id");
+    let payee_ref = f.text("payee_ref", 200);
+    let amount = escrow_amount(&mut f, "amount", true);
+    let note = f.opt_text("note", 1000);
+    f.finish()?;
+    let cmd = UsageSpendV1 { escrow_id: got(escrow_id)?, payee_ref: got(payee_ref)?, amount: got(amount)?, note };
+    submit(&s, &who, JobKind::UsageSpend, &cmd, Some(key), wait).await
+}
+

@@ -1,0 +1,148 @@
+//! Proofs: the multipart upload (the file itself), reads and decisions.
+
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+use shared::db;
+use shared::domain::proofs::{self, Decision, NewProof, ProofValidationV1};
+use shared::ids::{EscrowId, ProofId};
+use shared::jobs::JobKind;
+use shared::principal::Role;
+use shared::{ErrorCode, FieldError, Problem};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::fields::got;
+use crate::extract::{Auth, IdPath, IdempotencyKey, JsonFields, PreferWait};
+use crate::state::AppState;
+use crate::submit::{receipt_response, submit};
+
+pub fn router(max_bytes: usize) -> Router<AppState> {
+    Router::new()
+        // The file plus a few small fields.
+        .route("/proofs", post(upload).layer(DefaultBodyLimit::max(max_bytes + 16 * 1024)))
+        .route("/proofs/{id}", get(read))
+        .route("/proofs/{id}/decision", post(decide))
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    Problem::fields(ErrorCode::ValidationError, vec![FieldError::new(field, message)]).into()
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::problem(ErrorCode::PayloadTooLarge, "the file is larger than the limit")
+    } else {
+        bad("body", format!("not a valid multipart/form-data body: {}", e.body_text()))
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn upload(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Beneficiary])?;
+    let mut multipart = multipart.map_err(|e| ApiError::problem(ErrorCode::UnsupportedMediaType, format!("send multipart/form-data: {e}")))?;
+    let (mut file, mut content_type, mut escrow_id, mut idx, mut source) = (None, None, None, None, None);
+    let mut errors = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "file" => {
+                content_type = field.content_type().map(str::to_string);
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                if bytes.len() > s.config.proof_max_bytes {
+                    return Err(ApiError::problem(ErrorCode::PayloadTooLarge, "the file is larger than PROOF_MAX_BYTES"));
+                }
+                file = Some(bytes);
+            }
+            "escrow_id" | "milestone_idx" | "source" => {
+                let text = field.text().await.map_err(multipart_error)?.trim().to_string();
+                match name.as_str() {
+                    "escrow_id" => match text.parse::<EscrowId>() {
+                        Ok(id) => escrow_id = Some(id),
+                        Err(_) => errors.push(FieldError::new("escrow_id", "must be an id (UUID)")),
+                    },
+                    "milestone_idx" => match text.parse::<i32>() {
+                        Ok(i) if i >= 1 => idx = Some(i),
+                        _ => errors.push(FieldError::new("milestone_idx", "must be a whole number from 1")),
+                    },
+                    _ if text.is_empty() || text.len() > 64 => errors.push(FieldError::new("source", "must be 1 to 64 characters")),
+                    _ => source = Some(text),
+                }
+            }
+            other => errors.push(FieldError::new(other, "is not a known field")),
+        }
+    }
+    for (present, name) in [(file.is_some(), "file"), (escrow_id.is_some(), "escrow_id"), (idx.is_some(), "milestone_idx"), (source.is_some(), "source")] {
+        if !present && !errors.iter().any(|e| e.field == name) {
+            errors.push(FieldError::new(name, "is required"));
+        }
+    }
+    if file.as_ref().is_some_and(|f| f.is_empty()) {
+        errors.push(FieldError::new("file", "is empty"));
+    }
+    if !errors.is_empty() {
+        return Err(Problem::fields(ErrorCode::ValidationError, errors).into());
+    }
+    let file = got(file)?;
+    let sha256 = hex::encode(Sha256::digest(&file));
+    let storage_key = format!("proofs/{}/{sha256}", &sha256[..2]);
+    // Content-addressed: storing the same bytes twice writes the same file.
+    s.store.put(&storage_key, &file).await?;
+    let new = NewProof {
+        escrow_id: got(escrow_id)?,
+        milestone_idx: got(idx)?,
+        source: got(source)?,
+        sha256,
+        storage_key,
+        content_type,
+        size_bytes: file.len() as i64,
+    };
+    let (proof_id, job, created) = db::serializable(&s.pool, &(who, new, key), |tx, (who, new, key)| Box::pin(proofs::submit(tx, who, new, key))).await?;
+    if created && let Err(e) = s.queue.push(JobKind::ProofValidation, job.id).await {
+        tracing::warn!(job_id = %job.id, error = %e, "push to Redis failed; the relay will deliver the job");
+    }
+    let job = match wait {
+        Some(max) if !job.is_terminal() => s.waiter.wait(&s.pool, job.id, &who, max).await?,
+        _ => job,
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("proof_id".into(), serde_json::json!(proof_id));
+    Ok(receipt_response(&job, extra))
+}
+
+async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<ProofId>) -> ApiResult<impl IntoResponse> {
+    let mut conn = s.pool.acquire().await?;
+    Ok(Json(proofs::get_for(&mut conn, id, &who).await?))
+}
+
+async fn decide(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<ProofId>,
+    IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Support, Role::Sender])?;
+    let decision: Option<String> = f.req("decision");
+    let decision = match decision.as_deref() {
+        Some("approve") => Some(Decision::Approve),
+        Some("reject") => Some(Decision::Reject),
+        Some(_) => {
+            f.error(ErrorCode::ValidationError, "decision", "must be approve or reject");
+            None
+        }
+        None => None,
+    };
+    let note = f.opt_text("note", 1000);
+    f.finish()?;
+    let cmd = ProofValidationV1::Decide { proof_id: id, decision: got(decision)?, note };
+    submit(&s, &who, JobKind::ProofValidation, &cmd, Some(key), wait).await
+}
