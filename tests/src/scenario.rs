@@ -71,3 +71,57 @@ impl Shop {
         Ok(r)
     }
 }
+
+pub struct Deal {
+    pub client: Person,
+    pub provider: Person,
+    pub escrow_id: String,
+}
+
+/// A client (sender) and a provider (beneficiary) with a DRAFT escrow of
+/// `total` USD, deadline in 30 days.
+pub async fn deal(env: &Env, total: &str) -> anyhow::Result<Deal> {
+    let client = person(env, "client", "sender").await?;
+    let provider = person(env, "provider", "beneficiary").await?;
+    let e = client
+        .client
+        .post("/escrows", json!({
+            "client_id": client.id, "provider_id": provider.id, "amount_total": total, "currency": "USD",
+            "release_conditions": {"note": "test"}, "deadline_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339(),
+        }))
+        .await?;
+    ensure!(e.status == 201, "escrow: {} {}", e.status, e.text);
+    Ok(Deal { escrow_id: e.s("id"), client, provider })
+}
+
+impl Deal {
+    pub async fn deposit(&self, key: &str, amount: &str) -> anyhow::Result<crate::client::Reply> {
+        self.client.client.job(&format!("/escrows/{}/deposit", self.escrow_id), key, json!({"amount": amount}), 20).await
+    }
+
+    pub async fn milestone(&self, idx: i32, amount: &str, proof_type: &str, geofence: Option<(f64, f64, f64)>) -> anyhow::Result<crate::client::Reply> {
+        let fence = geofence.map(|(lat, lng, r)| json!({"lat": lat, "lng": lng, "radius_m": r}));
+        self.client
+            .client
+            .post(&format!("/escrows/{}/milestones", self.escrow_id), json!({"idx": idx, "label": format!("step {idx}"), "amount": amount, "proof_type": proof_type, "geofence": fence}))
+            .await
+    }
+
+    pub async fn escrow(&self) -> anyhow::Result<crate::client::Reply> {
+        self.client.client.get(&format!("/escrows/{}", self.escrow_id)).await
+    }
+}
+
+/// Posts a webhook signed like the PSP does, with `secret` and `ts`.
+pub async fn webhook(env: &Env, body: &str, event_id: Option<&str>, secret: Option<&str>, ts: i64) -> anyhow::Result<crate::client::Reply> {
+    let ts = ts.to_string();
+    let http = reqwest::Client::new();
+    let mut r = http.post(format!("{}/psp/webhook", env.api_url)).header("content-type", "application/json").header("X-PSP-Timestamp", &ts).body(body.to_string());
+    if let Some(secret) = secret {
+        r = r.header("X-PSP-Signature", shared::psp::signature::sign(secret, &ts, body.as_bytes()));
+    }
+    if let Some(id) = event_id {
+        r = r.header("X-PSP-Event-Id", id);
+    }
+    env.anonymous().send(r).await
+}

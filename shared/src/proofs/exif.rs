@@ -202,7 +202,7 @@ fn ratio(r: Rational) -> Option<f64> {
 
 /// A rational that must be a whole number (hours, minutes).
 fn whole(r: Rational) -> Option<u32> {
-    (r.denom != 0 && r.num % r.denom == 0).then(|| r.num / r.denom)
+    (r.denom != 0 && r.num.is_multiple_of(r.denom)).then(|| r.num / r.denom)
 }
 
 /// Seconds may carry a fraction (`3015/100`); kept to the nanosecond in
@@ -315,9 +315,15 @@ pub(crate) mod testing {
     /// |degrees| as D/1, M/1, S/10000, computed in whole units of 1/10000
     /// arc second so rounding carries instead of writing 60 seconds.
     pub fn dms(value: f64) -> Vec<(u32, u32)> {
-        let units = (value.abs() * 36_000_000.0).round() as u32;
+        // u64: 180° is 6.48e9 units, past u32.
+        let units = (value.abs() * 36_000_000.0).round() as u64;
         let (d, rest) = (units / 36_000_000, units % 36_000_000);
-        vec![(d, 1), (rest / 600_000, 1), (rest % 600_000, 10_000)]
+        let part = |n: u64| u32::try_from(n).expect("a part fits in u32");
+        vec![
+            (part(d), 1),
+            (part(rest / 600_000), 1),
+            (part(rest % 600_000), 10_000),
+        ]
     }
 
     /// GPS position fields with N/S and E/W references.
