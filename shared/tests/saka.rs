@@ -51,6 +51,7 @@ fn code(r: &shared::Result<Outcome>) -> Option<ErrorCode> {
     match r {
         Ok(Outcome::Succeeded(_)) => None,
         Ok(Outcome::Refused(p)) => Some(p.code),
+        Ok(Outcome::Continue(_)) => panic!("SAKA rules make no outside call"),
         Err(Error::Problem(p)) => Some(p.code),
         Err(e) => panic!("infrastructure error: {e}"),
     }
@@ -60,6 +61,7 @@ fn result(r: shared::Result<Outcome>) -> serde_json::Value {
     match r {
         Ok(Outcome::Succeeded(v)) => v,
         Ok(Outcome::Refused(p)) => panic!("refused: {p}"),
+        Ok(Outcome::Continue(_)) => panic!("SAKA rules make no outside call"),
         Err(e) => panic!("error: {e}"),
     }
 }

@@ -96,6 +96,21 @@ impl Client {
         self.send(r).await
     }
 
+    /// `POST /proofs` as multipart/form-data with the file itself.
+    pub async fn upload_proof(&self, key: &str, escrow_id: &str, idx: i32, source: &str, file: Vec<u8>, wait: u32) -> anyhow::Result<Reply> {
+        let part = reqwest::multipart::Part::bytes(file).file_name("proof.jpg").mime_str("image/jpeg")?;
+        let form = reqwest::multipart::Form::new()
+            .text("escrow_id", escrow_id.to_string())
+            .text("milestone_idx", idx.to_string())
+            .text("source", source.to_string())
+            .part("file", part);
+        let mut r = self.req(reqwest::Method::POST, "/proofs").header("Idempotency-Key", key).multipart(form);
+        if wait > 0 {
+            r = r.header("Prefer", format!("wait={wait}"));
+        }
+        self.send(r).await
+    }
+
     /// Reads a receipt, waiting up to `wait` seconds for it to end.
     pub async fn receipt(&self, job_id: &str, wait: u32) -> anyhow::Result<Reply> {
         let mut r = self.req(reqwest::Method::GET, &format!("/jobs/{job_id}"));

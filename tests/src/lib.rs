@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod env;
+pub mod jpeg;
 pub mod scenario;
 
 pub use client::{Client, Reply};

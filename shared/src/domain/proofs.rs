@@ -163,6 +163,11 @@ pub async fn submit(conn: &mut PgConnection, who: &Principal, new: &NewProof, id
     if !(who.is_admin() || who.user_id == e.provider_id) {
         return Err(refuse(ErrorCode::Forbidden, "only the escrow's provider or an admin uploads proofs"));
     }
+    // DOMAIN.md's order: the file first (a file already used), then the milestone.
+    let used: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM proofs WHERE sha256 = $1)").bind(&new.sha256).fetch_one(&mut *conn).await?;
+    if used {
+        return Err(refuse(ErrorCode::ProofDuplicate, "this file was already used as a proof"));
+    }
     if !matches!(e.status.as_str(), "FUNDED" | "RELEASABLE") {
         return Err(refuse(ErrorCode::EscrowNotActive, format!("proofs are taken for a FUNDED or RELEASABLE escrow, not {}", e.status)));
     }
