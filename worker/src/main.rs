@@ -99,7 +99,7 @@ async fn run() -> anyhow::Result<()> {
             queue: queue.clone(),
             config: config.clone(),
             store: Arc::new(shared::storage::LocalDirStore::new(config.storage_dir.clone())),
-            psp: Arc::new(shared::psp::client::HttpPspClient::new(config.psp_base_url.clone(), config.psp_api_key.clone(), Duration::from_secs(10))),
+            psp: Arc::new(shared::psp::client::HttpPspClient::new(config.psp_base_url.clone(), config.psp_api_key.clone(), Duration::from_secs(5))),
         },
         slots: Semaphore::new(config.worker_concurrency),
         config: config.clone(),

@@ -6,9 +6,15 @@
 //! of every job. Each step states what it must get back, and the demo stops
 //! at the first step that gets something else ("expected … got …").
 //!
+//! The scenes: a sealed mandate spent at a merchant; an escrow paid on
+//! photo proofs (real JPEG files with EXIF GPS, uploaded as multipart, one
+//! outside the geofence; payouts through `psp-sim`, settled by its signed
+//! webhooks, polled until the escrow is RELEASED); SAKA grains (harvest
+//! limit, an adjustment approved by a second admin, the daily cap).
+//!
 //! A scene is a list of [`Step`]s; values a step saves (`alice.id`) fill the
-//! `{alice.id}` placeholders of later paths and bodies. Later scenes
-//! (escrows, SAKA) go in [`scenes`].
+//! `{alice.id}` placeholders of later paths, bodies and expected values.
+//! Scenes go in [`scenes`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,7 +36,11 @@ const JOB_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The scenes, in order.
 fn scenes() -> Vec<Scene> {
-    vec![mandates_and_purchases()]
+    vec![
+        mandates_and_purchases(),
+        escrow_with_photo_proofs(),
+        saka_grains(),
+    ]
 }
 
 fn mandates_and_purchases() -> Scene {
@@ -103,6 +113,221 @@ fn mandates_and_purchases() -> Scene {
     }
 }
 
+/// The building site of the escrow scene: Abidjan's Plateau, and the radius
+/// of both milestones' geofence.
+const SITE_LAT: f64 = 5.3200;
+const SITE_LNG: f64 = -4.0170;
+const SITE_RADIUS_M: f64 = 150.0;
+/// Metres per degree of latitude on the 6,371 km sphere the API uses.
+const METRES_PER_DEGREE: f64 = 6_371_000.0 * std::f64::consts::PI / 180.0;
+/// How long a polling step may wait for its fields, and how often it looks.
+const POLL_DEADLINE: Duration = Duration::from_secs(40);
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+fn escrow_with_photo_proofs() -> Scene {
+    let fence = json!({"lat": SITE_LAT, "lng": SITE_LNG, "radius_m": SITE_RADIUS_M});
+    let milestone = |idx: u32, label: &str, amount: &str| json!({"idx": idx, "label": label, "amount": amount, "proof_type": "PHOTO", "geofence": fence});
+    let upload = |milestone_idx, photo| Upload {
+        escrow: "{escrow.id}",
+        milestone_idx,
+        source: "camera",
+        photo,
+    };
+    Scene {
+        title: "An escrow paid on photo proofs: alice hires bob for 300.00 USD, two fenced milestones on a site in Abidjan",
+        steps: vec![
+            Step::post(
+                "alice opens an escrow of 300.00 USD for bob",
+                "alice.key",
+                "/escrows",
+                json!({
+                    "client_id": "{alice.id}", "provider_id": "{bob.id}", "amount_total": "300.00",
+                    "currency": "USD", "release_conditions": {"milestones": "a geotagged photo of each"},
+                    "deadline_at": "{in_30_days}",
+                }),
+            )
+            .field("/status", "DRAFT")
+            .save("escrow.id", "/id"),
+            Step::post(
+                "alice adds milestone 1: foundations, 120.00, PHOTO",
+                "alice.key",
+                "/escrows/{escrow.id}/milestones",
+                milestone(1, "foundations", "120.00"),
+            )
+            .field("/status", "WAITING"),
+            Step::post(
+                "alice adds milestone 2: roof, 180.00, PHOTO",
+                "alice.key",
+                "/escrows/{escrow.id}/milestones",
+                milestone(2, "roof", "180.00"),
+            )
+            .field("/status", "WAITING"),
+            Step::job(
+                "alice deposits 300.00",
+                "alice.key",
+                "/escrows/{escrow.id}/deposit",
+                json!({"amount": "300.00"}),
+            )
+            .field("/result/status", "FUNDED")
+            .field("/result/balance", "300.00"),
+            Step::upload(
+                "bob uploads a photo of the foundations",
+                "bob.key",
+                upload(1, Photo { seed: 1, north_m: 40.0, minutes_ago: 10 }),
+            )
+            .field("/result/status", "APPROVED")
+            .save("proof1.id", "/proof_id"),
+            Step::get("alice reads the proof", "alice.key", "/proofs/{proof1.id}")
+                .field("/status", "APPROVED"),
+            Step::poll(
+                "the simulator's webhook settles the payout of 120.00",
+                "alice.key",
+                "/escrows/{escrow.id}",
+            )
+            .field("/milestones/0/status", "PAID")
+            .field("/payments/0/status", "SETTLED")
+            .field("/paid_amount", "120.00")
+            .watch("/status")
+            .save("payment1.id", "/payments/0/id"),
+            Step::get("bob reads his payment", "bob.key", "/payments/{payment1.id}")
+                .field("/status", "SETTLED")
+                .field("/amount", "120.00"),
+            Step::upload(
+                "bob uploads a roof photo taken 1 km away",
+                "bob.key",
+                upload(2, Photo { seed: 2, north_m: 1_000.0, minutes_ago: 8 }),
+            )
+            .expect(Expect::Failed("GEOFENCE_VIOLATION"))
+            .save("proof2.id", "/proof_id"),
+            Step::get("alice reads the rejected proof", "alice.key", "/proofs/{proof2.id}")
+                .field("/status", "REJECTED")
+                .field("/rejection_code", "GEOFENCE_VIOLATION"),
+            Step::get("milestone 2 still waits for a proof", "alice.key", "/escrows/{escrow.id}")
+                .field("/status", "FUNDED")
+                .field("/milestones/1/status", "WAITING")
+                .field("/balance", "180.00"),
+            Step::upload(
+                "bob uploads a roof photo taken on the site",
+                "bob.key",
+                upload(2, Photo { seed: 3, north_m: -35.0, minutes_ago: 5 }),
+            )
+            .field("/result/status", "APPROVED"),
+            Step::poll(
+                "the second payout settles and the escrow is RELEASED",
+                "alice.key",
+                "/escrows/{escrow.id}",
+            )
+            .field("/status", "RELEASED")
+            .field("/milestones/1/status", "PAID")
+            .field("/payments/1/status", "SETTLED")
+            .field("/paid_amount", "300.00")
+            .field("/balance", "0.00"),
+            Step::sim_get("psp-sim: its signed webhooks, both delivered", "/sim/webhooks")
+                .field("/0/type", "payment.settled")
+                .field("/0/delivered", "true")
+                .field("/1/type", "payment.settled")
+                .field("/1/delivered", "true"),
+        ],
+    }
+}
+
+fn saka_grains() -> Scene {
+    let harvest = || json!({"user_id": "{bob.id}", "reason": "CONTENT_READ"});
+    let adjust =
+        |amount: u32, note: &str| json!({"user_id": "{bob.id}", "amount": amount, "note": note});
+    Scene {
+        title: "SAKA grains: bob harvests to the daily limit, a large adjustment needs a second admin, the daily cap holds",
+        steps: vec![
+            Step::post(
+                "admin creates user root2",
+                "admin.key",
+                "/users",
+                json!({"username": "root2", "email": "root2@example.com"}),
+            )
+            .save("root2.id", "/id"),
+            Step::post(
+                "admin gives root2 an admin key",
+                "admin.key",
+                "/api-keys",
+                json!({"user_id": "{root2.id}", "role": "admin", "name": "demo second admin"}),
+            )
+            .save("root2.key", "/key"),
+            Step::job(
+                "admin harvests CONTENT_READ for bob (1 of 3)",
+                "admin.key",
+                "/saka/harvest",
+                harvest(),
+            )
+            .field("/result/amount", "10"),
+            Step::job(
+                "admin harvests CONTENT_READ for bob (2 of 3)",
+                "admin.key",
+                "/saka/harvest",
+                harvest(),
+            )
+            .field("/result/amount", "10"),
+            Step::job(
+                "admin harvests CONTENT_READ for bob (3 of 3)",
+                "admin.key",
+                "/saka/harvest",
+                harvest(),
+            )
+            .field("/result/amount", "10"),
+            Step::job(
+                "a 4th CONTENT_READ today credits nothing",
+                "admin.key",
+                "/saka/harvest",
+                harvest(),
+            )
+            .field("/result/credited", "0")
+            .field("/result/reason", "DAILY_LIMIT"),
+            Step::get("bob reads his wallet", "bob.key", "/saka/wallets/{bob.id}")
+                .field("/balance", "30")
+                .field("/total_harvested", "30"),
+            Step::job(
+                "admin grants bob 600: above 500, pending",
+                "admin.key",
+                "/saka/adjustments",
+                adjust(600, "community award"),
+            )
+            .field("/result/status", "PENDING_APPROVAL")
+            .save("adjustment.id", "/result/id"),
+            Step::job(
+                "admin tries to approve their own request",
+                "admin.key",
+                "/saka/adjustments/{adjustment.id}/approve",
+                json!({}),
+            )
+            .expect(Expect::Refused(&["SAKA_SELF_APPROVAL"])),
+            Step::job(
+                "root2 approves the 600",
+                "root2.key",
+                "/saka/adjustments/{adjustment.id}/approve",
+                json!({}),
+            )
+            .field("/result/status", "APPLIED")
+            .field("/result/approved_by", "{root2.id}"),
+            Step::job(
+                "admin grants bob 500 more: 1,100 today",
+                "admin.key",
+                "/saka/adjustments",
+                adjust(500, "bonus"),
+            )
+            .expect(Expect::Failed("SAKA_DAILY_CAP_REACHED")),
+            Step::job(
+                "admin grants bob 400: exactly the cap",
+                "admin.key",
+                "/saka/adjustments",
+                adjust(400, "bonus"),
+            )
+            .field("/result/status", "APPLIED"),
+            Step::get("bob reads his wallet", "bob.key", "/saka/wallets/{bob.id}")
+                .field("/balance", "1030")
+                .field("/manual_adjust_today", "1000"),
+        ],
+    }
+}
+
 pub struct Scene {
     title: &'static str,
     steps: Vec<Step>,
@@ -122,21 +347,85 @@ enum Expect {
     Refused(&'static [&'static str]),
 }
 
-/// One HTTP call of a scene. Strings in `path` and `body` may hold
-/// `{name}` placeholders for values saved by earlier steps.
+/// Who a step talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// The API, with the step's key.
+    Api,
+    /// The PSP simulator's own `/sim/*` views, without a key.
+    PspSim,
+}
+
+/// A proof upload: `POST /proofs` as multipart/form-data with a real JPEG
+/// made when the step runs (its EXIF GPS time is relative to now).
+#[derive(Clone, Copy, Debug)]
+struct Upload {
+    /// The escrow id, as a template (`{escrow.id}`).
+    escrow: &'static str,
+    milestone_idx: u32,
+    source: &'static str,
+    photo: Photo,
+}
+
+/// Where and when the photo of an upload was taken, for its EXIF.
+#[derive(Clone, Copy, Debug)]
+struct Photo {
+    /// Makes each file distinct (the API refuses a file used twice).
+    seed: u64,
+    /// Metres north (negative: south) of the site's centre.
+    north_m: f64,
+    /// Minutes before the upload, in the EXIF GPS time (UTC).
+    minutes_ago: i64,
+}
+
+impl Photo {
+    /// The JPEG file and one line saying what its EXIF holds.
+    fn file(&self, now: chrono::DateTime<chrono::Utc>) -> (Vec<u8>, String) {
+        let (lat, lng) = (SITE_LAT + self.north_m / METRES_PER_DEGREE, SITE_LNG);
+        let taken = now - chrono::Duration::minutes(self.minutes_ago);
+        let file = e2e::jpeg::jpeg(&e2e::jpeg::PhotoSpec {
+            gps: Some((lat, lng)),
+            gps_time: Some(taken),
+            original: None,
+            seed: self.seed,
+        });
+        let about = format!(
+            "JPEG of {} bytes, EXIF GPS {lat:.6}, {lng:.6} ({:.0} m {} of the fence centre, radius {SITE_RADIUS_M:.0} m), GPS time {} ({} min ago)",
+            file.len(),
+            self.north_m.abs(),
+            if self.north_m < 0.0 { "south" } else { "north" },
+            taken.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.minutes_ago,
+        );
+        (file, about)
+    }
+}
+
+/// One HTTP call of a scene. Strings in `path`, `body`, the upload's
+/// escrow and the expected field values may hold `{name}` placeholders for
+/// values saved by earlier steps.
 pub struct Step {
     title: &'static str,
-    /// The saved value holding the API key to call with.
+    /// The saved value holding the API key to call with (unused for the
+    /// simulator).
     key: &'static str,
+    target: Target,
     method: Method,
     path: &'static str,
     body: Option<Value>,
+    /// A proof upload instead of a JSON body.
+    upload: Option<Upload>,
     /// A job endpoint: sent with `Idempotency-Key` and `Prefer: wait=10`,
     /// its receipt followed until the job ends.
     job: bool,
+    /// A GET repeated until the fields hold (or [`POLL_DEADLINE`] passes),
+    /// for what settles later, like a payout through the PSP's webhook.
+    poll: bool,
     expect: Expect,
     /// JSON pointer and the value it must hold (in the receipt for a job).
     fields: Vec<(&'static str, &'static str)>,
+    /// More JSON pointers a polling step shows while it waits.
+    watch: Vec<&'static str>,
     /// Name and JSON pointer of values to keep for later steps.
     save: Vec<(&'static str, &'static str)>,
 }
@@ -146,12 +435,16 @@ impl Step {
         Self {
             title,
             key,
+            target: Target::Api,
             method: Method::POST,
             path,
             body: Some(body),
+            upload: None,
             job: false,
+            poll: false,
             expect: Expect::Status(201),
             fields: Vec::new(),
+            watch: Vec::new(),
             save: Vec::new(),
         }
     }
@@ -171,6 +464,36 @@ impl Step {
             expect: Expect::Succeeded,
             ..Self::post(title, key, path, body)
         }
+    }
+
+    /// A proof upload, a job.
+    fn upload(title: &'static str, key: &'static str, upload: Upload) -> Self {
+        Self {
+            body: None,
+            upload: Some(upload),
+            ..Self::job(title, key, "/proofs", Value::Null)
+        }
+    }
+
+    /// A GET repeated until its fields hold.
+    fn poll(title: &'static str, key: &'static str, path: &'static str) -> Self {
+        Self {
+            poll: true,
+            ..Self::get(title, key, path)
+        }
+    }
+
+    /// A GET of the PSP simulator's own views.
+    fn sim_get(title: &'static str, path: &'static str) -> Self {
+        Self {
+            target: Target::PspSim,
+            ..Self::get(title, "", path)
+        }
+    }
+
+    fn watch(mut self, pointer: &'static str) -> Self {
+        self.watch.push(pointer);
+        self
     }
 
     fn expect(mut self, expect: Expect) -> Self {
@@ -409,6 +732,7 @@ fn pid_text(proc: &Proc) -> String {
 struct Walk {
     http: reqwest::Client,
     base: String,
+    psp_base: String,
     run: String,
     vars: HashMap<String, String>,
     count: usize,
@@ -437,6 +761,7 @@ impl Walk {
         Ok(Self {
             http,
             base: setup.api_base.clone(),
+            psp_base: format!("http://127.0.0.1:{}", setup.psp_port),
             run: setup.queue_prefix.clone(),
             vars,
             count: 0,
@@ -447,46 +772,77 @@ impl Walk {
         self.count += 1;
         let n = self.count;
         let path = self.fill(step.path)?;
-        let body = step.body.as_ref().map(|b| self.fill_json(b)).transpose()?;
-        let key = self.var(step.key)?.to_string();
-        let mut request = self
-            .http
-            .request(step.method.clone(), format!("{}{path}", self.base))
-            .bearer_auth(&key);
-        if step.job {
-            request = request
-                .header("Idempotency-Key", format!("{}-step-{n}", self.run))
-                .header("Prefer", "wait=10");
-        }
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let mut answer = self
-            .send(request)
-            .await
-            .with_context(|| format!("step {n} ({}): {} {path}", step.title, step.method))?;
-        if step.job && is_receipt(&answer.body) {
-            answer = self
-                .follow(answer, &key)
-                .await
-                .with_context(|| format!("step {n} ({}): following the job", step.title))?;
-        }
+        let fields = step
+            .fields
+            .iter()
+            .map(|(pointer, want)| Ok((*pointer, self.fill(want)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let key = match step.target {
+            Target::Api => Some(self.var(step.key)?.to_string()),
+            Target::PspSim => None,
+        };
+        let context = || format!("step {n} ({}): {} {path}", step.title, step.method);
 
-        println!(
-            "{n:>2}. {:<52} {} {path} -> {}",
-            step.title,
-            step.method,
-            summary(&answer, step, &self.saved_preview(step, &answer))
-        );
+        let mut photo = None;
+        let answer = if step.poll {
+            println!(
+                "{n:>2}. {:<52} {} {path} (polling, up to {} s)",
+                step.title,
+                step.method,
+                POLL_DEADLINE.as_secs()
+            );
+            self.poll(step, &path, key.as_deref(), &fields)
+                .await
+                .with_context(context)?
+        } else {
+            let mut request = self.request(step, &path, key.as_deref());
+            if step.job {
+                request = request
+                    .header("Idempotency-Key", format!("{}-step-{n}", self.run))
+                    .header("Prefer", "wait=10");
+            }
+            if let Some(body) = &step.body {
+                request = request.json(&self.fill_json(body)?);
+            }
+            if let Some(upload) = &step.upload {
+                let (form, about) = self.form(upload)?;
+                request = request.multipart(form);
+                photo = Some(about);
+            }
+            let mut answer = self.send(request).await.with_context(context)?;
+            if step.job && is_receipt(&answer.body) {
+                answer = self
+                    .follow(answer, key.as_deref())
+                    .await
+                    .with_context(|| format!("step {n} ({}): following the job", step.title))?;
+            }
+            answer
+        };
+
+        let result = summary(&answer, step, &self.saved_preview(step, &answer));
+        match step.poll {
+            true => println!("    -> {result}"),
+            false => println!(
+                "{n:>2}. {:<52} {} {path} -> {result}",
+                step.title, step.method
+            ),
+        }
+        if let Some(photo) = photo {
+            println!("    photo: {photo}");
+        }
         if step.job && is_receipt(&answer.body) {
             println!("    receipt {}", answer.body);
         } else if step.method == Method::GET || answer.status >= 400 {
             println!("    {}", answer.body);
         }
 
-        check(step, &answer).map_err(|expected| {
+        check(step, &answer, &fields).map_err(|expected| {
+            let within = match step.poll {
+                true => format!(" within {} s", POLL_DEADLINE.as_secs()),
+                false => String::new(),
+            };
             anyhow!(
-                "step {n} ({}): expected {expected}, got {}",
+                "step {n} ({}): expected {expected}{within}, got {}",
                 step.title,
                 describe(&answer)
             )
@@ -501,6 +857,77 @@ impl Walk {
             self.vars.insert(name.to_string(), value);
         }
         Ok(())
+    }
+
+    /// The request of a step, without its body: to the API with the key,
+    /// or to the simulator.
+    fn request(&self, step: &Step, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+        let base = match step.target {
+            Target::Api => &self.base,
+            Target::PspSim => &self.psp_base,
+        };
+        let request = self
+            .http
+            .request(step.method.clone(), format!("{base}{path}"));
+        match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// The multipart form of a proof upload, with a photo made now; and
+    /// what the photo's EXIF says.
+    fn form(&self, upload: &Upload) -> Result<(reqwest::multipart::Form, String)> {
+        let (file, about) = upload.photo.file(chrono::Utc::now());
+        let part = reqwest::multipart::Part::bytes(file)
+            .file_name(format!("proof-{}.jpg", upload.photo.seed))
+            .mime_str("image/jpeg")
+            .context("the JPEG part")?;
+        let form = reqwest::multipart::Form::new()
+            .text("escrow_id", self.fill(upload.escrow)?)
+            .text("milestone_idx", upload.milestone_idx.to_string())
+            .text("source", upload.source)
+            .part("file", part);
+        Ok((form, about))
+    }
+
+    /// Repeats a GET until the step's expectation and fields hold or
+    /// [`POLL_DEADLINE`] passes; prints what it sees each time it changes.
+    /// The last answer either way.
+    async fn poll(
+        &self,
+        step: &Step,
+        path: &str,
+        key: Option<&str>,
+        fields: &[(&str, String)],
+    ) -> Result<Answer> {
+        let start = Instant::now();
+        let mut shown = String::new();
+        let mut pointers: Vec<&str> = fields.iter().map(|(pointer, _)| *pointer).collect();
+        pointers.extend(step.watch.iter().copied());
+        loop {
+            let answer = self.send(self.request(step, path, key)).await?;
+            let done = check(step, &answer, fields).is_ok();
+            let seen = match answer.status {
+                200 => pointers
+                    .iter()
+                    .map(|p| {
+                        let value = text_at(&answer.body, p).unwrap_or_else(|| "-".into());
+                        format!("{}={value}", p.trim_start_matches('/'))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => describe(&answer),
+            };
+            if seen != shown {
+                println!("    {:>5.1} s  {seen}", start.elapsed().as_secs_f64());
+                shown = seen;
+            }
+            if done || start.elapsed() >= POLL_DEADLINE {
+                return Ok(answer);
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer> {
@@ -520,9 +947,11 @@ impl Walk {
     }
 
     /// Follows a receipt with `GET /jobs/{id}` and `Prefer: wait=10` until
-    /// the job ends or [`JOB_DEADLINE`] passes.
-    async fn follow(&self, mut answer: Answer, key: &str) -> Result<Answer> {
+    /// the job ends or [`JOB_DEADLINE`] passes. Fields the first answer had
+    /// beside the receipt's (a proof's `proof_id`) are kept.
+    async fn follow(&self, mut answer: Answer, key: Option<&str>) -> Result<Answer> {
         let deadline = Instant::now() + JOB_DEADLINE;
+        let first = answer.body.clone();
         while !is_terminal(&answer.body) {
             if Instant::now() >= deadline {
                 bail!(
@@ -532,14 +961,21 @@ impl Walk {
                 );
             }
             let job_id = text_at(&answer.body, "/job_id").context("the receipt has no job_id")?;
-            let request = self
+            let mut request = self
                 .http
                 .get(format!("{}/jobs/{job_id}", self.base))
-                .bearer_auth(key)
                 .header("Prefer", "wait=10");
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
             answer = self.send(request).await?;
             if !is_receipt(&answer.body) {
                 bail!("GET /jobs/{job_id} answered {}", describe(&answer));
+            }
+        }
+        if let (Some(first), Some(last)) = (first.as_object(), answer.body.as_object_mut()) {
+            for (name, value) in first {
+                last.entry(name.clone()).or_insert_with(|| value.clone());
             }
         }
         Ok(answer)
@@ -638,8 +1074,8 @@ fn error_code(answer: &Answer) -> Option<String> {
     problem(answer).and_then(|p| text_at(p, "/code"))
 }
 
-/// Ok, or what was expected instead.
-fn check(step: &Step, answer: &Answer) -> Result<(), String> {
+/// Ok, or what was expected instead. `fields` are the step's, filled.
+fn check(step: &Step, answer: &Answer, fields: &[(&str, String)]) -> Result<(), String> {
     let receipt_status = text_at(&answer.body, "/status").filter(|_| is_receipt(&answer.body));
     let code = error_code(answer);
     let ok = match step.expect {
@@ -662,10 +1098,13 @@ fn check(step: &Step, answer: &Answer) -> Result<(), String> {
             Expect::Refused(codes) => format!("a refusal with code {}", codes.join(" or ")),
         });
     }
-    for (pointer, want) in &step.fields {
-        if text_at(&answer.body, pointer).as_deref() != Some(*want) {
-            return Err(format!("{pointer} = {want}"));
-        }
+    let wrong: Vec<String> = fields
+        .iter()
+        .filter(|(pointer, want)| text_at(&answer.body, pointer).as_deref() != Some(want.as_str()))
+        .map(|(pointer, want)| format!("{pointer} = {want}"))
+        .collect();
+    if !wrong.is_empty() {
+        return Err(wrong.join(", "));
     }
     Ok(())
 }
@@ -713,6 +1152,7 @@ mod tests {
         Walk {
             http: reqwest::Client::new(),
             base: String::new(),
+            psp_base: String::new(),
             run: "demo-test".into(),
             vars: HashMap::from([("alice.id".to_string(), "a-1".to_string())]),
             count: 0,
@@ -738,17 +1178,17 @@ mod tests {
             status: 403,
             body: json!({"status": 403, "code": "FORBIDDEN"}),
         };
-        assert!(check(&step, &problem).is_ok());
+        assert!(check(&step, &problem, &[]).is_ok());
         let receipt = Answer {
             status: 200,
             body: json!({"job_id": "j", "status": "failed", "error": {"code": "MANDATE_REQUIRED"}}),
         };
-        assert!(check(&step, &receipt).is_ok());
+        assert!(check(&step, &receipt, &[]).is_ok());
         let succeeded = Answer {
             status: 200,
             body: json!({"job_id": "j", "status": "succeeded", "error": null}),
         };
-        assert!(check(&step, &succeeded).is_err());
+        assert!(check(&step, &succeeded, &[]).is_err());
     }
 
     #[test]
@@ -759,12 +1199,12 @@ mod tests {
             status: 200,
             body: json!({"job_id": "j", "status": "failed", "error": {"code": "MANDATE_EXHAUSTED"}}),
         };
-        assert!(check(&step, &receipt).is_ok());
+        assert!(check(&step, &receipt, &[]).is_ok());
         let other = Answer {
             status: 200,
             body: json!({"job_id": "j", "status": "failed", "error": {"code": "X"}}),
         };
-        assert!(check(&step, &other).is_err());
+        assert!(check(&step, &other, &[]).is_err());
     }
 
     /// The `{name}` placeholders of a template.
@@ -793,8 +1233,14 @@ mod tests {
                 if let Some(body) = &step.body {
                     strings_in(body, &mut texts);
                 }
+                if let Some(upload) = &step.upload {
+                    texts.push(upload.escrow.to_string());
+                }
+                texts.extend(step.fields.iter().map(|(_, want)| want.to_string()));
                 let mut used: Vec<String> = texts.iter().flat_map(|t| names_in(t)).collect();
-                used.push(step.key.to_string());
+                if step.target == Target::Api {
+                    used.push(step.key.to_string());
+                }
                 for name in used {
                     assert!(
                         known.contains(&name),

@@ -4,6 +4,7 @@
 //! 2. (no transaction) call the PSP with the payment id as idempotency key;
 //! 3. (transaction) record `SENT` with the PSP reference, or `ERROR` with the
 //!    PSP's reason, releasing the reservation.
+//!
 //! Settlement arrives later by webhook. The escrow balance counts PENDING,
 //! SENT and SETTLED payments, so concurrent payouts never overdraw it.
 
