@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(axum::Extension(extract::fields::BodyLimit(config.body_limit_bytes)))
         .layer(middleware::from_fn(record_metrics))
         .layer(cors)
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(40)))

@@ -2,9 +2,8 @@
 //! application/json`); fields are read one by one so that every invalid field
 //! is reported at once in a single 422, unknown fields included.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use shared::money::{AmountIn, Currencies, Money, json_type};
@@ -13,6 +12,35 @@ use shared::{ErrorCode, FieldError, Problem};
 use crate::error::ApiError;
 
 pub struct JsonFields(pub Fields);
+
+/// The JSON body limit, put in the request extensions by the router.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Reads a body up to `limit` bytes. Past it the rest is read and dropped
+/// (up to 8 MiB more) before answering 413, so that the client, still
+/// sending, receives the problem body instead of a reset connection.
+async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::problem(ErrorCode::ValidationError, format!("cannot read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > limit + 8 * 1024 * 1024 {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::problem(ErrorCode::PayloadTooLarge, format!("the request body is larger than {limit} bytes")));
+    }
+    Ok(buf)
+}
 
 impl<S: Send + Sync> FromRequest<S> for JsonFields {
     type Rejection = ApiError;
@@ -24,13 +52,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonFields {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
             .unwrap_or(false);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::problem(ErrorCode::PayloadTooLarge, "the request body is larger than the limit")
-            } else {
-                ApiError::problem(ErrorCode::ValidationError, format!("cannot read the body: {rejection}"))
-            }
-        })?;
+        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(64 * 1024);
+        let _ = state;
+        let bytes = read_limited(req.into_body(), limit).await?;
         if !is_json && !bytes.is_empty() {
             return Err(ApiError::problem(ErrorCode::UnsupportedMediaType, "send the body as application/json"));
         }
