@@ -161,6 +161,9 @@ struct Sim {
     http: reqwest::Client,
     settings: Settings,
     ledger: Mutex<Ledger>,
+    /// `POST /sim/config` replaces `PSP_SIM_FAIL_AMOUNTS` at run time, so a
+    /// test can make the PSP fail a payout and then accept its re-drive.
+    fail_override: Mutex<Option<Vec<Decimal>>>,
 }
 
 impl Sim {
@@ -323,7 +326,10 @@ async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: B
     };
 
     // Decimal equality is by value, so "25" in the list matches "25.00".
-    let failed = sim.settings.fail_amounts.contains(&payout.amount_value);
+    let failed = match &*sim.fail_override.lock().unwrap_or_else(PoisonError::into_inner) {
+        Some(list) => list.contains(&payout.amount_value),
+        None => sim.settings.fail_amounts.contains(&payout.amount_value),
+    };
     let mut data = json!({
         "payment_id": payout.payment_id,
         "psp_ref": psp_ref,
@@ -428,6 +434,28 @@ async fn keep_delivering(sim: SharedSim, event_id: String, body: Vec<u8>, mut tr
 }
 
 #[derive(Deserialize)]
+struct SimConfigIn {
+    fail_amounts: Vec<String>,
+}
+
+/// `POST /sim/config {"fail_amounts": ["40.00"]}`: which amounts get
+/// `payment.failed` from now on.
+async fn set_config(State(sim): State<SharedSim>, body: Result<Json<SimConfigIn>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Ok(Json(cfg)) = body else {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "send {\"fail_amounts\": [\"…\"]}");
+    };
+    let mut list = Vec::new();
+    for a in &cfg.fail_amounts {
+        match a.trim().parse::<Decimal>() {
+            Ok(d) => list.push(d),
+            Err(_) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", format!("`{a}` is not a decimal")),
+        }
+    }
+    *sim.fail_override.lock().unwrap_or_else(PoisonError::into_inner) = Some(list.clone());
+    Json(json!({"fail_amounts": list.iter().map(|d| d.to_string()).collect::<Vec<_>>()})).into_response()
+}
+
+#[derive(Deserialize)]
 struct SimEventIn {
     #[serde(rename = "type")]
     kind: String,
@@ -499,6 +527,7 @@ fn router(sim: SharedSim) -> Router {
         .route("/sim/events", post(send_event))
         .route("/sim/payouts", get(list_payouts))
         .route("/sim/webhooks", get(list_webhooks))
+        .route("/sim/config", post(set_config))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .with_state(sim)
 }
@@ -549,6 +578,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         http: reqwest::Client::new(),
         settings,
         ledger: Mutex::new(Ledger::default()),
+        fail_override: Mutex::new(None),
     });
     axum::serve(listener, router(sim.clone()))
         .with_graceful_shutdown(shutdown_signal())

@@ -46,6 +46,8 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Cron expression (with seconds) of the `mandate_expiry` job.
     pub mandate_expiry_cron: String,
+    /// Cron expression (with seconds) of the `escrow_deadlines` job.
+    pub escrow_deadlines_cron: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -176,6 +178,7 @@ impl Config {
             migrate_on_start: matches!(get("MIGRATE_ON_START").as_deref(), Some("1" | "true" | "yes")),
             db_pool_size: u32::try_from(parse_num("DB_POOL_SIZE", 16)?.clamp(1, 200)).unwrap_or(16),
             mandate_expiry_cron: get("MANDATE_EXPIRY_CRON").unwrap_or_else(|| "0 * * * * *".into()),
+            escrow_deadlines_cron: get("ESCROW_DEADLINES_CRON").unwrap_or_else(|| "15 * * * * *".into()),
         })
     }
 

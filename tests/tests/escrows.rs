@@ -340,3 +340,60 @@ async fn twenty_parallel_usage_spends_never_overdraw_the_escrow_or_a_payee_limit
     assert_eq!(live, "100.00");
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_past_deadline_releases_unless_a_milestone_is_in_review() -> anyhow::Result<()> {
+    let env = Env::with(EnvOptions::default().psp().var("ESCROW_DEADLINES_CRON", "*/2 * * * * *")).await?;
+    let admin = env.admin();
+    let deal = deal(&env, "40.00").await?;
+    deal.milestone(1, "40.00", "DOCUMENT", None).await?;
+    deal.deposit("d", "40.00").await?;
+    // Before the deadline the check changes nothing; only an admin may ask.
+    let r = admin.job(&format!("/escrows/{}/check-deadline", deal.escrow_id), "c0", json!({}), 20).await?;
+    assert_eq!(r.body.pointer("/result/status"), Some(&json!("FUNDED")), "{}", r.text);
+    assert_eq!(deal.client.client.job(&format!("/escrows/{}/check-deadline", deal.escrow_id), "c1", json!({}), 20).await?.code(), "FORBIDDEN");
+    // A document in review holds the release even past the deadline.
+    let up = deal.provider.client.upload_proof("doc", &deal.escrow_id, 1, "app", b"%PDF-1.4 report".to_vec(), 20).await?;
+    assert_eq!(up.body.pointer("/result/status"), Some(&json!("PENDING_REVIEW")), "{}", up.text);
+    sqlx::query("UPDATE escrows SET deadline_at = now() - interval '1 minute' WHERE id = $1::uuid").bind(&deal.escrow_id).execute(&env.pool).await?;
+    let r = admin.job(&format!("/escrows/{}/check-deadline", deal.escrow_id), "c2", json!({}), 20).await?;
+    assert_eq!(r.body.pointer("/result/status"), Some(&json!("FUNDED")), "{}", r.text);
+    // Rejected, the milestone waits again: the cron job releases the escrow as if approved.
+    let d = deal.client.client.job(&format!("/proofs/{}/decision", up.s("proof_id")), "no", json!({"decision": "reject"}), 20).await?;
+    assert_eq!(d.body.pointer("/result/status"), Some(&json!("REJECTED")), "{}", d.text);
+    let e = wait_escrow(&deal, "RELEASED", "40.00").await?;
+    assert_eq!(e["milestones"][0]["status"], json!("PAID"));
+    let by_cron: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'escrow_deadlines' AND result->>'released' = '1'").fetch_one(&env.pool).await?;
+    assert_eq!(by_cron, 1);
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_milestone_whose_payout_failed_is_paid_on_the_redrive() -> anyhow::Result<()> {
+    let env = Env::with(EnvOptions::default().psp().var("PSP_SIM_FAIL_AMOUNTS", "25.00")).await?;
+    let deal = deal(&env, "25.00").await?;
+    deal.milestone(1, "25.00", "DOCUMENT", None).await?;
+    deal.deposit("d", "25.00").await?;
+    let up = deal.provider.client.upload_proof("doc", &deal.escrow_id, 1, "app", b"%PDF-1.4 delivery note".to_vec(), 20).await?;
+    env.admin().job(&format!("/proofs/{}/decision", up.s("proof_id")), "ok", json!({"decision": "approve"}), 20).await?;
+    let e = eventually(Duration::from_secs(30), || async {
+        let e = deal.escrow().await?;
+        Ok((e.body["payments"][0]["status"] == json!("ERROR")).then_some(e.body))
+    })
+    .await?;
+    assert_eq!(e["milestones"][0]["status"], json!("APPROVED"), "the milestone waits for a new payout");
+    assert_eq!(e["balance"], json!("25.00"), "the failed payout's reservation is released");
+    let payment = e["payments"][0]["id"].as_str().unwrap_or("").to_string();
+    // The PSP accepts now; the admin re-drives the same payment.
+    let psp = env.psp_url.clone().unwrap_or_default();
+    reqwest::Client::new().post(format!("{psp}/sim/config")).json(&json!({"fail_amounts": []})).send().await?;
+    let r = env.admin().send(reqwest::Client::new().post(format!("{}/payments/execute/{payment}", env.api_url)).bearer_auth(&env.admin_key).header("Prefer", "wait=20")).await?;
+    assert_eq!(r.s("status"), "succeeded", "{}", r.text);
+    let e = wait_escrow(&deal, "RELEASED", "25.00").await?;
+    assert_eq!((e["milestones"][0]["status"].clone(), e["payments"][0]["status"].clone()), (json!("PAID"), json!("SETTLED")));
+    assert_eq!(e["payments"].as_array().map(Vec::len), Some(1), "the same payment, not a second one");
+    // A settled payment cannot be driven again.
+    let r = env.admin().post(&format!("/payments/execute/{payment}"), json!({})).await?;
+    assert_eq!((r.status, r.code().as_str()), (409, "PAYMENT_NOT_REDRIVABLE"));
+    env.stop().await
+}

@@ -27,7 +27,7 @@ pub fn schedules(config: &shared::config::Config) -> Vec<Schedule> {
         s(JobKind::JobRelay, &format!("*/{} * * * * *", config.relay_every_secs), false),
         s(JobKind::MandateExpiry, &config.mandate_expiry_cron, false),
         s(JobKind::Retention, "0 17 3 * * *", false),
-        s(JobKind::EscrowDeadlines, "15 * * * * *", false),
+        s(JobKind::EscrowDeadlines, &config.escrow_deadlines_cron, false),
         s(JobKind::SakaDayRollover, "0 0 0 * * *", true),
         s(JobKind::SakaApprovalExpiry, "30 * * * * *", false),
     ]

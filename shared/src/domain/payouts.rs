@@ -222,6 +222,8 @@ pub async fn enqueue_payout(conn: &mut PgConnection, parent: &JobRow, p: &Paymen
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallState {
     pub payment_id: PaymentId,
+    /// The PSP's idempotency key: stable across retries of one drive.
+    pub idempotency_key: String,
     pub amount: String,
     pub currency: String,
     pub recipient: String,
@@ -246,13 +248,20 @@ pub async fn prepare(conn: &mut PgConnection, cmd: &PayoutV1) -> Result<Outcome>
         "SENT" | "SETTLED" => return Ok(Outcome::Succeeded(serde_json::to_value(PaymentOut::from(&p))?)),
         "ERROR" => {
             reserve(conn, p.escrow_id, p.amount).await?;
-            sqlx::query("UPDATE payments SET status = 'PENDING', error_reason = NULL, updated_at = now() WHERE id = $1").bind(p.id).execute(&mut *conn).await?;
+            sqlx::query("UPDATE payments SET status = 'PENDING', error_reason = NULL, redrives = redrives + 1, updated_at = now() WHERE id = $1")
+                .bind(p.id)
+                .execute(&mut *conn)
+                .await?;
             audit::write(conn, "system", "PAYMENT_REDRIVEN", "payment", p.id, serde_json::json!({})).await?;
         }
         _ => {}
     }
-    sqlx::query("UPDATE payments SET attempts = attempts + 1, updated_at = now() WHERE id = $1").bind(p.id).execute(&mut *conn).await?;
+    let redrives: i32 = sqlx::query_scalar("UPDATE payments SET attempts = attempts + 1, updated_at = now() WHERE id = $1 RETURNING redrives")
+        .bind(p.id)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(Outcome::Continue(serde_json::to_value(CallState {
+        idempotency_key: if redrives == 0 { p.id.to_string() } else { format!("{}-r{redrives}", p.id) },
         payment_id: p.id,
         amount: display(p.amount, &p.currency),
         currency: p.currency.clone(),

@@ -12,8 +12,13 @@ use serde::{Deserialize, Serialize};
 /// What we ask the PSP to pay. Amounts travel as decimal strings, never floats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PayoutRequest {
-    /// Our payment id; also sent as the `Idempotency-Key`.
+    /// Our payment id, echoed back in the PSP's webhooks.
     pub payment_id: String,
+    /// The `Idempotency-Key`: the payment id, suffixed with the re-drive
+    /// number after the PSP failed a payment (a new payout for the PSP, where
+    /// the bare id would only replay the failure).
+    #[serde(skip)]
+    pub idempotency_key: String,
     pub amount: String,
     pub currency: String,
     pub payee_ref: String,
@@ -117,7 +122,7 @@ impl HttpPspClient {
             .http
             .post(&self.payouts_url)
             .timeout(self.timeout)
-            .header("Idempotency-Key", &req.payment_id)
+            .header("Idempotency-Key", if req.idempotency_key.is_empty() { &req.payment_id } else { &req.idempotency_key })
             .json(req);
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
@@ -257,6 +262,7 @@ mod tests {
     fn request() -> PayoutRequest {
         PayoutRequest {
             payment_id: "3f1c0a4e-0000-4000-8000-000000000001".into(),
+            idempotency_key: String::new(),
             amount: "25.00".into(),
             currency: "USD".into(),
             payee_ref: "payee-1".into(),

@@ -77,6 +77,7 @@ impl Runner for Runners {
             let state: payouts::CallState = serde_json::from_value(state.clone())?;
             let req = PayoutRequest {
                 payment_id: state.payment_id.to_string(),
+                idempotency_key: state.idempotency_key,
                 amount: state.amount,
                 currency: state.currency,
                 payee_ref: state.recipient,
