@@ -123,7 +123,7 @@ impl Fields {
     }
 
     pub fn req<T: DeserializeOwned>(&mut self, name: &str) -> Option<T> {
-        if !self.map.get(name).is_some_and(|v| !v.is_null()) {
+        if self.map.get(name).is_none_or(|v| v.is_null()) {
             self.map.remove(name);
             self.bad(ErrorCode::ValidationError, name, "is required");
             return None;

@@ -43,5 +43,24 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("kobatela_jobs", "kind" => kind, "status" => status).set(n as f64);
         }
     }
+    // Job latency (created to finished) over the last five minutes, per kind:
+    // the workers' own histograms live in their processes
+    // (`WORKER_METRICS_ADDR`), this view needs no scrape of them.
+    let latency: Result<Vec<(String, f64, f64, i64)>, _> = sqlx::query_as(
+        "SELECT kind,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))::float8,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))::float8,
+                count(*)
+           FROM jobs WHERE finished_at > now() - interval '5 minutes' GROUP BY kind",
+    )
+    .fetch_all(&s.pool)
+    .await;
+    if let Ok(rows) = latency {
+        for (kind, p50, p99, n) in rows {
+            metrics::gauge!("kobatela_job_latency_seconds", "kind" => kind.clone(), "quantile" => "0.5").set(p50);
+            metrics::gauge!("kobatela_job_latency_seconds", "kind" => kind.clone(), "quantile" => "0.99").set(p99);
+            metrics::gauge!("kobatela_jobs_finished_5m", "kind" => kind).set(n as f64);
+        }
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }
