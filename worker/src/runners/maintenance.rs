@@ -29,16 +29,21 @@ pub async fn relay(r: &Runners, _conn: &mut PgConnection) -> Result<Outcome> {
     Ok(Outcome::Succeeded(serde_json::json!({"pushed": pushed})))
 }
 
-/// Old cron ticks go after two days; finished jobs after 30 days (receipts
-/// and idempotency keys live at least 24 h, as promised).
+/// Old cron ticks go after two days. The receipts of maintenance runs (a
+/// relay every few seconds) go after a day, those of the other scheduled
+/// jobs after 30 days; jobs that move value are the record and stay.
 pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
     let ticks = sqlx::query("DELETE FROM cron_ticks WHERE claimed_at < now() - interval '2 days'").execute(&mut *conn).await?.rows_affected();
-    let jobs = sqlx::query(
+    let relays = sqlx::query("DELETE FROM jobs WHERE kind IN ('job_relay', 'retention') AND status IN ('succeeded', 'failed') AND finished_at < now() - interval '1 day'")
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let scheduled = sqlx::query(
         "DELETE FROM jobs WHERE status IN ('succeeded', 'failed') AND finished_at < now() - interval '30 days'
-           AND kind IN ('job_relay', 'retention', 'mandate_expiry', 'saka_day_rollover', 'saka_approval_expiry', 'escrow_deadlines')",
+           AND kind IN ('mandate_expiry', 'saka_day_rollover', 'saka_approval_expiry', 'escrow_deadlines')",
     )
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(Outcome::Succeeded(serde_json::json!({"cron_ticks_deleted": ticks, "jobs_deleted": jobs})))
+    Ok(Outcome::Succeeded(serde_json::json!({"cron_ticks_deleted": ticks, "jobs_deleted": relays + scheduled})))
 }
