@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(40)))
         .layer(CatchPanicLayer::custom(|_| problem_response(&Problem::new(ErrorCode::Internal, "internal error"))))
+        .layer(middleware::from_fn(problems_only))
         .layer(trace)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -81,6 +82,40 @@ async fn not_found() -> impl IntoResponse {
 
 async fn method_not_allowed() -> impl IntoResponse {
     problem_response(&Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route"))
+}
+
+/// A safety net: an error answer that some layer wrote without our problem
+/// body (a timeout, a framework rejection) is rewritten as one, so every
+/// error a client sees is `application/problem+json` with a code.
+async fn problems_only(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return res;
+    }
+    let code = match status.as_u16() {
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        408 => ErrorCode::RequestTimeout,
+        413 => ErrorCode::PayloadTooLarge,
+        415 => ErrorCode::UnsupportedMediaType,
+        429 => ErrorCode::RateLimited,
+        400..=499 => ErrorCode::ValidationError,
+        503 => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    tracing::warn!(status = status.as_u16(), "an error answer without a problem body was rewritten");
+    let mut out = problem_response(&Problem::new(code, status.canonical_reason().unwrap_or("error")));
+    if code == ErrorCode::ValidationError || code == ErrorCode::Internal {
+        // Keep the original status: the code says what kind it is.
+        *out.status_mut() = status;
+    }
+    out
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {

@@ -40,6 +40,7 @@ codes! {
     PayloadTooLarge = ("PAYLOAD_TOO_LARGE", 413, "Request body too large"),
     UnsupportedMediaType = ("UNSUPPORTED_MEDIA_TYPE", 415, "Unsupported media type"),
     RateLimited = ("RATE_LIMITED", 429, "Too many requests"),
+    RequestTimeout = ("REQUEST_TIMEOUT", 408, "The request took too long"),
     Internal = ("INTERNAL", 500, "Internal error"),
     Unavailable = ("UNAVAILABLE", 503, "Service unavailable"),
     IdempotencyKeyRequired = ("IDEMPOTENCY_KEY_REQUIRED", 400, "Idempotency-Key header required"),
@@ -280,7 +281,7 @@ mod tests {
     fn every_error_code_is_named_in_the_spec() {
         // The spec lives beside the repository (../shared). Codes we added
         // for HTTP plumbing are listed here with the reason they exist.
-        let ours = ["METHOD_NOT_ALLOWED", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "UNAVAILABLE",
+        let ours = ["METHOD_NOT_ALLOWED", "REQUEST_TIMEOUT", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "UNAVAILABLE",
             "JOB_NOT_DEAD", "MANDATE_NOT_FOUND", "MANDATE_NOT_ACTIVE", "PURCHASE_NOT_FOUND",
             // Approving or rejecting an unknown, or an already decided or
             // expired, manual adjustment.
