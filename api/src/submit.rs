@@ -39,16 +39,25 @@ pub async fn submit_new(
     drop(conn);
     if created {
         metrics::counter!("kobatela_jobs_enqueued_total", "kind" => new.kind.as_str()).increment(1);
-        if let Err(e) = state.queue.push(new.kind, row.id).await {
-            // The row is the record: the relay pushes it again shortly.
-            tracing::warn!(job_id = %row.id, error = %e, "push to Redis failed; the relay will deliver the job");
-        }
+        push_soon(state, new.kind, row.id);
     }
     let row = match wait {
         Some(max) if !row.is_terminal() => state.waiter.wait(&state.pool, row.id, who, max).await?,
         _ => row,
     };
     Ok(receipt_response(&row, extra))
+}
+
+/// Pushes a committed job to Redis without holding the answer: the row is
+/// the receipt, and a push that fails or never happens is delivered by the
+/// relay a few seconds later.
+pub fn push_soon(state: &AppState, kind: shared::jobs::JobKind, id: shared::ids::JobId) {
+    let queue = state.queue.clone();
+    tokio::spawn(async move {
+        if let Err(e) = queue.push(kind, id).await {
+            tracing::warn!(job_id = %id, error = %e, "push to Redis failed; the relay will deliver the job");
+        }
+    });
 }
 
 pub fn receipt_response(row: &record::JobRow, extra: serde_json::Map<String, serde_json::Value>) -> Response {

@@ -8,7 +8,6 @@ use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
-use shared::db;
 use shared::domain::webhooks;
 use shared::psp::signature;
 use shared::ErrorCode;
@@ -48,12 +47,10 @@ async fn receive(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         .ok_or_else(|| invalid("no event id (X-PSP-Event-Id header or body id)"))?;
     let event_type = payload.get("type").and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
     let raw = String::from_utf8_lossy(&body).into_owned();
-    let args = (event_id, event_type, payload, raw);
-    let received = db::serializable(&s.pool, &args, |tx, (id, ty, payload, raw)| Box::pin(webhooks::receive(tx, id, ty, payload, raw))).await?;
-    if let Some((job_id, kind)) = received.job
-        && let Err(e) = s.queue.push(kind, job_id).await
-    {
-        tracing::warn!(%job_id, error = %e, "push failed; the relay will deliver the webhook job");
+    // One statement, so one short step: the event and its job commit together.
+    let received = webhooks::receive(&s.pool, &event_id, &event_type, &payload, &raw).await?;
+    if let Some((job_id, kind)) = received.job {
+        crate::submit::push_soon(&s, kind, job_id);
     }
     metrics::histogram!("kobatela_webhook_ack_seconds").record(started.elapsed().as_secs_f64());
     Ok(Json(received))

@@ -10,7 +10,7 @@ use crate::domain::payouts::{self, Payment};
 use crate::domain::audit;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{EscrowId, PaymentId, WebhookEventId};
-use crate::jobs::{JobKind, NewJob, Outcome, record};
+use crate::jobs::{JobKind, Outcome};
 use crate::principal::{Principal, Role};
 
 /// The `psp_webhook` job payload, version 1.
@@ -35,27 +35,45 @@ pub struct Received {
     pub job: Option<(crate::ids::JobId, JobKind)>,
 }
 
-/// Stores a verified event and its job, once per event id.
-pub async fn receive(conn: &mut PgConnection, event_id: &str, event_type: &str, payload: &serde_json::Value, raw: &str) -> Result<Received> {
-    let inserted: Option<WebhookEventId> = sqlx::query_scalar(
-        "INSERT INTO psp_webhook_events (id, event_id, type, payload, raw_body) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT ON CONSTRAINT psp_webhook_events_event_key DO NOTHING RETURNING id",
+/// Stores a verified event and its job, once per event id, in one
+/// statement (atomic on its own, one round trip): a replay inserts nothing.
+pub async fn receive(pool: &sqlx::PgPool, event_id: &str, event_type: &str, payload: &serde_json::Value, raw: &str) -> Result<Received> {
+    let job_id = crate::ids::JobId::new();
+    let p = psp_principal();
+    let job_payload = serde_json::to_value(PspWebhookV1 { event_id: event_id.to_string() })?;
+    let key = format!("webhook:{event_id}");
+    let hash = crate::jobs::record::request_hash(JobKind::PspWebhook, &job_payload);
+    let stored: Option<crate::ids::JobId> = sqlx::query_scalar(
+        "WITH ev AS (
+            INSERT INTO psp_webhook_events (id, event_id, type, payload, raw_body, job_id) VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT ON CONSTRAINT psp_webhook_events_event_key DO NOTHING RETURNING job_id
+         ), job AS (
+            INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, pushed_at)
+            SELECT job_id, 'psp_webhook', $7, $8, $9, 'psp', $10, $11, now() FROM ev RETURNING id
+         ), audit AS (
+            INSERT INTO audit_log (id, actor, action, entity, entity_id, data)
+            SELECT $12, 'psp', 'WEBHOOK_RECEIVED', 'webhook_event', $2, jsonb_build_object('type', $3::text, 'job_id', id) FROM job
+         )
+         SELECT id FROM job",
     )
     .bind(WebhookEventId::new())
     .bind(event_id)
     .bind(event_type)
     .bind(payload)
     .bind(raw)
-    .fetch_optional(&mut *conn)
+    .bind(job_id)
+    .bind(&job_payload)
+    .bind(p.user_id)
+    .bind(p.key_id)
+    .bind(&key)
+    .bind(&hash)
+    .bind(crate::ids::AuditId::new())
+    .fetch_optional(pool)
     .await?;
-    if inserted.is_none() {
-        return Ok(Received { received: true, event_id: event_id.to_string(), duplicate: true, job: None });
-    }
-    let new = NewJob::new(JobKind::PspWebhook, &PspWebhookV1 { event_id: event_id.to_string() }, &psp_principal(), Some(format!("webhook:{event_id}")))?;
-    let (job, _) = record::insert(&mut *conn, &new).await?;
-    sqlx::query("UPDATE psp_webhook_events SET job_id = $2 WHERE event_id = $1").bind(event_id).bind(job.id).execute(&mut *conn).await?;
-    audit::write(conn, "psp", "WEBHOOK_RECEIVED", "webhook_event", event_id, serde_json::json!({"type": event_type})).await?;
-    Ok(Received { received: true, event_id: event_id.to_string(), duplicate: false, job: Some((job.id, JobKind::PspWebhook)) })
+    Ok(match stored {
+        Some(id) => Received { received: true, event_id: event_id.to_string(), duplicate: false, job: Some((id, JobKind::PspWebhook)) },
+        None => Received { received: true, event_id: event_id.to_string(), duplicate: true, job: None },
+    })
 }
 
 async fn find_payment(conn: &mut PgConnection, data: &serde_json::Value) -> Result<Option<Payment>> {

@@ -97,12 +97,17 @@ impl NewJob {
     }
 
     fn request_hash(&self) -> Vec<u8> {
-        let mut h = Sha256::new();
-        h.update(self.kind.as_str().as_bytes());
-        h.update(b"\n");
-        h.update(self.payload.to_string().as_bytes());
-        h.finalize().to_vec()
+        request_hash(self.kind, &self.payload)
     }
+}
+
+/// What identifies "the same request" under one idempotency key.
+pub fn request_hash(kind: JobKind, payload: &serde_json::Value) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(kind.as_str().as_bytes());
+    h.update(b"\n");
+    h.update(payload.to_string().as_bytes());
+    h.finalize().to_vec()
 }
 
 /// Inserts the job row. With an idempotency key already used by the same
