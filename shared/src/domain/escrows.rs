@@ -312,7 +312,7 @@ pub async fn deposit(conn: &mut PgConnection, who: &Principal, job_id: Option<Jo
     let after: Option<Escrow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE escrows SET funded_amount = funded_amount + $2,
                 status = CASE WHEN funded_amount + $2 = amount_total THEN 'FUNDED' ELSE status END, updated_at = now()
-          WHERE id = $1 AND status IN ('DRAFT', 'FUNDED') AND funded_amount + $2 <= amount_total RETURNING {COLUMNS}"
+          WHERE id = $1 AND (status || '') IN ('DRAFT', 'FUNDED') AND funded_amount + $2 <= amount_total RETURNING {COLUMNS}"
     )))
     .bind(e.id)
     .bind(cmd.amount)
@@ -361,7 +361,7 @@ pub struct EscrowTransitionV1 {
 async fn set_status(conn: &mut PgConnection, e: &Escrow, from: &[&str], to: &str) -> Result<Escrow> {
     let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
     let after: Option<Escrow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE escrows SET status = $3, updated_at = now() WHERE id = $1 AND status = ANY($2) RETURNING {COLUMNS}"
+        "UPDATE escrows SET status = $3, updated_at = now() WHERE id = $1 AND (status || '') = ANY($2) RETURNING {COLUMNS}"
     )))
     .bind(e.id)
     .bind(&from)

@@ -172,7 +172,7 @@ pub async fn revoke(conn: &mut PgConnection, who: &Principal, id: MandateId) -> 
         return Err(Error::problem(ErrorCode::MandateNotActive, format!("the mandate is {}", m.status)));
     }
     let m: Mandate = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE mandates SET status = 'REVOKED', updated_at = now() WHERE id = $1 AND status = 'ACTIVE' RETURNING {COLUMNS}"
+        "UPDATE mandates SET status = 'REVOKED', updated_at = now() WHERE id = $1 AND (status || '') = 'ACTIVE' RETURNING {COLUMNS}"
     )))
     .bind(id)
     .fetch_one(&mut *conn)

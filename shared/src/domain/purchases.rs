@@ -127,7 +127,7 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     };
     if mandate.expires_at <= Utc::now() {
         // Expired in this same transaction, kept although the purchase is refused.
-        sqlx::query("UPDATE mandates SET status = 'EXPIRED', updated_at = now() WHERE id = $1 AND status = 'ACTIVE'")
+        sqlx::query("UPDATE mandates SET status = 'EXPIRED', updated_at = now() WHERE id = $1 AND (status || '') = 'ACTIVE'")
             .bind(mandate.id)
             .execute(&mut *conn)
             .await?;
@@ -163,7 +163,7 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
         "UPDATE mandates SET spent_amount = spent_amount + $2,
                 status = CASE WHEN spent_amount + $2 = total_amount THEN 'CONSUMED' ELSE status END,
                 updated_at = now()
-          WHERE id = $1 AND status = 'ACTIVE' AND spent_amount + $2 <= total_amount
+          WHERE id = $1 AND (status || '') = 'ACTIVE' AND spent_amount + $2 <= total_amount
           RETURNING spent_amount, total_amount, status",
     )
     .bind(mandate.id)
