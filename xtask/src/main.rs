@@ -3,12 +3,14 @@
 //! - `test [-- <cargo test args>]`: find or start Postgres and Redis, build
 //!   the binaries, run every test against them.
 //! - `demo`: the product end to end through its HTTP API.
-//! - `bench`: not written yet.
+//! - `bench [--quick]`: purchases per second end to end against pgbench,
+//!   enqueue and webhook acknowledgement latency (see `bench.rs`).
 //! - `services`: say which Postgres and Redis the others would use.
 //!
 //! Shared here: where the workspace and its target directory are, and the
 //! signals (Ctrl-C, SIGTERM) every command turns into a clean stop.
 
+mod bench;
 mod demo;
 mod procs;
 mod services;
@@ -27,7 +29,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test [-- ARGS]   run every test (ARGS go to `cargo test`, e.g. `-- --test mandates`)
   demo             run the product end to end through its HTTP API
-  bench            measure purchases per second (not yet implemented)
+  bench [--quick]  measure purchases per second against pgbench, enqueue and
+                   webhook latency (release binaries; table in target/bench/results.md)
   services         print the Postgres and Redis the other commands would use
 
 Postgres and Redis: DATABASE_URL / REDIS_URL when set and reachable, else
@@ -36,6 +39,10 @@ instances under target/kobatela-services/ (KOBATELA_SERVICES=private forces
 these).";
 
 fn main() -> ExitCode {
+    // The bench's load generator: a process of its own, on one thread.
+    if std::env::args().nth(1).as_deref() == Some("bench-load") {
+        return bench::load_main();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,8 +93,18 @@ async fn run(args: Vec<String>) -> Result<ExitCode> {
             .await
         }
         "bench" => {
-            eprintln!("xtask bench: not yet implemented");
-            Ok(ExitCode::from(2))
+            let options = match bench::Options::parse(rest) {
+                Ok(options) => options,
+                Err(e) => bail!("{e}\n\n{USAGE}"),
+            };
+            with_services(|layout, services, signals| {
+                Box::pin(async move {
+                    bench::run(layout, services, signals, options)
+                        .await
+                        .map(|()| ExitCode::SUCCESS)
+                })
+            })
+            .await
         }
         "services" => {
             let layout = Layout::load().await?;
