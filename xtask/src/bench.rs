@@ -1395,12 +1395,13 @@ UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = coales
  WHERE id = :job_id AND ((status = 'queued' AND next_attempt_at <= now())
                       OR (status = 'running' AND locked_until < now()))
 RETURNING id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, status, attempts,
-          created_at, started_at, finished_at, result, error;
+          created_at, started_at, finished_at, result, error, ctid::text AS job_ctid \gset
 -- worker: shared::db::serializable
-BEGIN;
-SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;
--- exec.rs: record::still_owned, then the rule's savepoint
-SELECT status, attempts FROM jobs WHERE id = :job_id FOR UPDATE;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SET LOCAL enable_seqscan = off;
+SET LOCAL jit = off;
+-- exec.rs: record::still_owned (by the claim's row address), then the rule's savepoint
+SELECT status, attempts FROM jobs WHERE ctid = :job_ctid::text::tid AND id = :job_id FOR UPDATE;
 SAVEPOINT rule;
 -- purchases::execute: 1. the merchant
 SELECT category_id AS merchant_category, is_certified FROM merchants WHERE id = :merchant_id \gset
@@ -1415,7 +1416,7 @@ SELECT id, sender_id, beneficiary_id, total_amount, spent_amount, currency, allo
 UPDATE mandates SET spent_amount = spent_amount + 1.00,
        status = CASE WHEN spent_amount + 1.00 = total_amount THEN 'CONSUMED' ELSE status END,
        updated_at = now()
- WHERE id = :m_id AND status = 'ACTIVE' AND spent_amount + 1.00 <= total_amount
+ WHERE id = :m_id AND (status || '') = 'ACTIVE' AND spent_amount + 1.00 <= total_amount
 RETURNING spent_amount, total_amount, status \gset u_
 -- 7. the purchase and its two audit rows (shared::domain::audit::write)
 INSERT INTO purchases (id, job_id, sender_id, beneficiary_id, merchant_id, category_id, mandate_id, amount, currency, status)
@@ -1438,7 +1439,7 @@ UPDATE jobs SET status = 'succeeded',
                                    'status', 'COMPLETED', 'created_at', :p_created_at::text,
                                    'href', '/spend/purchases/' || :p_id::text),
        error = NULL, finished_at = now(), locked_by = NULL, locked_until = NULL
- WHERE id = :job_id;
+ WHERE ctid = :job_ctid::text::tid AND id = :job_id;
 SELECT pg_notify('kobatela_jobs', :job_id::text);
 COMMIT;
 "#;

@@ -145,7 +145,7 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
         let ctx = (job, self.runner, second);
         db::serializable(self.pool, &ctx, |tx, (job, runner, second)| {
             Box::pin(async move {
-                if !record::still_owned(tx, job.id, job.attempts).await? {
+                if !record::still_owned(tx, job).await? {
                     return Ok(TxEnd::Superseded);
                 }
                 sqlx::query("SAVEPOINT rule").execute(&mut *tx).await?;
@@ -155,12 +155,12 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                 };
                 match outcome {
                     Ok(Outcome::Succeeded(value)) => {
-                        record::finish(tx, job.id, Ok(&value)).await?;
+                        record::finish(tx, job, Ok(&value)).await?;
                         Ok(TxEnd::Done)
                     }
                     // The rule kept its writes and audited its own refusal.
                     Ok(Outcome::Refused(p)) => {
-                        record::finish(tx, job.id, Err(&p)).await?;
+                        record::finish(tx, job, Err(&p)).await?;
                         Ok(TxEnd::Refused(p))
                     }
                     Ok(Outcome::Continue(state)) if second.is_none() => Ok(TxEnd::Continue(state)),
@@ -169,7 +169,7 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                     Err(Error::Problem(p)) => {
                         sqlx::query("ROLLBACK TO SAVEPOINT rule").execute(&mut *tx).await?;
                         audit_refusal(tx, job, &p).await?;
-                        record::finish(tx, job.id, Err(&p)).await?;
+                        record::finish(tx, job, Err(&p)).await?;
                         Ok(TxEnd::Refused(p))
                     }
                     Err(e) => Err(e),

@@ -31,6 +31,10 @@ pub struct JobRow {
     pub finished_at: Option<DateTime<Utc>>,
     pub result: Option<serde_json::Value>,
     pub error: Option<serde_json::Value>,
+    /// The row's physical address as the claim left it: the work transaction
+    /// reaches its own job row by it (see [`still_owned`]).
+    #[sqlx(default)]
+    pub ctid: Option<String>,
 }
 
 impl JobRow {
@@ -216,7 +220,7 @@ pub async fn claim(pool: &PgPool, id: JobId, worker: &str, lease: std::time::Dur
                 locked_by = $2, locked_until = now() + make_interval(secs => $3::float8 / 1000)
           WHERE id = $1 AND ((status = 'queued' AND next_attempt_at <= now())
                           OR (status = 'running' AND locked_until < now()))
-          RETURNING {COLUMNS}"
+          RETURNING {COLUMNS}, ctid::text AS ctid"
     )))
     .bind(id)
     .bind(worker)
@@ -228,31 +232,51 @@ pub async fn claim(pool: &PgPool, id: JobId, worker: &str, lease: std::time::Dur
 /// Inside the work transaction: locks the row and checks that this claim
 /// (same attempt) still owns it; a relay hand-over in between means another
 /// worker took it and this run must not commit.
-pub async fn still_owned(conn: &mut PgConnection, id: JobId, attempt: i32) -> Result<bool> {
-    let row: Option<(String, i32)> = sqlx::query_as("SELECT status, attempts FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
-    Ok(matches!(row, Some((status, attempts)) if status == "running" && attempts == attempt))
+///
+/// The row is reached by the address the claim returned (a TID scan, with
+/// the id re-checked), not through `jobs_pkey`: under SERIALIZABLE an index
+/// read locks a whole b-tree page, and with time-ordered ids every running
+/// job sits on the same newest page, which every `finish` writes into — each
+/// job would conflict with every other. A stale address (the relay moved the
+/// row) finds nothing and reads as "not owned".
+pub async fn still_owned(conn: &mut PgConnection, job: &JobRow) -> Result<bool> {
+    let row: Option<(String, i32)> = match &job.ctid {
+        Some(ctid) => sqlx::query_as("SELECT status, attempts FROM jobs WHERE ctid = $1::tid AND id = $2 FOR UPDATE").bind(ctid).bind(job.id).fetch_optional(conn).await?,
+        None => sqlx::query_as("SELECT status, attempts FROM jobs WHERE id = $1 FOR UPDATE").bind(job.id).fetch_optional(conn).await?,
+    };
+    Ok(matches!(row, Some((status, attempts)) if status == "running" && attempts == job.attempts))
 }
 
-/// Ends a job inside its transaction and wakes receipt waiters.
-pub async fn finish(conn: &mut PgConnection, id: JobId, result: std::result::Result<&serde_json::Value, &Problem>) -> Result<()> {
+/// Ends a job inside its transaction and wakes receipt waiters (one
+/// statement; by address, like [`still_owned`]).
+pub async fn finish(conn: &mut PgConnection, job: &JobRow, result: std::result::Result<&serde_json::Value, &Problem>) -> Result<()> {
     let (status, result, error) = match result {
         Ok(v) => ("succeeded", Some(v.clone()), None),
         Err(p) => ("failed", None, Some(p.to_json())),
     };
-    sqlx::query(
-        "UPDATE jobs SET status = $2, result = $3, error = $4, finished_at = now(), locked_by = NULL, locked_until = NULL
-          WHERE id = $1",
-    )
-    .bind(id)
-    .bind(status)
-    .bind(result)
-    .bind(error)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("SELECT pg_notify('kobatela_jobs', $1)").bind(id.to_string()).execute(conn).await?;
+    // Two spellings so the planner sees a plain TID condition (a TID scan).
+    let sql = if job.ctid.is_some() {
+        "WITH done AS (
+            UPDATE jobs SET status = $3, result = $4, error = $5, finished_at = now(), locked_by = NULL, locked_until = NULL
+             WHERE ctid = $1::tid AND id = $2 RETURNING id)
+         SELECT pg_notify('kobatela_jobs', id::text)::text FROM done"
+    } else {
+        "WITH done AS (
+            UPDATE jobs SET status = $3, result = $4, error = $5, finished_at = now(), locked_by = NULL, locked_until = NULL
+             WHERE id = $2 AND $1::text IS NULL RETURNING id)
+         SELECT pg_notify('kobatela_jobs', id::text)::text FROM done"
+    };
+    let done: Option<String> = sqlx::query_scalar(sql)
+        .bind(&job.ctid)
+        .bind(job.id)
+        .bind(status)
+        .bind(result)
+        .bind(error)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if done.is_none() {
+        return Err(Error::internal(format!("job {} vanished while it ran", job.id)));
+    }
     Ok(())
 }
 
