@@ -54,7 +54,8 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Shared(Error::Problem(p)) => problem_response(&p),
             ApiError::RateLimited { retry_after_secs } => {
-                let mut res = problem_response(&Problem::new(ErrorCode::RateLimited, "too many requests for this API key"));
+                let mut res =
+                    problem_response(&Problem::new(ErrorCode::RateLimited, "too many requests for this API key"));
                 if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(1).to_string()) {
                     res.headers_mut().insert(header::RETRY_AFTER, v);
                 }
@@ -63,8 +64,16 @@ impl IntoResponse for ApiError {
             ApiError::Shared(other) => {
                 // The request id is on the span; the cause chain goes to the log only.
                 tracing::error!(error = %other, "request failed");
-                let code = if matches!(other, Error::Queue(_)) || is_unavailable(&other) { ErrorCode::Unavailable } else { ErrorCode::Internal };
-                let detail = if code == ErrorCode::Unavailable { "a backing service is unavailable; retry later" } else { "internal error; see the request id in X-Request-Id" };
+                let code = if matches!(other, Error::Queue(_)) || is_unavailable(&other) {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::Internal
+                };
+                let detail = if code == ErrorCode::Unavailable {
+                    "a backing service is unavailable; retry later"
+                } else {
+                    "internal error; see the request id in X-Request-Id"
+                };
                 problem_response(&Problem::new(code, detail))
             }
         }

@@ -48,7 +48,10 @@ async fn run() -> anyhow::Result<()> {
             };
             let pool = db::connect(&config.database_url, 2).await.context("connecting to Postgres")?;
             let args = (user, role);
-            let key = db::serializable(&pool, &args, |tx, (user, role)| Box::pin(api_keys::create_for_username(tx, user, *role))).await?;
+            let key = db::serializable(&pool, &args, |tx, (user, role)| {
+                Box::pin(api_keys::create_for_username(tx, user, *role))
+            })
+            .await?;
             println!("created {} key {} for user {} ({})", key.role, key.prefix, user_name(&args.0), key.user_id);
             println!("{}", key.key);
             Ok(())
@@ -68,7 +71,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         db::migrate(&pool).await?;
     }
     if let Some(secret) = &config.bootstrap_admin_key {
-        let created = db::serializable(&pool, secret.as_str(), |tx, s| Box::pin(api_keys::bootstrap_admin(tx, s))).await?;
+        let created =
+            db::serializable(&pool, secret.as_str(), |tx, s| Box::pin(api_keys::bootstrap_admin(tx, s))).await?;
         if created {
             tracing::info!("bootstrap admin key installed for user admin");
         }

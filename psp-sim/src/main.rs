@@ -57,27 +57,18 @@ impl Settings {
             .ok_or("PSP_WEBHOOK_SECRETS: required: psp-sim signs its webhooks with the last of these secrets")?;
         let amounts = |key: &str, list: Vec<String>| -> Result<Vec<Decimal>, String> {
             list.iter()
-                .map(|a| {
-                    Decimal::from_str(a.trim())
-                        .map_err(|_| format!("{key}: `{a}` is not a decimal amount"))
-                })
+                .map(|a| Decimal::from_str(a.trim()).map_err(|_| format!("{key}: `{a}` is not a decimal amount")))
                 .collect()
         };
         let refuse_list = get("PSP_SIM_FAIL_STATUS")
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
-        let first_delay =
-            match get("PSP_SIM_WEBHOOK_DELAY_MS") {
-                None => Duration::from_millis(100),
-                Some(v) => Duration::from_millis(v.trim().parse().map_err(|_| {
-                    format!("PSP_SIM_WEBHOOK_DELAY_MS: `{v}` is not a whole number")
-                })?),
-            };
+        let first_delay = match get("PSP_SIM_WEBHOOK_DELAY_MS") {
+            None => Duration::from_millis(100),
+            Some(v) => Duration::from_millis(
+                v.trim().parse().map_err(|_| format!("PSP_SIM_WEBHOOK_DELAY_MS: `{v}` is not a whole number"))?,
+            ),
+        };
         Ok(Self {
             port: config.psp_sim_port,
             webhook_url: config.psp_sim_webhook_url.clone(),
@@ -131,12 +122,7 @@ struct Ledger {
 impl Ledger {
     /// The record for an event id, created on first use (a replayed id from
     /// `/sim/events` keeps counting on the same record).
-    fn webhook(
-        &mut self,
-        event_id: &str,
-        kind: &str,
-        payment_id: Option<String>,
-    ) -> &mut WebhookRecord {
+    fn webhook(&mut self, event_id: &str, kind: &str, payment_id: Option<String>) -> &mut WebhookRecord {
         let index = match self.webhook_by_event.get(event_id) {
             Some(&i) => i,
             None => {
@@ -148,8 +134,7 @@ impl Ledger {
                     delivered: false,
                     last_status: None,
                 });
-                self.webhook_by_event
-                    .insert(event_id.to_string(), self.webhooks.len() - 1);
+                self.webhook_by_event.insert(event_id.to_string(), self.webhooks.len() - 1);
                 self.webhooks.len() - 1
             }
         };
@@ -177,19 +162,11 @@ impl Sim {
 type SharedSim = Arc<Sim>;
 
 fn problem(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"code": code, "message": message.into()})),
-    )
-        .into_response()
+    (status, Json(json!({"code": code, "message": message.into()}))).into_response()
 }
 
 fn accepted(psp_ref: &str) -> Response {
-    (
-        StatusCode::OK,
-        Json(json!({"psp_ref": psp_ref, "status": "accepted"})),
-    )
-        .into_response()
+    (StatusCode::OK, Json(json!({"psp_ref": psp_ref, "status": "accepted"}))).into_response()
 }
 
 fn refused(amount: &str) -> Response {
@@ -221,15 +198,13 @@ struct NewPayout {
 }
 
 fn parse_payout(body: &[u8]) -> Result<NewPayout, String> {
-    let input: PayoutIn =
-        serde_json::from_slice(body).map_err(|e| format!("invalid payout body: {e}"))?;
+    let input: PayoutIn = serde_json::from_slice(body).map_err(|e| format!("invalid payout body: {e}"))?;
     let amount = match &input.amount {
         Value::String(s) => s.trim().to_string(),
         Value::Number(n) => n.to_string(),
         _ => return Err("amount: must be a decimal string or a number".into()),
     };
-    let amount_value =
-        Decimal::from_str(&amount).map_err(|_| format!("amount: `{amount}` is not a decimal"))?;
+    let amount_value = Decimal::from_str(&amount).map_err(|_| format!("amount: `{amount}` is not a decimal"))?;
     if amount_value <= Decimal::ZERO {
         return Err("amount: must be positive".into());
     }
@@ -254,26 +229,14 @@ async fn health() -> Json<Value> {
 }
 
 async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: Bytes) -> Response {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty());
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty());
     let Some(key) = key else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "IDEMPOTENCY_KEY_REQUIRED",
-            "the Idempotency-Key header is required",
-        );
+        return problem(StatusCode::BAD_REQUEST, "IDEMPOTENCY_KEY_REQUIRED", "the Idempotency-Key header is required");
     };
     let payout = match parse_payout(&body) {
         Ok(p) => p,
         Err(message) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "VALIDATION_ERROR",
-                message,
-            );
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", message);
         }
     };
 
@@ -293,11 +256,7 @@ async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: B
                 "this Idempotency-Key was used for another payout",
             );
         }
-        tracing::info!(
-            idempotency_key = key,
-            calls = record.calls,
-            "payout replayed"
-        );
+        tracing::info!(idempotency_key = key, calls = record.calls, "payout replayed");
         return match &record.psp_ref {
             Some(psp_ref) => accepted(psp_ref),
             None => refused(&record.amount),
@@ -339,11 +298,7 @@ async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: B
     if failed {
         data["reason"] = json!("SIMULATED_FAILURE");
     }
-    let kind = if failed {
-        "payment.failed"
-    } else {
-        "payment.settled"
-    };
+    let kind = if failed { "payment.failed" } else { "payment.settled" };
     let event_id = Uuid::new_v4().to_string();
     let body = event_body(&event_id, kind, &data);
     ledger.webhook(&event_id, kind, Some(payout.payment_id.clone()));
@@ -400,12 +355,7 @@ async fn send_once(sim: &Sim, event_id: &str, body: &[u8]) -> Option<u16> {
         }
     };
     let delivered = status.is_some_and(|s| (200..300).contains(&s));
-    if let Some(record) = sim
-        .ledger()
-        .webhooks
-        .iter_mut()
-        .find(|w| w.event_id == event_id)
-    {
+    if let Some(record) = sim.ledger().webhooks.iter_mut().find(|w| w.event_id == event_id) {
         record.attempts += 1;
         record.last_status = status;
         record.delivered |= delivered;
@@ -440,7 +390,10 @@ struct SimConfigIn {
 
 /// `POST /sim/config {"fail_amounts": ["40.00"]}`: which amounts get
 /// `payment.failed` from now on.
-async fn set_config(State(sim): State<SharedSim>, body: Result<Json<SimConfigIn>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn set_config(
+    State(sim): State<SharedSim>,
+    body: Result<Json<SimConfigIn>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Ok(Json(cfg)) = body else {
         return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "send {\"fail_amounts\": [\"…\"]}");
     };
@@ -448,7 +401,9 @@ async fn set_config(State(sim): State<SharedSim>, body: Result<Json<SimConfigIn>
     for a in &cfg.fail_amounts {
         match a.trim().parse::<Decimal>() {
             Ok(d) => list.push(d),
-            Err(_) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", format!("`{a}` is not a decimal")),
+            Err(_) => {
+                return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", format!("`{a}` is not a decimal"));
+            }
         }
     }
     *sim.fail_override.lock().unwrap_or_else(PoisonError::into_inner) = Some(list.clone());
@@ -473,33 +428,15 @@ async fn send_event(State(sim): State<SharedSim>, body: Bytes) -> Response {
     let input: SimEventIn = match serde_json::from_slice(&body) {
         Ok(i) => i,
         Err(e) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "VALIDATION_ERROR",
-                format!("invalid event: {e}"),
-            );
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", format!("invalid event: {e}"));
         }
     };
     if input.kind.trim().is_empty() {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "VALIDATION_ERROR",
-            "type: required",
-        );
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "type: required");
     }
-    let data = if input.data.is_null() {
-        json!({})
-    } else {
-        input.data
-    };
-    let event_id = input
-        .id
-        .filter(|id| !id.trim().is_empty())
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
-    let payment_id = data
-        .get("payment_id")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let data = if input.data.is_null() { json!({}) } else { input.data };
+    let event_id = input.id.filter(|id| !id.trim().is_empty()).unwrap_or_else(|| Uuid::new_v4().to_string());
+    let payment_id = data.get("payment_id").and_then(Value::as_str).map(str::to_string);
     let body = event_body(&event_id, &input.kind, &data);
     sim.ledger().webhook(&event_id, &input.kind, payment_id);
 
@@ -561,12 +498,7 @@ async fn shutdown_signal() {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.port))
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on 0.0.0.0:{} (PSP_SIM_PORT): {e}",
-                settings.port
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on 0.0.0.0:{} (PSP_SIM_PORT): {e}", settings.port))?;
     tracing::info!(
         addr = %listener.local_addr()?,
         webhook_url = %settings.webhook_url,
@@ -580,15 +512,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ledger: Mutex::new(Ledger::default()),
         fail_override: Mutex::new(None),
     });
-    axum::serve(listener, router(sim.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    let pending = sim
-        .ledger()
-        .webhooks
-        .iter()
-        .filter(|w| !w.delivered)
-        .count();
+    axum::serve(listener, router(sim.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    let pending = sim.ledger().webhooks.iter().filter(|w| !w.delivered).count();
     // Retries live in memory only; say what is dropped so a test log explains
     // a missing webhook.
     tracing::info!(undelivered_webhooks = pending, "psp-sim stopped");
@@ -641,11 +566,9 @@ mod tests {
     #[test]
     fn amounts_compare_as_decimals() {
         let listed = [Decimal::from_str("25").expect("decimal")];
-        let sent = parse_payout(br#"{"payment_id":"p","amount":"25.00","currency":"USD"}"#)
-            .expect("valid");
+        let sent = parse_payout(br#"{"payment_id":"p","amount":"25.00","currency":"USD"}"#).expect("valid");
         assert!(listed.contains(&sent.amount_value));
-        let number =
-            parse_payout(br#"{"payment_id":"p","amount":25,"currency":"USD"}"#).expect("valid");
+        let number = parse_payout(br#"{"payment_id":"p","amount":25,"currency":"USD"}"#).expect("valid");
         assert!(listed.contains(&number.amount_value));
     }
 
@@ -659,11 +582,7 @@ mod tests {
             br#"{"payment_id":"p","amount":"1"}"#,
             b"not json",
         ] {
-            assert!(
-                parse_payout(body).is_err(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(parse_payout(body).is_err(), "{}", String::from_utf8_lossy(body));
         }
     }
 }

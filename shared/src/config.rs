@@ -129,7 +129,9 @@ impl Config {
             Some(other) => return Err(err("LOG_FORMAT", format!("`{other}` is not json or pretty"))),
         };
         let worker_name = get("WORKER_NAME").unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "host".into());
             format!("{host}-{}", std::process::id())
         });
         let psp_webhook_secrets = list("PSP_WEBHOOK_SECRETS");
@@ -165,8 +167,10 @@ impl Config {
             worker_name,
             saka_timezone,
             log_json,
-            psp_sim_port: u16::try_from(parse_num("PSP_SIM_PORT", 8090)?).map_err(|_| err("PSP_SIM_PORT", "out of range"))?,
-            psp_sim_webhook_url: get("PSP_SIM_WEBHOOK_URL").unwrap_or_else(|| format!("http://127.0.0.1:{port}/psp/webhook")),
+            psp_sim_port: u16::try_from(parse_num("PSP_SIM_PORT", 8090)?)
+                .map_err(|_| err("PSP_SIM_PORT", "out of range"))?,
+            psp_sim_webhook_url: get("PSP_SIM_WEBHOOK_URL")
+                .unwrap_or_else(|| format!("http://127.0.0.1:{port}/psp/webhook")),
             psp_sim_fail_amounts: list("PSP_SIM_FAIL_AMOUNTS"),
             job_relay_after: Duration::from_secs(parse_num("JOB_RELAY_AFTER_SECS", 10)?),
             job_timeout: Duration::from_secs(parse_num("JOB_TIMEOUT_SECS", 30)?.max(1)),
@@ -174,7 +178,10 @@ impl Config {
             relay_every_secs: relay_every_secs as u32,
             body_limit_bytes: parse_num("BODY_LIMIT_BYTES", 64 * 1024)? as usize,
             proof_max_bytes: parse_num("PROOF_MAX_BYTES", 10 * 1024 * 1024)? as usize,
-            storage_dir: PathBuf::from(get("STORAGE_DIR").unwrap_or_else(|| std::env::temp_dir().join("kobatela-proofs").to_string_lossy().into_owned())),
+            storage_dir: PathBuf::from(
+                get("STORAGE_DIR")
+                    .unwrap_or_else(|| std::env::temp_dir().join("kobatela-proofs").to_string_lossy().into_owned()),
+            ),
             migrate_on_start: matches!(get("MIGRATE_ON_START").as_deref(), Some("1" | "true" | "yes")),
             db_pool_size: u32::try_from(parse_num("DB_POOL_SIZE", 16)?.clamp(1, 200)).unwrap_or(16),
             mandate_expiry_cron: get("MANDATE_EXPIRY_CRON").unwrap_or_else(|| "0 * * * * *".into()),

@@ -126,8 +126,7 @@ impl Serialize for ErrorCode {
 impl<'de> Deserialize<'de> for ErrorCode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        ErrorCode::parse(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {text}")))
+        ErrorCode::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("unknown error code {text}")))
     }
 }
 
@@ -168,11 +167,7 @@ impl Problem {
     /// A 422 carrying every invalid field at once. When all the field errors
     /// share a sharper code (say `AMOUNT_INVALID`), that code is used.
     pub fn fields(code: ErrorCode, errors: Vec<FieldError>) -> Self {
-        let detail = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
         Self { code, detail, errors }
     }
 
@@ -281,19 +276,29 @@ mod tests {
     fn every_error_code_is_named_in_the_spec() {
         // The spec lives beside the repository (../shared). Codes we added
         // for HTTP plumbing are listed here with the reason they exist.
-        let ours = ["METHOD_NOT_ALLOWED", "REQUEST_TIMEOUT", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "UNAVAILABLE",
-            "JOB_NOT_DEAD", "MANDATE_NOT_FOUND", "MANDATE_NOT_ACTIVE", "PURCHASE_NOT_FOUND",
+        let ours = [
+            "METHOD_NOT_ALLOWED",
+            "REQUEST_TIMEOUT",
+            "PAYLOAD_TOO_LARGE",
+            "UNSUPPORTED_MEDIA_TYPE",
+            "UNAVAILABLE",
+            "JOB_NOT_DEAD",
+            "MANDATE_NOT_FOUND",
+            "MANDATE_NOT_ACTIVE",
+            "PURCHASE_NOT_FOUND",
             // Approving or rejecting an unknown, or an already decided or
             // expired, manual adjustment.
-            "SAKA_ADJUSTMENT_NOT_FOUND", "SAKA_ADJUSTMENT_NOT_PENDING",
+            "SAKA_ADJUSTMENT_NOT_FOUND",
+            "SAKA_ADJUSTMENT_NOT_PENDING",
             // A payout the PSP refused (the payment is ERROR, the balance freed);
             // re-driving a payment that is already SENT or SETTLED.
-            "PAYOUT_FAILED", "PAYMENT_NOT_REDRIVABLE"];
+            "PAYOUT_FAILED",
+            "PAYMENT_NOT_REDRIVABLE",
+        ];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
-        let (Ok(domain), Ok(api)) = (
-            std::fs::read_to_string(root.join("DOMAIN.md")),
-            std::fs::read_to_string(root.join("API.md")),
-        ) else {
+        let (Ok(domain), Ok(api)) =
+            (std::fs::read_to_string(root.join("DOMAIN.md")), std::fs::read_to_string(root.join("API.md")))
+        else {
             panic!("the spec (../shared/DOMAIN.md and API.md beside the repository) is missing");
         };
         for code in ErrorCode::ALL {
@@ -312,10 +317,25 @@ mod tests {
         }
         // Names in DOMAIN.md that are not error codes: states, audit actions,
         // reasons and event names.
-        let not_codes = ["PENDING_REVIEW", "UNTRUSTED_SOURCE", "DOCUMENT_PROOF", "MANUAL_ADJUST",
-            "PENDING_APPROVAL", "CONTENT_READ", "POLL_VOTE", "INVITE_ACCEPTED", "INVEST_BONUS",
-            "DAILY_LIMIT", "SAKA_TIMEZONE", "MANDATE_CREATED", "MANDATE_CONSUMED", "MANDATE_REVOKED",
-            "PURCHASE_COMPLETED", "PURCHASE_REFUSED", "UNAUTHORIZED_TRANSFER_ATTEMPT"];
+        let not_codes = [
+            "PENDING_REVIEW",
+            "UNTRUSTED_SOURCE",
+            "DOCUMENT_PROOF",
+            "MANUAL_ADJUST",
+            "PENDING_APPROVAL",
+            "CONTENT_READ",
+            "POLL_VOTE",
+            "INVITE_ACCEPTED",
+            "INVEST_BONUS",
+            "DAILY_LIMIT",
+            "SAKA_TIMEZONE",
+            "MANDATE_CREATED",
+            "MANDATE_CONSUMED",
+            "MANDATE_REVOKED",
+            "PURCHASE_COMPLETED",
+            "PURCHASE_REFUSED",
+            "UNAUTHORIZED_TRANSFER_ATTEMPT",
+        ];
         missing.retain(|w| !not_codes.contains(&w.as_str()));
         assert!(missing.is_empty(), "codes in DOMAIN.md without an ErrorCode: {missing:?}");
     }

@@ -34,7 +34,24 @@ macro_rules! id_type {
 }
 
 id_type!(
-    UserId, ApiKeyId, JobId, CategoryId, MerchantId, UsageRuleId, AllowlistId, MandateId,
-    PurchaseId, TransferId, AlertId, EscrowId, MilestoneId, ProofId, PaymentId, PayeeId,
-    WebhookEventId, SakaTxId, SakaAdjustmentId, AuditId,
+    UserId,
+    ApiKeyId,
+    JobId,
+    CategoryId,
+    MerchantId,
+    UsageRuleId,
+    AllowlistId,
+    MandateId,
+    PurchaseId,
+    TransferId,
+    AlertId,
+    EscrowId,
+    MilestoneId,
+    ProofId,
+    PaymentId,
+    PayeeId,
+    WebhookEventId,
+    SakaTxId,
+    SakaAdjustmentId,
+    AuditId,
 );

@@ -26,9 +26,7 @@ impl Currencies {
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut map = BTreeMap::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (code, decimals) = item
-                .split_once(':')
-                .ok_or_else(|| format!("`{item}` is not CODE:DECIMALS"))?;
+            let (code, decimals) = item.split_once(':').ok_or_else(|| format!("`{item}` is not CODE:DECIMALS"))?;
             let code = code.trim();
             if code.len() != 3 || !code.chars().all(|c| c.is_ascii_uppercase()) {
                 return Err(format!("`{code}` is not an ISO 4217 code"));
@@ -55,7 +53,10 @@ impl Currencies {
     pub fn require(&self, field: &str, code: &str) -> Result<Currency, (ErrorCode, FieldError)> {
         self.get(code).ok_or_else(|| {
             let known = self.0.keys().cloned().collect::<Vec<_>>().join(", ");
-            (ErrorCode::CurrencyUnsupported, FieldError::new(field, format!("unsupported currency `{code}` (supported: {known})")))
+            (
+                ErrorCode::CurrencyUnsupported,
+                FieldError::new(field, format!("unsupported currency `{code}` (supported: {known})")),
+            )
         })
     }
 
@@ -175,7 +176,8 @@ pub fn currencies() -> Currencies {
 
 /// Formats an amount of `currency` with its decimals.
 pub fn display(amount: Decimal, currency: &str) -> String {
-    let decimals = REGISTRY.get().map(|c| c.decimals(currency)).unwrap_or_else(|| Currencies::default().decimals(currency));
+    let decimals =
+        REGISTRY.get().map(|c| c.decimals(currency)).unwrap_or_else(|| Currencies::default().decimals(currency));
     format_amount(amount, decimals)
 }
 

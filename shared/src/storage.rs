@@ -54,32 +54,22 @@ pub fn check_key(key: &str) -> Result<(), Error> {
         && key.chars().all(allowed)
         && !key.starts_with('/')
         && !key.contains("..")
-        && key
-            .split('/')
-            .all(|segment| !segment.is_empty() && segment != ".");
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::internal(format!("invalid storage key {key:?}")))
-    }
+        && key.split('/').all(|segment| !segment.is_empty() && segment != ".");
+    if valid { Ok(()) } else { Err(Error::internal(format!("invalid storage key {key:?}"))) }
 }
 
 impl ProofStore for LocalDirStore {
     fn put<'a>(&'a self, key: &'a str, bytes: &'a [u8]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let path = self.path_of(key)?;
-            let io = |what: &'static str| {
-                move |e: std::io::Error| Error::internal(format!("storage {what} {key}: {e}"))
-            };
+            let io =
+                |what: &'static str| move |e: std::io::Error| Error::internal(format!("storage {what} {key}: {e}"));
             let dir = path.parent().unwrap_or(&self.root).to_path_buf();
             tokio::fs::create_dir_all(&dir).await.map_err(io("mkdir"))?;
             // The temporary file sits beside the target (a rename is atomic
             // only within one file system) under a name no reader asks for:
             // a crash leaves at worst a stray temporary, never a half proof.
-            let file_name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let temp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4()));
             let written = async {
                 let mut file = tokio::fs::File::create(&temp).await?;
@@ -103,18 +93,14 @@ impl ProofStore for LocalDirStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
         Box::pin(async move {
             let path = self.path_of(key)?;
-            tokio::fs::read(&path)
-                .await
-                .map_err(|e| Error::internal(format!("storage read {key}: {e}")))
+            tokio::fs::read(&path).await.map_err(|e| Error::internal(format!("storage read {key}: {e}")))
         })
     }
 }
 
 #[cfg(unix)]
 async fn sync_dir(dir: PathBuf) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-        .await
-        .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all()).await.map_err(std::io::Error::other)?
 }
 
 // Directories cannot be opened for syncing on other systems; the rename is
@@ -163,14 +149,8 @@ mod tests {
         let root = TempRoot::new();
         let store = LocalDirStore::new(&root.0);
         let bytes: Vec<u8> = (0..=255).collect();
-        store
-            .put("proofs/ab/cd/0123-photo.jpg", &bytes)
-            .await
-            .expect("put");
-        assert_eq!(
-            store.get("proofs/ab/cd/0123-photo.jpg").await.expect("get"),
-            bytes
-        );
+        store.put("proofs/ab/cd/0123-photo.jpg", &bytes).await.expect("put");
+        assert_eq!(store.get("proofs/ab/cd/0123-photo.jpg").await.expect("get"), bytes);
         assert!(root.0.join("proofs/ab/cd/0123-photo.jpg").is_file());
     }
 
@@ -185,10 +165,8 @@ mod tests {
         assert_eq!(store.get("a/empty").await.expect("get"), b"");
         let mut files = files_under(&root.0);
         files.sort();
-        let expected: Vec<String> = ["a/empty", "a/x.bin"]
-            .iter()
-            .map(|k| root.0.join(k).to_string_lossy().into_owned())
-            .collect();
+        let expected: Vec<String> =
+            ["a/empty", "a/x.bin"].iter().map(|k| root.0.join(k).to_string_lossy().into_owned()).collect();
         assert_eq!(files, expected);
     }
 
@@ -196,10 +174,7 @@ mod tests {
     async fn a_missing_key_is_an_error_not_empty_bytes() {
         let root = TempRoot::new();
         let store = LocalDirStore::new(&root.0);
-        assert!(matches!(
-            store.get("nothing/here").await,
-            Err(Error::Internal(_))
-        ));
+        assert!(matches!(store.get("nothing/here").await, Err(Error::Internal(_))));
     }
 
     #[tokio::test]
@@ -228,27 +203,12 @@ mod tests {
             "%2e%2e/x",
         ];
         for key in bad {
-            assert!(
-                matches!(store.put(key, b"x").await, Err(Error::Internal(_))),
-                "put {key:?}"
-            );
-            assert!(
-                matches!(store.get(key).await, Err(Error::Internal(_))),
-                "get {key:?}"
-            );
+            assert!(matches!(store.put(key, b"x").await, Err(Error::Internal(_))), "put {key:?}");
+            assert!(matches!(store.get(key).await, Err(Error::Internal(_))), "get {key:?}");
         }
         assert!(check_key(&"a".repeat(513)).is_err());
-        assert!(
-            !root.0.exists() || files_under(&root.0).is_empty(),
-            "nothing was written"
-        );
-        for good in [
-            "a",
-            "A-z_0.9",
-            "proofs/2030/05/17/0190c2d4-1b2a-7e3c.jpg",
-            ".hidden/x",
-            "a.b/c",
-        ] {
+        assert!(!root.0.exists() || files_under(&root.0).is_empty(), "nothing was written");
+        for good in ["a", "A-z_0.9", "proofs/2030/05/17/0190c2d4-1b2a-7e3c.jpg", ".hidden/x", "a.b/c"] {
             assert!(check_key(good).is_ok(), "{good:?}");
         }
     }
@@ -274,10 +234,7 @@ mod tests {
             task.await.expect("task").expect("put");
         }
         for i in 0..16u8 {
-            assert_eq!(
-                store.get(&format!("p/{i}")).await.expect("get"),
-                vec![i; 4096]
-            );
+            assert_eq!(store.get(&format!("p/{i}")).await.expect("get"), vec![i; 4096]);
         }
         let shared = store.get("p/shared").await.expect("get");
         assert_eq!(shared.len(), 4096);

@@ -32,7 +32,11 @@ async fn fixture(pool: &PgPool, total: &str) -> Fixture {
             .expect("user");
     }
     let category = CategoryId::new();
-    sqlx::query("INSERT INTO spend_categories (id, code, label) VALUES ($1, 'FOOD', 'Food')").bind(category).execute(pool).await.expect("category");
+    sqlx::query("INSERT INTO spend_categories (id, code, label) VALUES ($1, 'FOOD', 'Food')")
+        .bind(category)
+        .execute(pool)
+        .await
+        .expect("category");
     let merchant = MerchantId::new();
     sqlx::query("INSERT INTO merchants (id, name, category_id, is_certified) VALUES ($1, 'Market', $2, true)")
         .bind(merchant)
@@ -49,17 +53,30 @@ async fn fixture(pool: &PgPool, total: &str) -> Fixture {
         .execute(pool)
         .await
         .expect("mandate");
-    Fixture { sender, beneficiary: Principal { user_id: beneficiary, key_id: ApiKeyId::new(), role: Role::Beneficiary }, merchant, mandate }
+    Fixture {
+        sender,
+        beneficiary: Principal { user_id: beneficiary, key_id: ApiKeyId::new(), role: Role::Beneficiary },
+        merchant,
+        mandate,
+    }
 }
 
 fn cmd(f: &Fixture, sender: UserId, amount: i64) -> PurchaseV1 {
-    PurchaseV1 { sender_id: sender, beneficiary_id: f.beneficiary.user_id, merchant_id: f.merchant, amount: Decimal::new(amount * 100, 2), currency: "USD".into(), category_id: None }
+    PurchaseV1 {
+        sender_id: sender,
+        beneficiary_id: f.beneficiary.user_id,
+        merchant_id: f.merchant,
+        amount: Decimal::new(amount * 100, 2),
+        currency: "USD".into(),
+        category_id: None,
+    }
 }
 
 async fn buy(pool: &PgPool, who: Principal, cmd: PurchaseV1) -> Result<(), ErrorCode> {
     let ctx = (who, cmd);
     // Each purchase in its own SERIALIZABLE transaction, retried on 40001.
-    let r = db::serializable(pool, &ctx, |tx, (who, cmd)| Box::pin(purchases::execute(tx, who, JobId::new(), cmd))).await;
+    let r =
+        db::serializable(pool, &ctx, |tx, (who, cmd)| Box::pin(purchases::execute(tx, who, JobId::new(), cmd))).await;
     match r {
         Ok(Outcome::Succeeded(_)) => Ok(()),
         Ok(Outcome::Refused(p)) | Err(Error::Problem(p)) => Err(p.code),
@@ -86,11 +103,13 @@ async fn thirty_parallel_transactions_never_overspend_a_mandate(pool: PgPool) {
         }
     }
     assert_eq!(ok, 14, "14 × 7.00 fit in 100.00, a 15th would not");
-    let (spent, sum): (Decimal, Decimal) = sqlx::query_as("SELECT spent_amount, (SELECT coalesce(sum(amount), 0) FROM purchases) FROM mandates WHERE id = $1")
-        .bind(f.mandate)
-        .fetch_one(&pool)
-        .await
-        .expect("read");
+    let (spent, sum): (Decimal, Decimal) = sqlx::query_as(
+        "SELECT spent_amount, (SELECT coalesce(sum(amount), 0) FROM purchases) FROM mandates WHERE id = $1",
+    )
+    .bind(f.mandate)
+    .fetch_one(&pool)
+    .await
+    .expect("read");
     assert_eq!(spent, sum);
     assert_eq!(spent, Decimal::new(9800, 2));
 }
@@ -99,7 +118,11 @@ async fn thirty_parallel_transactions_never_overspend_a_mandate(pool: PgPool) {
 async fn a_purchase_naming_another_sender_never_finds_the_mandate(pool: PgPool) {
     let f = fixture(&pool, "100.00").await;
     let other = UserId::new();
-    sqlx::query("INSERT INTO users (id, username, email) VALUES ($1, 'mallory', 'm@example.test')").bind(other).execute(&pool).await.expect("user");
+    sqlx::query("INSERT INTO users (id, username, email) VALUES ($1, 'mallory', 'm@example.test')")
+        .bind(other)
+        .execute(&pool)
+        .await
+        .expect("user");
     assert_eq!(buy(&pool, f.beneficiary, cmd(&f, other, 10)).await, Err(ErrorCode::MandateRequired));
     assert_eq!(buy(&pool, f.beneficiary, cmd(&f, f.sender, 10)).await, Ok(()));
 }

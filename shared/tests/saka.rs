@@ -20,9 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 const UTC: Tz = chrono_tz::UTC;
 
 fn at(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, m, d, h, min, 0)
-        .single()
-        .expect("valid instant")
+    Utc.with_ymd_and_hms(y, m, d, h, min, 0).single().expect("valid instant")
 }
 
 fn noon() -> DateTime<Utc> {
@@ -38,11 +36,7 @@ async fn user(pool: &PgPool, role: Role) -> Principal {
         .execute(pool)
         .await
         .expect("insert user");
-    Principal {
-        user_id: id,
-        key_id: ApiKeyId::new(),
-        role,
-    }
+    Principal { user_id: id, key_id: ApiKeyId::new(), role }
 }
 
 /// The code of a refusal, whether the rule returned it as `Err` (rolled
@@ -87,15 +81,7 @@ async fn harvest(
     reason: &str,
     now: DateTime<Utc>,
 ) -> shared::Result<Outcome> {
-    let ctx = (
-        who,
-        SakaHarvestV1 {
-            user_id: user,
-            reason: reason.into(),
-            amount: None,
-        },
-        now,
-    );
+    let ctx = (who, SakaHarvestV1 { user_id: user, reason: reason.into(), amount: None }, now);
     until_settled!(
         db::serializable(pool, &ctx, |tx, (who, cmd, now)| Box::pin(async move {
             saka::harvest(tx, who, JobId::new(), cmd, *now, UTC).await
@@ -112,20 +98,8 @@ async fn harvest_cmd(pool: &PgPool, who: Principal, cmd: SakaHarvestV1) -> share
     .await
 }
 
-async fn spend(
-    pool: &PgPool,
-    who: Principal,
-    user: UserId,
-    amount: i64,
-) -> shared::Result<Outcome> {
-    let ctx = (
-        who,
-        SakaSpendV1 {
-            user_id: user,
-            amount: Grains(amount),
-            reason: "badge".into(),
-        },
-    );
+async fn spend(pool: &PgPool, who: Principal, user: UserId, amount: i64) -> shared::Result<Outcome> {
+    let ctx = (who, SakaSpendV1 { user_id: user, amount: Grains(amount), reason: "badge".into() });
     until_settled!(
         db::serializable(pool, &ctx, |tx, (who, cmd)| Box::pin(async move {
             saka::spend(tx, who, JobId::new(), cmd).await
@@ -142,16 +116,7 @@ async fn request(
     now: DateTime<Utc>,
     tz: Tz,
 ) -> shared::Result<Outcome> {
-    let ctx = (
-        who,
-        NewAdjustment {
-            user_id: user,
-            amount: Grains(amount),
-            note: "support gesture".into(),
-        },
-        now,
-        tz,
-    );
+    let ctx = (who, NewAdjustment { user_id: user, amount: Grains(amount), note: "support gesture".into() }, now, tz);
     until_settled!(
         db::serializable(pool, &ctx, |tx, (who, cmd, now, tz)| Box::pin(async move {
             saka::request_adjustment(tx, who, JobId::new(), cmd, *now, *tz).await
@@ -177,11 +142,9 @@ async fn approve(
 }
 
 async fn rollover(pool: &PgPool, now: DateTime<Utc>, tz: Tz) -> i64 {
-    db::serializable(pool, &(now, tz), |tx, (now, tz)| {
-        Box::pin(async move { saka::rollover(tx, *now, *tz).await })
-    })
-    .await
-    .expect("rollover")
+    db::serializable(pool, &(now, tz), |tx, (now, tz)| Box::pin(async move { saka::rollover(tx, *now, *tz).await }))
+        .await
+        .expect("rollover")
 }
 
 fn adjustment_id(v: &serde_json::Value) -> SakaAdjustmentId {
@@ -228,27 +191,18 @@ async fn assert_ledger_invariant(pool: &PgPool, user: UserId) {
     .fetch_one(pool)
     .await
     .expect("wallet and ledger");
-    assert_eq!(
-        balance,
-        earned - debited,
-        "balance = sum(EARN) - sum(SPEND)"
-    );
+    assert_eq!(balance, earned - debited, "balance = sum(EARN) - sum(SPEND)");
     assert_eq!(harvested, earned);
     assert_eq!(spent, debited);
 }
 
 /// A pool big enough for ten transactions at once.
 async fn wide_pool(opts: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
-    opts.max_connections(12)
-        .connect_with(connect)
-        .await
-        .expect("pool")
+    opts.max_connections(12).connect_with(connect).await.expect("pool")
 }
 
 fn db_constraint(e: &sqlx::Error) -> Option<String> {
-    e.as_database_error()
-        .and_then(|d| d.constraint())
-        .map(str::to_string)
+    e.as_database_error().and_then(|d| d.constraint()).map(str::to_string)
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -262,26 +216,14 @@ async fn the_fourth_content_read_of_the_day_credits_nothing(pool: PgPool) {
         assert_eq!(tx["direction"], "EARN");
     }
     let fourth = result(harvest(&pool, support, reader.user_id, "CONTENT_READ", noon()).await);
-    assert_eq!(
-        fourth,
-        serde_json::json!({"credited": 0, "reason": "DAILY_LIMIT"})
-    );
+    assert_eq!(fourth, serde_json::json!({"credited": 0, "reason": "DAILY_LIMIT"}));
     assert_eq!(balance(&pool, reader.user_id).await, 30);
     // Other reasons have their own counters; INVEST_BONUS once a day.
     result(harvest(&pool, support, reader.user_id, "INVEST_BONUS", noon()).await);
     let again = result(harvest(&pool, support, reader.user_id, "INVEST_BONUS", noon()).await);
     assert_eq!(again["credited"], 0);
     // The next SAKA day counts from zero again.
-    let tomorrow = result(
-        harvest(
-            &pool,
-            support,
-            reader.user_id,
-            "CONTENT_READ",
-            noon() + Duration::days(1),
-        )
-        .await,
-    );
+    let tomorrow = result(harvest(&pool, support, reader.user_id, "CONTENT_READ", noon() + Duration::days(1)).await);
     assert_eq!(tomorrow["balance_after"], 140);
     assert_ledger_invariant(&pool, reader.user_id).await;
 }
@@ -295,10 +237,7 @@ async fn a_harvest_refuses_unknown_reasons_chosen_amounts_and_other_roles(pool: 
         reason: reason.into(),
         amount: amount.map(Grains),
     };
-    assert_eq!(
-        code(&harvest_cmd(&pool, support, cmd("SUNBATHING", None)).await),
-        Some(ErrorCode::SakaReasonUnknown)
-    );
+    assert_eq!(code(&harvest_cmd(&pool, support, cmd("SUNBATHING", None)).await), Some(ErrorCode::SakaReasonUnknown));
     assert_eq!(
         code(&harvest_cmd(&pool, support, cmd("MANUAL_ADJUST", None)).await),
         Some(ErrorCode::SakaReasonUnknown)
@@ -311,36 +250,21 @@ async fn a_harvest_refuses_unknown_reasons_chosen_amounts_and_other_roles(pool: 
         code(&harvest_cmd(&pool, support, cmd("CONTENT_READ", Some(1000))).await),
         Some(ErrorCode::SakaAmountNotAllowed)
     );
-    assert_eq!(
-        code(&harvest_cmd(&pool, reader, cmd("CONTENT_READ", None)).await),
-        Some(ErrorCode::Forbidden)
-    );
-    let ghost = SakaHarvestV1 {
-        user_id: UserId::new(),
-        reason: "CONTENT_READ".into(),
-        amount: None,
-    };
-    assert_eq!(
-        code(&harvest_cmd(&pool, support, ghost).await),
-        Some(ErrorCode::UserNotFound)
-    );
+    assert_eq!(code(&harvest_cmd(&pool, reader, cmd("CONTENT_READ", None)).await), Some(ErrorCode::Forbidden));
+    let ghost = SakaHarvestV1 { user_id: UserId::new(), reason: "CONTENT_READ".into(), amount: None };
+    assert_eq!(code(&harvest_cmd(&pool, support, ghost).await), Some(ErrorCode::UserNotFound));
     assert_eq!(balance(&pool, reader.user_id).await, 0);
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn ten_parallel_content_reads_credit_exactly_three(
-    opts: PgPoolOptions,
-    connect: PgConnectOptions,
-) {
+async fn ten_parallel_content_reads_credit_exactly_three(opts: PgPoolOptions, connect: PgConnectOptions) {
     let pool = wide_pool(opts, connect).await;
     let support = user(&pool, Role::Support).await;
     let reader = user(&pool, Role::Beneficiary).await.user_id;
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let pool = pool.clone();
-            tokio::spawn(
-                async move { harvest(&pool, support, reader, "CONTENT_READ", noon()).await },
-            )
+            tokio::spawn(async move { harvest(&pool, support, reader, "CONTENT_READ", noon()).await })
         })
         .collect();
     let mut credited = 0;
@@ -363,40 +287,18 @@ async fn a_spend_never_takes_the_balance_below_zero(pool: PgPool) {
     let me = user(&pool, Role::Beneficiary).await;
     let other = user(&pool, Role::Beneficiary).await;
     result(harvest(&pool, support, me.user_id, "CONTENT_READ", noon()).await);
-    assert_eq!(
-        code(&spend(&pool, me, me.user_id, 11).await),
-        Some(ErrorCode::SakaInsufficient)
-    );
-    assert_eq!(
-        code(&spend(&pool, me, me.user_id, 0).await),
-        Some(ErrorCode::ValidationError)
-    );
-    assert_eq!(
-        code(&spend(&pool, me, me.user_id, -5).await),
-        Some(ErrorCode::ValidationError)
-    );
-    assert_eq!(
-        code(&spend(&pool, other, me.user_id, 5).await),
-        Some(ErrorCode::Forbidden)
-    );
+    assert_eq!(code(&spend(&pool, me, me.user_id, 11).await), Some(ErrorCode::SakaInsufficient));
+    assert_eq!(code(&spend(&pool, me, me.user_id, 0).await), Some(ErrorCode::ValidationError));
+    assert_eq!(code(&spend(&pool, me, me.user_id, -5).await), Some(ErrorCode::ValidationError));
+    assert_eq!(code(&spend(&pool, other, me.user_id, 5).await), Some(ErrorCode::Forbidden));
     let tx = result(spend(&pool, me, me.user_id, 10).await);
     assert_eq!(
-        (
-            tx["direction"].clone(),
-            tx["amount"].clone(),
-            tx["balance_after"].clone()
-        ),
+        (tx["direction"].clone(), tx["amount"].clone(), tx["balance_after"].clone()),
         ("SPEND".into(), 10.into(), 0.into())
     );
-    assert_eq!(
-        code(&spend(&pool, me, me.user_id, 1).await),
-        Some(ErrorCode::SakaInsufficient)
-    );
+    assert_eq!(code(&spend(&pool, me, me.user_id, 1).await), Some(ErrorCode::SakaInsufficient));
     // A user without a wallet has nothing to spend.
-    assert_eq!(
-        code(&spend(&pool, other, other.user_id, 1).await),
-        Some(ErrorCode::SakaInsufficient)
-    );
+    assert_eq!(code(&spend(&pool, other, other.user_id, 1).await), Some(ErrorCode::SakaInsufficient));
     assert_eq!(balance(&pool, me.user_id).await, 0);
     assert_ledger_invariant(&pool, me.user_id).await;
 }
@@ -445,14 +347,9 @@ async fn an_adjustment_of_500_is_applied_and_501_waits_for_approval(pool: PgPool
     let pending = result(request(&pool, admin, target, 501, noon(), UTC).await);
     assert_eq!(pending["status"], "PENDING_APPROVAL");
     assert_eq!(pending["requested_by"], serde_json::json!(admin.user_id));
-    let expires_at: DateTime<Utc> =
-        serde_json::from_value(pending["expires_at"].clone()).expect("expires_at");
+    let expires_at: DateTime<Utc> = serde_json::from_value(pending["expires_at"].clone()).expect("expires_at");
     assert_eq!(expires_at, noon() + Duration::hours(24));
-    assert_eq!(
-        balance(&pool, target).await,
-        500,
-        "nothing is credited before the approval"
-    );
+    assert_eq!(balance(&pool, target).await, 500, "nothing is credited before the approval");
     let wallet = db::serializable(&pool, &(admin, target), |tx, (admin, target)| {
         Box::pin(async move { saka::get_wallet_for(tx, admin, *target, noon(), UTC).await })
     })
@@ -471,26 +368,11 @@ async fn adjustments_are_for_admins_within_1_to_1000_and_never_for_themselves(po
     let admin = user(&pool, Role::Admin).await;
     let support = user(&pool, Role::Support).await;
     let target = user(&pool, Role::Beneficiary).await.user_id;
-    assert_eq!(
-        code(&request(&pool, support, target, 10, noon(), UTC).await),
-        Some(ErrorCode::Forbidden)
-    );
-    assert_eq!(
-        code(&request(&pool, admin, admin.user_id, 10, noon(), UTC).await),
-        Some(ErrorCode::Forbidden)
-    );
-    assert_eq!(
-        code(&request(&pool, admin, target, 0, noon(), UTC).await),
-        Some(ErrorCode::ValidationError)
-    );
-    assert_eq!(
-        code(&request(&pool, admin, target, 1001, noon(), UTC).await),
-        Some(ErrorCode::ValidationError)
-    );
-    assert_eq!(
-        code(&request(&pool, admin, UserId::new(), 10, noon(), UTC).await),
-        Some(ErrorCode::UserNotFound)
-    );
+    assert_eq!(code(&request(&pool, support, target, 10, noon(), UTC).await), Some(ErrorCode::Forbidden));
+    assert_eq!(code(&request(&pool, admin, admin.user_id, 10, noon(), UTC).await), Some(ErrorCode::Forbidden));
+    assert_eq!(code(&request(&pool, admin, target, 0, noon(), UTC).await), Some(ErrorCode::ValidationError));
+    assert_eq!(code(&request(&pool, admin, target, 1001, noon(), UTC).await), Some(ErrorCode::ValidationError));
+    assert_eq!(code(&request(&pool, admin, UserId::new(), 10, noon(), UTC).await), Some(ErrorCode::UserNotFound));
     assert_eq!(balance(&pool, target).await, 0);
 }
 
@@ -498,19 +380,11 @@ async fn adjustments_are_for_admins_within_1_to_1000_and_never_for_themselves(po
 async fn the_requester_cannot_approve_their_own_adjustment(pool: PgPool) {
     let admin = user(&pool, Role::Admin).await;
     let target = user(&pool, Role::Beneficiary).await;
-    let id = adjustment_id(&result(
-        request(&pool, admin, target.user_id, 800, noon(), UTC).await,
-    ));
-    assert_eq!(
-        code(&approve(&pool, admin, id, noon(), UTC).await),
-        Some(ErrorCode::SakaSelfApproval)
-    );
+    let id = adjustment_id(&result(request(&pool, admin, target.user_id, 800, noon(), UTC).await));
+    assert_eq!(code(&approve(&pool, admin, id, noon(), UTC).await), Some(ErrorCode::SakaSelfApproval));
     // Nor may anyone but an admin approve.
     let support = user(&pool, Role::Support).await;
-    assert_eq!(
-        code(&approve(&pool, support, id, noon(), UTC).await),
-        Some(ErrorCode::Forbidden)
-    );
+    assert_eq!(code(&approve(&pool, support, id, noon(), UTC).await), Some(ErrorCode::Forbidden));
     assert_eq!(
         code(&approve(&pool, admin, SakaAdjustmentId::new(), noon(), UTC).await),
         Some(ErrorCode::SakaAdjustmentNotFound)
@@ -518,15 +392,14 @@ async fn the_requester_cannot_approve_their_own_adjustment(pool: PgPool) {
     assert_eq!(adjustment_status(&pool, id).await, "PENDING_APPROVAL");
     assert_eq!(balance(&pool, target.user_id).await, 0);
     // The database refuses a self-approval too.
-    let err = sqlx::query("UPDATE saka_adjustments SET status = 'APPLIED', approved_by = requested_by, decided_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(&pool)
-        .await
-        .expect_err("self-approval refused");
-    assert_eq!(
-        db_constraint(&err).as_deref(),
-        Some("saka_adjustments_not_self_approved")
-    );
+    let err = sqlx::query(
+        "UPDATE saka_adjustments SET status = 'APPLIED', approved_by = requested_by, decided_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .expect_err("self-approval refused");
+    assert_eq!(db_constraint(&err).as_deref(), Some("saka_adjustments_not_self_approved"));
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -534,38 +407,26 @@ async fn a_second_admins_approval_applies_the_adjustment(pool: PgPool) {
     let first = user(&pool, Role::Admin).await;
     let second = user(&pool, Role::Admin).await;
     let target = user(&pool, Role::Beneficiary).await.user_id;
-    let id = adjustment_id(&result(
-        request(&pool, first, target, 700, noon(), UTC).await,
-    ));
+    let id = adjustment_id(&result(request(&pool, first, target, 700, noon(), UTC).await));
     let later = noon() + Duration::hours(3);
     let applied = result(approve(&pool, second, id, later, UTC).await);
     assert_eq!(applied["status"], "APPLIED");
     assert_eq!(applied["approved_by"], serde_json::json!(second.user_id));
     assert_eq!(applied["requested_by"], serde_json::json!(first.user_id));
     assert_eq!(balance(&pool, target).await, 700);
-    for action in [
-        "SAKA_ADJUSTMENT_REQUESTED",
-        "SAKA_ADJUSTMENT_APPROVED",
-        "SAKA_ADJUSTMENT_APPLIED",
-    ] {
+    for action in ["SAKA_ADJUSTMENT_REQUESTED", "SAKA_ADJUSTMENT_APPROVED", "SAKA_ADJUSTMENT_APPLIED"] {
         assert_eq!(audit_count(&pool, action, id).await, 1, "{action}");
     }
     // Applied once: a second approval changes nothing.
     let third = user(&pool, Role::Admin).await;
-    assert_eq!(
-        code(&approve(&pool, third, id, later, UTC).await),
-        Some(ErrorCode::SakaAdjustmentNotPending)
-    );
+    assert_eq!(code(&approve(&pool, third, id, later, UTC).await), Some(ErrorCode::SakaAdjustmentNotPending));
     assert_eq!(balance(&pool, target).await, 700);
     let out = db::serializable(&pool, &(third, id), |tx, (who, id)| {
         Box::pin(async move { saka::get_adjustment(tx, who, *id).await })
     })
     .await
     .expect("adjustment");
-    assert_eq!(
-        (out.status.as_str(), out.approved_by),
-        ("APPLIED", Some(second.user_id))
-    );
+    assert_eq!((out.status.as_str(), out.approved_by), ("APPLIED", Some(second.user_id)));
     assert_ledger_invariant(&pool, target).await;
 }
 
@@ -575,9 +436,7 @@ async fn an_approval_that_would_pass_the_cap_is_refused_and_stays_pending(pool: 
     let second = user(&pool, Role::Admin).await;
     let target = user(&pool, Role::Beneficiary).await.user_id;
     result(request(&pool, first, target, 500, noon(), UTC).await);
-    let id = adjustment_id(&result(
-        request(&pool, first, target, 600, noon(), UTC).await,
-    ));
+    let id = adjustment_id(&result(request(&pool, first, target, 600, noon(), UTC).await));
     let refused = approve(&pool, second, id, noon() + Duration::hours(1), UTC).await;
     assert_eq!(code(&refused), Some(ErrorCode::SakaDailyCapReached));
     assert_eq!(adjustment_status(&pool, id).await, "PENDING_APPROVAL");
@@ -592,10 +451,7 @@ async fn an_approval_that_would_pass_the_cap_is_refused_and_stays_pending(pool: 
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn ten_parallel_adjustments_of_200_apply_exactly_five(
-    opts: PgPoolOptions,
-    connect: PgConnectOptions,
-) {
+async fn ten_parallel_adjustments_of_200_apply_exactly_five(opts: PgPoolOptions, connect: PgConnectOptions) {
     let pool = wide_pool(opts, connect).await;
     let mut admins = Vec::new();
     for _ in 0..10 {
@@ -633,10 +489,7 @@ async fn ten_parallel_adjustments_of_200_apply_exactly_five(
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn the_cap_guard_holds_without_serializable_isolation(
-    opts: PgPoolOptions,
-    connect: PgConnectOptions,
-) {
+async fn the_cap_guard_holds_without_serializable_isolation(opts: PgPoolOptions, connect: PgConnectOptions) {
     // No SERIALIZABLE retries here: each statement commits on its own (READ
     // COMMITTED), so only the guarded UPDATE and the triggers keep the cap
     // and the ledger right.
@@ -648,11 +501,7 @@ async fn the_cap_guard_holds_without_serializable_isolation(
             let pool = pool.clone();
             tokio::spawn(async move {
                 let mut conn = pool.acquire().await.expect("connection");
-                let cmd = NewAdjustment {
-                    user_id: target,
-                    amount: Grains(300),
-                    note: "autocommit".into(),
-                };
+                let cmd = NewAdjustment { user_id: target, amount: Grains(300), note: "autocommit".into() };
                 saka::request_adjustment(&mut conn, &admin, JobId::new(), &cmd, noon(), UTC).await
             })
         })
@@ -686,11 +535,7 @@ async fn parallel_spends_never_overspend_without_serializable_isolation(
             let pool = pool.clone();
             tokio::spawn(async move {
                 let mut conn = pool.acquire().await.expect("connection");
-                let cmd = SakaSpendV1 {
-                    user_id: me.user_id,
-                    amount: Grains(7),
-                    reason: "autocommit".into(),
-                };
+                let cmd = SakaSpendV1 { user_id: me.user_id, amount: Grains(7), reason: "autocommit".into() };
                 saka::spend(&mut conn, &me, JobId::new(), &cmd).await
             })
         })
@@ -717,13 +562,8 @@ async fn three_adjustments_in_one_transaction_cannot_pass_the_cap(pool: PgPool) 
         Box::pin(async move {
             let mut codes = Vec::new();
             for amount in [400, 400, 300] {
-                let cmd = NewAdjustment {
-                    user_id: *target,
-                    amount: Grains(amount),
-                    note: "batch".into(),
-                };
-                let outcome =
-                    saka::request_adjustment(tx, admin, JobId::new(), &cmd, noon(), UTC).await;
+                let cmd = NewAdjustment { user_id: *target, amount: Grains(amount), note: "batch".into() };
+                let outcome = saka::request_adjustment(tx, admin, JobId::new(), &cmd, noon(), UTC).await;
                 codes.push(code(&outcome));
             }
             Ok(codes)
@@ -731,20 +571,11 @@ async fn three_adjustments_in_one_transaction_cannot_pass_the_cap(pool: PgPool) 
     })
     .await
     .expect("transaction");
-    assert_eq!(
-        codes,
-        vec![None, None, Some(ErrorCode::SakaDailyCapReached)]
-    );
+    assert_eq!(codes, vec![None, None, Some(ErrorCode::SakaDailyCapReached)]);
     assert_eq!(balance(&pool, target).await, 800);
     // Exactly 1,000 is allowed: 200 more fits, 1 more does not.
-    assert_eq!(
-        code(&request(&pool, admin, target, 200, noon(), UTC).await),
-        None
-    );
-    assert_eq!(
-        code(&request(&pool, admin, target, 1, noon(), UTC).await),
-        Some(ErrorCode::SakaDailyCapReached)
-    );
+    assert_eq!(code(&request(&pool, admin, target, 200, noon(), UTC).await), None);
+    assert_eq!(code(&request(&pool, admin, target, 1, noon(), UTC).await), Some(ErrorCode::SakaDailyCapReached));
     assert_eq!(balance(&pool, target).await, 1000);
     assert_ledger_invariant(&pool, target).await;
 }
@@ -760,48 +591,28 @@ async fn the_cap_is_available_again_the_next_saka_day_with_or_without_the_rollov
     for target in [a, b] {
         result(request(&pool, admin, target, 500, day_d, tz).await);
         result(request(&pool, admin, target, 500, day_d, tz).await);
-        assert_eq!(
-            code(&request(&pool, admin, target, 1, day_d, tz).await),
-            Some(ErrorCode::SakaDailyCapReached)
-        );
+        assert_eq!(code(&request(&pool, admin, target, 1, day_d, tz).await), Some(ErrorCode::SakaDailyCapReached));
     }
     // A roll-over on day D resets nothing and changes nothing.
     assert_eq!(rollover(&pool, day_d, tz).await, 0);
-    assert_eq!(
-        code(&request(&pool, admin, a, 1, day_d, tz).await),
-        Some(ErrorCode::SakaDailyCapReached)
-    );
+    assert_eq!(code(&request(&pool, admin, a, 1, day_d, tz).await), Some(ErrorCode::SakaDailyCapReached));
     // 22:59 UTC is still day D in Kinshasa.
     let last_minute = at(2025, 3, 10, 22, 59);
-    assert_eq!(
-        code(&request(&pool, admin, a, 1, last_minute, tz).await),
-        Some(ErrorCode::SakaDailyCapReached)
-    );
+    assert_eq!(code(&request(&pool, admin, a, 1, last_minute, tz).await), Some(ErrorCode::SakaDailyCapReached));
     // 23:00 UTC is D+1 there: the cap is available again although no
     // roll-over ran (the stale counter counts as zero in the guard).
     let next_day = at(2025, 3, 10, 23, 0);
-    assert_eq!(
-        code(&request(&pool, admin, a, 500, next_day, tz).await),
-        None
-    );
+    assert_eq!(code(&request(&pool, admin, a, 500, next_day, tz).await), None);
     let wallet_b = db::serializable(&pool, &(admin, b, tz), |tx, (who, b, tz)| {
         Box::pin(async move { saka::get_wallet_for(tx, who, *b, next_day, *tz).await })
     })
     .await
     .expect("wallet");
-    assert_eq!(
-        wallet_b.manual_adjust_today,
-        Grains::ZERO,
-        "a counter of an earlier day reads as zero"
-    );
+    assert_eq!(wallet_b.manual_adjust_today, Grains::ZERO, "a counter of an earlier day reads as zero");
     assert_eq!(wallet_b.day.to_string(), "2025-03-11");
     // Now the roll-over runs: only b's counter was still on day D.
     assert_eq!(rollover(&pool, next_day, tz).await, 1);
-    assert_eq!(
-        rollover(&pool, next_day, tz).await,
-        0,
-        "a second run finds nothing"
-    );
+    assert_eq!(rollover(&pool, next_day, tz).await, 0, "a second run finds nothing");
     let counters: Vec<(i64, Option<chrono::NaiveDate>)> =
         sqlx::query_as("SELECT manual_adjust_today, manual_adjust_day FROM saka_wallets WHERE user_id = ANY($1) ORDER BY manual_adjust_today")
             .bind(vec![a, b])
@@ -810,31 +621,13 @@ async fn the_cap_is_available_again_the_next_saka_day_with_or_without_the_rollov
             .expect("counters");
     let d1 = chrono::NaiveDate::from_ymd_opt(2025, 3, 11);
     assert_eq!(counters, vec![(0, d1), (500, d1)]);
-    assert_eq!(
-        audit_count(&pool, "SAKA_DAY_ROLLOVER", "2025-03-11").await,
-        2
-    );
+    assert_eq!(audit_count(&pool, "SAKA_DAY_ROLLOVER", "2025-03-11").await, 2);
     // Either way the cap of the new day is the whole 1,000, no more.
-    assert_eq!(
-        code(&request(&pool, admin, a, 500, next_day, tz).await),
-        None
-    );
-    assert_eq!(
-        code(&request(&pool, admin, a, 1, next_day, tz).await),
-        Some(ErrorCode::SakaDailyCapReached)
-    );
-    assert_eq!(
-        code(&request(&pool, admin, b, 500, next_day, tz).await),
-        None
-    );
-    assert_eq!(
-        code(&request(&pool, admin, b, 500, next_day, tz).await),
-        None
-    );
-    assert_eq!(
-        code(&request(&pool, admin, b, 1, next_day, tz).await),
-        Some(ErrorCode::SakaDailyCapReached)
-    );
+    assert_eq!(code(&request(&pool, admin, a, 500, next_day, tz).await), None);
+    assert_eq!(code(&request(&pool, admin, a, 1, next_day, tz).await), Some(ErrorCode::SakaDailyCapReached));
+    assert_eq!(code(&request(&pool, admin, b, 500, next_day, tz).await), None);
+    assert_eq!(code(&request(&pool, admin, b, 500, next_day, tz).await), None);
+    assert_eq!(code(&request(&pool, admin, b, 1, next_day, tz).await), Some(ErrorCode::SakaDailyCapReached));
     for target in [a, b] {
         assert_eq!(balance(&pool, target).await, 2000);
         assert_ledger_invariant(&pool, target).await;
@@ -848,44 +641,29 @@ async fn the_database_refuses_a_balance_change_without_its_ledger_row(pool: PgPo
     result(harvest(&pool, support, me, "CONTENT_READ", noon()).await);
     let refused = |sql: &'static str| {
         let pool = pool.clone();
-        async move {
-            sqlx::query(sql)
-                .bind(me)
-                .execute(&pool)
-                .await
-                .expect_err(sql)
-        }
+        async move { sqlx::query(sql).bind(me).execute(&pool).await.expect_err(sql) }
     };
     // A raw mint.
     let e = refused("UPDATE saka_wallets SET balance = balance + 100 WHERE user_id = $1").await;
-    assert_eq!(
-        db_constraint(&e).as_deref(),
-        Some("saka_wallets_ledger_only")
-    );
+    assert_eq!(db_constraint(&e).as_deref(), Some("saka_wallets_ledger_only"));
     // A forged but self-consistent one.
     let e = refused(
         "UPDATE saka_wallets SET balance = balance + 100, total_harvested = total_harvested + 100, ledger_seq = ledger_seq + 1 WHERE user_id = $1",
     )
     .await;
-    assert_eq!(
-        db_constraint(&e).as_deref(),
-        Some("saka_wallets_ledger_only")
-    );
+    assert_eq!(db_constraint(&e).as_deref(), Some("saka_wallets_ledger_only"));
     // Replaying an existing ledger state does not work either.
-    let e = refused("UPDATE saka_wallets SET balance = 0, total_harvested = 0, total_spent = 0, ledger_seq = 0 WHERE user_id = $1").await;
-    assert_eq!(
-        db_constraint(&e).as_deref(),
-        Some("saka_wallets_ledger_only")
-    );
+    let e = refused(
+        "UPDATE saka_wallets SET balance = 0, total_harvested = 0, total_spent = 0, ledger_seq = 0 WHERE user_id = $1",
+    )
+    .await;
+    assert_eq!(db_constraint(&e).as_deref(), Some("saka_wallets_ledger_only"));
     // A session flag is no key.
     let e = refused(
         "WITH f AS (SELECT set_config('kobatela.saka_ledger', 'on', true)) UPDATE saka_wallets SET balance = balance + 100 WHERE user_id = $1 AND EXISTS (SELECT 1 FROM f)",
     )
     .await;
-    assert_eq!(
-        db_constraint(&e).as_deref(),
-        Some("saka_wallets_ledger_only")
-    );
+    assert_eq!(db_constraint(&e).as_deref(), Some("saka_wallets_ledger_only"));
     // A manual credit without its applied adjustment.
     let e = refused(
         "INSERT INTO saka_ledger (id, user_id, direction, reason, amount, adjustment_id) VALUES (gen_random_uuid(), $1, 'EARN', 'MANUAL_ADJUST', 100, gen_random_uuid())",
@@ -897,24 +675,16 @@ async fn the_database_refuses_a_balance_change_without_its_ledger_row(pool: PgPo
     assert_eq!(db_constraint(&e).as_deref(), Some("saka_ledger_immutable"));
     let e = refused("DELETE FROM saka_ledger WHERE user_id = $1").await;
     assert_eq!(db_constraint(&e).as_deref(), Some("saka_ledger_immutable"));
-    let e = sqlx::query("TRUNCATE saka_ledger")
-        .execute(&pool)
-        .await
-        .expect_err("truncate refused");
+    let e = sqlx::query("TRUNCATE saka_ledger").execute(&pool).await.expect_err("truncate refused");
     assert_eq!(db_constraint(&e).as_deref(), Some("saka_ledger_immutable"));
     // A wallet is born empty.
     let other = user(&pool, Role::Beneficiary).await.user_id;
-    let e = sqlx::query(
-        "INSERT INTO saka_wallets (user_id, balance, total_harvested) VALUES ($1, 100, 100)",
-    )
-    .bind(other)
-    .execute(&pool)
-    .await
-    .expect_err("a minted wallet is refused");
-    assert_eq!(
-        db_constraint(&e).as_deref(),
-        Some("saka_wallets_ledger_only")
-    );
+    let e = sqlx::query("INSERT INTO saka_wallets (user_id, balance, total_harvested) VALUES ($1, 100, 100)")
+        .bind(other)
+        .execute(&pool)
+        .await
+        .expect_err("a minted wallet is refused");
+    assert_eq!(db_constraint(&e).as_deref(), Some("saka_wallets_ledger_only"));
     // Day counters are not balances: the roll-over may reset them.
     sqlx::query("UPDATE saka_wallets SET manual_adjust_today = 0, manual_adjust_day = '2025-03-11' WHERE user_id = $1")
         .bind(me)
@@ -936,34 +706,25 @@ async fn pending_requests_expire_after_24_hours(pool: PgPool) {
     let first = user(&pool, Role::Admin).await;
     let second = user(&pool, Role::Admin).await;
     let target = user(&pool, Role::Beneficiary).await.user_id;
-    let swept = adjustment_id(&result(
-        request(&pool, first, target, 600, noon(), UTC).await,
-    ));
+    let swept = adjustment_id(&result(request(&pool, first, target, 600, noon(), UTC).await));
     let expire = |now: DateTime<Utc>| {
         let pool = pool.clone();
         async move {
-            db::serializable(&pool, &now, |tx, now| {
-                Box::pin(async move { saka::expire_pending(tx, *now).await })
-            })
-            .await
-            .expect("expire")
+            db::serializable(&pool, &now, |tx, now| Box::pin(async move { saka::expire_pending(tx, *now).await }))
+                .await
+                .expect("expire")
         }
     };
     assert_eq!(expire(noon() + Duration::hours(23)).await, 0);
     assert_eq!(expire(noon() + Duration::hours(24)).await, 1);
     assert_eq!(adjustment_status(&pool, swept).await, "EXPIRED");
-    assert_eq!(
-        audit_count(&pool, "SAKA_ADJUSTMENT_EXPIRED", swept).await,
-        1
-    );
+    assert_eq!(audit_count(&pool, "SAKA_ADJUSTMENT_EXPIRED", swept).await, 1);
     assert_eq!(
         code(&approve(&pool, second, swept, noon() + Duration::hours(25), UTC).await),
         Some(ErrorCode::SakaAdjustmentNotPending)
     );
     // Past its expiry but before the cron ran: approval expires it instead.
-    let late = adjustment_id(&result(
-        request(&pool, first, target, 600, noon(), UTC).await,
-    ));
+    let late = adjustment_id(&result(request(&pool, first, target, 600, noon(), UTC).await));
     let refused = approve(&pool, second, late, noon() + Duration::hours(25), UTC).await;
     assert_eq!(code(&refused), Some(ErrorCode::SakaAdjustmentNotPending));
     assert_eq!(adjustment_status(&pool, late).await, "EXPIRED");
@@ -975,49 +736,32 @@ async fn a_rejection_is_final(pool: PgPool) {
     let first = user(&pool, Role::Admin).await;
     let second = user(&pool, Role::Admin).await;
     let target = user(&pool, Role::Beneficiary).await.user_id;
-    let id = adjustment_id(&result(
-        request(&pool, first, target, 900, noon(), UTC).await,
-    ));
+    let id = adjustment_id(&result(request(&pool, first, target, 900, noon(), UTC).await));
     let reject = |who: Principal| {
         let pool = pool.clone();
         async move {
             db::serializable(&pool, &(who, id), |tx, (who, id)| {
-                Box::pin(async move {
-                    saka::reject_adjustment(tx, who, *id, Some("not justified"), noon()).await
-                })
+                Box::pin(async move { saka::reject_adjustment(tx, who, *id, Some("not justified"), noon()).await })
             })
             .await
         }
     };
     let support = user(&pool, Role::Support).await;
-    assert!(
-        matches!(reject(support).await, Err(Error::Problem(ref p)) if p.code == ErrorCode::Forbidden)
-    );
+    assert!(matches!(reject(support).await, Err(Error::Problem(ref p)) if p.code == ErrorCode::Forbidden));
     let out = reject(second).await.expect("rejected");
     assert_eq!(
-        (
-            out.status.as_str(),
-            out.rejected_by,
-            out.decision_note.as_deref()
-        ),
+        (out.status.as_str(), out.rejected_by, out.decision_note.as_deref()),
         ("REJECTED", Some(second.user_id), Some("not justified"))
     );
     assert_eq!(audit_count(&pool, "SAKA_ADJUSTMENT_REJECTED", id).await, 1);
-    assert!(
-        matches!(reject(first).await, Err(Error::Problem(ref p)) if p.code == ErrorCode::SakaAdjustmentNotPending)
-    );
-    assert_eq!(
-        code(&approve(&pool, second, id, noon(), UTC).await),
-        Some(ErrorCode::SakaAdjustmentNotPending)
-    );
+    assert!(matches!(reject(first).await, Err(Error::Problem(ref p)) if p.code == ErrorCode::SakaAdjustmentNotPending));
+    assert_eq!(code(&approve(&pool, second, id, noon(), UTC).await), Some(ErrorCode::SakaAdjustmentNotPending));
     // The database keeps it final too.
-    let e = sqlx::query(
-        "UPDATE saka_adjustments SET status = 'PENDING_APPROVAL', decided_at = NULL WHERE id = $1",
-    )
-    .bind(id)
-    .execute(&pool)
-    .await
-    .expect_err("a decision is final");
+    let e = sqlx::query("UPDATE saka_adjustments SET status = 'PENDING_APPROVAL', decided_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .expect_err("a decision is final");
     assert_eq!(db_constraint(&e).as_deref(), Some("saka_adjustments_final"));
     assert_eq!(balance(&pool, target).await, 0);
 }
@@ -1040,10 +784,7 @@ async fn a_wallet_is_seen_by_its_owner_support_and_admin_only(pool: PgPool) {
     };
     for who in [me, support, admin] {
         let w = read(who, me.user_id).await.expect("visible");
-        assert_eq!(
-            (w.balance, w.total_harvested, w.total_spent),
-            (Grains(5), Grains(5), Grains::ZERO)
-        );
+        assert_eq!((w.balance, w.total_harvested, w.total_spent), (Grains(5), Grains(5), Grains::ZERO));
         assert_eq!(w.day.to_string(), "2025-03-10");
     }
     assert!(

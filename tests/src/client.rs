@@ -45,7 +45,11 @@ impl Reply {
 
 impl Client {
     pub fn new(base: &str, key: Option<&str>) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build().unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap_or_default();
         Self { base: base.to_string(), key: key.map(str::to_string), http }
     }
 
@@ -97,7 +101,15 @@ impl Client {
     }
 
     /// `POST /proofs` as multipart/form-data with the file itself.
-    pub async fn upload_proof(&self, key: &str, escrow_id: &str, idx: i32, source: &str, file: Vec<u8>, wait: u32) -> anyhow::Result<Reply> {
+    pub async fn upload_proof(
+        &self,
+        key: &str,
+        escrow_id: &str,
+        idx: i32,
+        source: &str,
+        file: Vec<u8>,
+        wait: u32,
+    ) -> anyhow::Result<Reply> {
         let part = reqwest::multipart::Part::bytes(file).file_name("proof.jpg").mime_str("image/jpeg")?;
         let form = reqwest::multipart::Form::new()
             .text("escrow_id", escrow_id.to_string())

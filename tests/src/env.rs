@@ -65,7 +65,8 @@ pub fn bin(name: &str, var: &str) -> PathBuf {
     if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
     target.join("debug").join(name)
 }
 
@@ -101,7 +102,8 @@ impl Env {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("kob_e2e_{}", &id[..12]);
         let server_url = server_url();
-        let mut admin = PgConnection::connect(&server_url).await.with_context(|| format!("connecting to {server_url}"))?;
+        let mut admin =
+            PgConnection::connect(&server_url).await.with_context(|| format!("connecting to {server_url}"))?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
         admin.close().await?;
         let db_url = with_database(&server_url, &name);
@@ -184,7 +186,8 @@ impl Env {
     }
 
     fn spawn(&self, name: &str, path: &Path, args: &[&str], extra: &[(&str, &str)]) -> anyhow::Result<Child> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_dir.join(format!("{name}.log")))?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_dir.join(format!("{name}.log")))?;
         let child = Command::new(path)
             .args(args)
             .envs(&self.vars)
@@ -200,7 +203,12 @@ impl Env {
     /// Starts a worker replica with a unique name.
     pub async fn start_worker(&mut self, name: &str) -> anyhow::Result<()> {
         let worker_name = format!("{}-{name}-{}", self.name, self.workers.len());
-        let child = self.spawn(&format!("worker-{name}"), &bin("worker", "KOBATELA_WORKER_BIN"), &[], &[("WORKER_NAME", &worker_name)])?;
+        let child = self.spawn(
+            &format!("worker-{name}"),
+            &bin("worker", "KOBATELA_WORKER_BIN"),
+            &[],
+            &[("WORKER_NAME", &worker_name)],
+        )?;
         self.workers.push((name.to_string(), child));
         // The worker has no port; give it a moment to register its queues.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -276,7 +284,9 @@ impl Env {
         self.pool.close().await;
         let _ = self.flush_redis().await;
         let mut admin = PgConnection::connect(&self.server_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&mut admin)
+            .await?;
         let _ = std::fs::remove_dir_all(&self.log_dir);
         Ok(())
     }

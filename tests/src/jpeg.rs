@@ -69,11 +69,7 @@ pub fn not_a_jpeg() -> Vec<u8> {
 }
 
 fn push_comment(out: &mut Vec<u8>, seed: u64) {
-    push_segment(
-        out,
-        0xFE,
-        format!("kobatela test photo {seed:016x}").as_bytes(),
-    );
+    push_segment(out, 0xFE, format!("kobatela test photo {seed:016x}").as_bytes());
 }
 
 /// A marker segment: FF, code, big-endian length counting itself, body.
@@ -86,46 +82,27 @@ fn push_segment(out: &mut Vec<u8>, code: u8, body: &[u8]) {
 
 /// The TIFF structure (IFD0, Exif IFD, GPS IFD) for `spec`.
 fn tiff(spec: &PhotoSpec) -> Vec<u8> {
-    let primary = |tag, value| Field {
-        tag,
-        ifd_num: In::PRIMARY,
-        value,
-    };
+    let primary = |tag, value| Field { tag, ifd_num: In::PRIMARY, value };
     let ascii = |text: &str| Value::Ascii(vec![text.as_bytes().to_vec()]);
     let mut fields = vec![primary(Tag::Software, ascii("kobatela-tests"))];
     if let Some((lat, lng)) = spec.gps {
         fields.push(primary(Tag::GPSVersionID, Value::Byte(vec![2, 3, 0, 0])));
-        fields.push(primary(
-            Tag::GPSLatitudeRef,
-            ascii(if lat < 0.0 { "S" } else { "N" }),
-        ));
+        fields.push(primary(Tag::GPSLatitudeRef, ascii(if lat < 0.0 { "S" } else { "N" })));
         fields.push(primary(Tag::GPSLatitude, dms(lat)));
-        fields.push(primary(
-            Tag::GPSLongitudeRef,
-            ascii(if lng < 0.0 { "W" } else { "E" }),
-        ));
+        fields.push(primary(Tag::GPSLongitudeRef, ascii(if lng < 0.0 { "W" } else { "E" })));
         fields.push(primary(Tag::GPSLongitude, dms(lng)));
     }
     if let Some(at) = spec.gps_time {
         let date = format!("{:04}:{:02}:{:02}", at.year(), at.month(), at.day());
         fields.push(primary(Tag::GPSDateStamp, ascii(&date)));
         let millis = at.second() * 1000 + at.timestamp_subsec_millis();
-        let stamp = vec![
-            Rational::from((at.hour(), 1)),
-            Rational::from((at.minute(), 1)),
-            Rational::from((millis, 1000)),
-        ];
+        let stamp =
+            vec![Rational::from((at.hour(), 1)), Rational::from((at.minute(), 1)), Rational::from((millis, 1000))];
         fields.push(primary(Tag::GPSTimeStamp, Value::Rational(stamp)));
     }
     if let Some((local, offset)) = spec.original {
-        fields.push(primary(
-            Tag::ExifVersion,
-            Value::Undefined(b"0232".to_vec(), 0),
-        ));
-        fields.push(primary(
-            Tag::DateTimeOriginal,
-            ascii(&local.format("%Y:%m:%d %H:%M:%S").to_string()),
-        ));
+        fields.push(primary(Tag::ExifVersion, Value::Undefined(b"0232".to_vec(), 0)));
+        fields.push(primary(Tag::DateTimeOriginal, ascii(&local.format("%Y:%m:%d %H:%M:%S").to_string())));
         fields.push(primary(Tag::OffsetTimeOriginal, ascii(offset)));
     }
     let mut writer = Writer::new();
@@ -133,9 +110,7 @@ fn tiff(spec: &PhotoSpec) -> Vec<u8> {
         writer.push_field(field);
     }
     let mut out = std::io::Cursor::new(Vec::new());
-    writer
-        .write(&mut out, spec.seed % 2 == 1)
-        .expect("the EXIF fields encode");
+    writer.write(&mut out, spec.seed % 2 == 1).expect("the EXIF fields encode");
     out.into_inner()
 }
 
@@ -146,12 +121,7 @@ fn dms(degrees: f64) -> Value {
     let units = (degrees.abs() * 3600.0 * 10_000.0).round() as u64;
     let (d, rest) = (units / 36_000_000, units % 36_000_000);
     let (m, s) = (rest / 600_000, rest % 600_000);
-    let part = |n: u64, denom: u32| {
-        Rational::from((
-            u32::try_from(n).expect("a coordinate part fits in u32"),
-            denom,
-        ))
-    };
+    let part = |n: u64, denom: u32| Rational::from((u32::try_from(n).expect("a coordinate part fits in u32"), denom));
     Value::Rational(vec![part(d, 1), part(m, 1), part(s, 10_000)])
 }
 
@@ -161,19 +131,14 @@ mod tests {
 
     #[test]
     fn seconds_that_round_up_to_sixty_carry_into_minutes_and_degrees() {
-        let Value::Rational(parts) = dms(1.999_999_999_9) else {
-            panic!("rationals")
-        };
+        let Value::Rational(parts) = dms(1.999_999_999_9) else { panic!("rationals") };
         let parts: Vec<(u32, u32)> = parts.iter().map(|r| (r.num, r.denom)).collect();
         assert_eq!(parts, vec![(2, 1), (0, 1), (0, 10_000)]);
     }
 
     #[test]
     fn each_seed_gives_a_different_file() {
-        let spec = |seed| PhotoSpec {
-            seed,
-            ..PhotoSpec::default()
-        };
+        let spec = |seed| PhotoSpec { seed, ..PhotoSpec::default() };
         assert_ne!(jpeg(&spec(1)), jpeg(&spec(2)));
         assert_ne!(jpeg_without_exif(1), jpeg_without_exif(2));
         assert_eq!(jpeg(&spec(7)), jpeg(&spec(7)));

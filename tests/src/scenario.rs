@@ -48,10 +48,13 @@ pub async fn shop(env: &Env, total: &str, currency: &str) -> anyhow::Result<Shop
     ensure!(allow.status == 201, "allow: {}", allow.text);
     let mandate = sender
         .client
-        .post("/mandates", json!({
-            "sender_id": sender.id, "beneficiary_id": beneficiary.id, "total_amount": total,
-            "currency": currency, "expires_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339(),
-        }))
+        .post(
+            "/mandates",
+            json!({
+                "sender_id": sender.id, "beneficiary_id": beneficiary.id, "total_amount": total,
+                "currency": currency, "expires_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339(),
+            }),
+        )
         .await?;
     ensure!(mandate.status == 201, "mandate: {} {}", mandate.status, mandate.text);
     let mandate_id = mandate.s("id");
@@ -96,10 +99,19 @@ pub async fn deal(env: &Env, total: &str) -> anyhow::Result<Deal> {
 
 impl Deal {
     pub async fn deposit(&self, key: &str, amount: &str) -> anyhow::Result<crate::client::Reply> {
-        self.client.client.job(&format!("/escrows/{}/deposit", self.escrow_id), key, json!({"amount": amount}), 20).await
+        self.client
+            .client
+            .job(&format!("/escrows/{}/deposit", self.escrow_id), key, json!({"amount": amount}), 20)
+            .await
     }
 
-    pub async fn milestone(&self, idx: i32, amount: &str, proof_type: &str, geofence: Option<(f64, f64, f64)>) -> anyhow::Result<crate::client::Reply> {
+    pub async fn milestone(
+        &self,
+        idx: i32,
+        amount: &str,
+        proof_type: &str,
+        geofence: Option<(f64, f64, f64)>,
+    ) -> anyhow::Result<crate::client::Reply> {
         let fence = geofence.map(|(lat, lng, r)| json!({"lat": lat, "lng": lng, "radius_m": r}));
         self.client
             .client
@@ -113,10 +125,20 @@ impl Deal {
 }
 
 /// Posts a webhook signed like the PSP does, with `secret` and `ts`.
-pub async fn webhook(env: &Env, body: &str, event_id: Option<&str>, secret: Option<&str>, ts: i64) -> anyhow::Result<crate::client::Reply> {
+pub async fn webhook(
+    env: &Env,
+    body: &str,
+    event_id: Option<&str>,
+    secret: Option<&str>,
+    ts: i64,
+) -> anyhow::Result<crate::client::Reply> {
     let ts = ts.to_string();
     let http = reqwest::Client::new();
-    let mut r = http.post(format!("{}/psp/webhook", env.api_url)).header("content-type", "application/json").header("X-PSP-Timestamp", &ts).body(body.to_string());
+    let mut r = http
+        .post(format!("{}/psp/webhook", env.api_url))
+        .header("content-type", "application/json")
+        .header("X-PSP-Timestamp", &ts)
+        .body(body.to_string());
     if let Some(secret) = secret {
         r = r.header("X-PSP-Signature", shared::psp::signature::sign(secret, &ts, body.as_bytes()));
     }

@@ -38,19 +38,28 @@ async fn keys_authenticate_expire_and_revoke_at_once() -> anyhow::Result<()> {
     assert_eq!(env.client(&second.s("key")).get("/me").await?.status, 200);
     // An expiring key works until its time, then not.
     let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let short = admin.post("/api-keys", json!({"user_id": alice.id, "role": "sender", "name": "short", "expires_at": soon})).await?;
+    let short = admin
+        .post("/api-keys", json!({"user_id": alice.id, "role": "sender", "name": "short", "expires_at": soon}))
+        .await?;
     assert_eq!(short.status, 201, "{}", short.text);
     assert_eq!(env.client(&short.s("key")).get("/me").await?.status, 200);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(env.client(&short.s("key")).get("/me").await?.code(), "AUTH_INVALID");
-    let past = admin.post("/api-keys", json!({"user_id": alice.id, "role": "sender", "name": "x", "expires_at": "2001-01-01T00:00:00Z"})).await?;
+    let past = admin
+        .post(
+            "/api-keys",
+            json!({"user_id": alice.id, "role": "sender", "name": "x", "expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await?;
     assert_eq!(past.status, 422);
     let bad_role = admin.post("/api-keys", json!({"user_id": alice.id, "role": "root", "name": "x"})).await?;
     assert_eq!((bad_role.status, bad_role.code().as_str()), (422, "VALIDATION_ERROR"));
-    let no_user = admin.post("/api-keys", json!({"user_id": uuid::Uuid::new_v4(), "role": "sender", "name": "x"})).await?;
+    let no_user =
+        admin.post("/api-keys", json!({"user_id": uuid::Uuid::new_v4(), "role": "sender", "name": "x"})).await?;
     assert_eq!((no_user.status, no_user.code().as_str()), (404, "USER_NOT_FOUND"));
     // An inactive user's keys do not work.
-    let ghost = admin.post("/users", json!({"username": "ghost", "email": "g@example.test", "is_active": false})).await?;
+    let ghost =
+        admin.post("/users", json!({"username": "ghost", "email": "g@example.test", "is_active": false})).await?;
     let gk = admin.post("/api-keys", json!({"user_id": ghost.s("id"), "role": "sender", "name": "x"})).await?;
     assert_eq!(env.client(&gk.s("key")).get("/me").await?.code(), "AUTH_INVALID");
     env.stop().await
@@ -84,13 +93,21 @@ async fn roles_and_ownership_are_checked_and_others_objects_are_404() -> anyhow:
     assert_eq!(alice.client.post("/spend/categories", json!({"code": "FOOD", "label": "Food"})).await?.status, 403);
     let food = sue.client.post("/spend/categories", json!({"code": "FOOD", "label": "Food"})).await?;
     assert_eq!(food.status, 201);
-    assert_eq!(admin.post("/spend/categories", json!({"code": "FOOD", "label": "Again"})).await?.code(), "CATEGORY_EXISTS");
+    assert_eq!(
+        admin.post("/spend/categories", json!({"code": "FOOD", "label": "Again"})).await?.code(),
+        "CATEGORY_EXISTS"
+    );
     let m = admin.post("/spend/merchants", json!({"name": "M", "category_id": food.s("id")})).await?;
     assert_eq!(m.status, 201);
     assert_eq!(admin.post("/spend/merchants", json!({"name": "M"})).await?.code(), "MERCHANT_EXISTS");
-    assert_eq!(admin.post("/spend/merchants", json!({"name": "N", "category_id": uuid::Uuid::new_v4()})).await?.code(), "CATEGORY_NOT_FOUND");
+    assert_eq!(
+        admin.post("/spend/merchants", json!({"name": "N", "category_id": uuid::Uuid::new_v4()})).await?.code(),
+        "CATEGORY_NOT_FOUND"
+    );
     // Allowed usage: exactly one of merchant or category; duplicates answer the existing rule.
-    let both = admin.post("/spend/allow", json!({"owner_id": bob.id, "merchant_id": m.s("id"), "category_id": food.s("id")})).await?;
+    let both = admin
+        .post("/spend/allow", json!({"owner_id": bob.id, "merchant_id": m.s("id"), "category_id": food.s("id")}))
+        .await?;
     assert_eq!((both.status, both.code().as_str()), (422, "USAGE_RULE_INVALID"));
     let neither = admin.post("/spend/allow", json!({"owner_id": bob.id})).await?;
     assert_eq!(neither.code(), "USAGE_RULE_INVALID");
@@ -105,7 +122,8 @@ async fn roles_and_ownership_are_checked_and_others_objects_are_404() -> anyhow:
     assert_eq!((r.status, r.s("status").as_str()), (200, "exists"));
     let r = alice.client.post("/allowlist", json!({"owner_id": bob.id, "recipient_id": alice.id})).await?;
     assert_eq!(r.status, 403);
-    let r = alice.client.post("/allowlist", json!({"owner_id": alice.id, "recipient_id": uuid::Uuid::new_v4()})).await?;
+    let r =
+        alice.client.post("/allowlist", json!({"owner_id": alice.id, "recipient_id": uuid::Uuid::new_v4()})).await?;
     assert_eq!(r.code(), "USER_NOT_FOUND");
     assert_eq!(sue.client.post("/certified", json!({"user_id": bob.id, "level": "GOLD"})).await?.status, 403);
     let c1 = admin.post("/certified", json!({"user_id": bob.id, "level": "BASIC"})).await?;

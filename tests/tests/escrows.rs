@@ -21,7 +21,12 @@ async fn deposits_fund_an_escrow_and_never_over_fund_it() -> anyhow::Result<()> 
     let env = Env::start().await?;
     let deal = deal(&env, "100.00").await?;
     let r = deal.deposit("d1", "60.00").await?;
-    assert_eq!((r.s("status").as_str(), r.body.pointer("/result/status")), ("succeeded", Some(&json!("DRAFT"))), "{}", r.text);
+    assert_eq!(
+        (r.s("status").as_str(), r.body.pointer("/result/status")),
+        ("succeeded", Some(&json!("DRAFT"))),
+        "{}",
+        r.text
+    );
     let r = deal.deposit("d2", "40.01").await?;
     assert_eq!(r.code(), "ESCROW_OVERFUNDED", "{}", r.text);
     let r = deal.deposit("d3", "40.00").await?;
@@ -30,14 +35,23 @@ async fn deposits_fund_an_escrow_and_never_over_fund_it() -> anyhow::Result<()> 
     let r = deal.deposit("d4", "0.01").await?;
     assert_eq!(r.code(), "ESCROW_OVERFUNDED");
     // Only the client (or admin) deposits; the provider cannot.
-    let r = deal.provider.client.job(&format!("/escrows/{}/deposit", deal.escrow_id), "p", json!({"amount": "1"}), 20).await?;
+    let r = deal
+        .provider
+        .client
+        .job(&format!("/escrows/{}/deposit", deal.escrow_id), "p", json!({"amount": "1"}), 20)
+        .await?;
     assert_eq!(r.status, 403);
     let r = deal.deposit("d5", "-1").await?;
     assert_eq!((r.status, r.code().as_str()), (422, "AMOUNT_INVALID"));
     // Strangers do not see the escrow.
     let stranger = person(&env, "stranger", "sender").await?;
     assert_eq!(stranger.client.get(&format!("/escrows/{}", deal.escrow_id)).await?.code(), "ESCROW_NOT_FOUND");
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM escrow_events WHERE escrow_id = $1::uuid AND kind IN ('DEPOSITED', 'FUNDED')").bind(&deal.escrow_id).fetch_one(&env.pool).await?;
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM escrow_events WHERE escrow_id = $1::uuid AND kind IN ('DEPOSITED', 'FUNDED')",
+    )
+    .bind(&deal.escrow_id)
+    .fetch_one(&env.pool)
+    .await?;
     assert_eq!(events, 3);
     env.stop().await
 }
@@ -68,12 +82,18 @@ async fn approval_without_milestones_pays_the_balance_and_the_webhook_settles_it
     let deal = deal(&env, "250.00").await?;
     deal.deposit("d", "250.00").await?;
     // Illegal transitions change nothing.
-    let r = deal.client.client.job(&format!("/escrows/{}/mark-delivered", deal.escrow_id), "md0", json!({}), 20).await?;
+    let r =
+        deal.client.client.job(&format!("/escrows/{}/mark-delivered", deal.escrow_id), "md0", json!({}), 20).await?;
     assert_eq!(r.status, 200);
     assert_eq!(r.code(), "FORBIDDEN");
-    let r = deal.provider.client.job(&format!("/escrows/{}/mark-delivered", deal.escrow_id), "md1", json!({"note": "done"}), 20).await?;
+    let r = deal
+        .provider
+        .client
+        .job(&format!("/escrows/{}/mark-delivered", deal.escrow_id), "md1", json!({"note": "done"}), 20)
+        .await?;
     assert_eq!(r.body.pointer("/result/status"), Some(&json!("RELEASABLE")), "{}", r.text);
-    let r = deal.provider.client.job(&format!("/escrows/{}/mark-delivered", deal.escrow_id), "md2", json!({}), 20).await?;
+    let r =
+        deal.provider.client.job(&format!("/escrows/{}/mark-delivered", deal.escrow_id), "md2", json!({}), 20).await?;
     assert_eq!(r.code(), "ESCROW_INVALID_TRANSITION");
     let r = deal.client.client.job(&format!("/escrows/{}/client-approve", deal.escrow_id), "ok", json!({}), 20).await?;
     assert_eq!(r.body.pointer("/result/status"), Some(&json!("RELEASED")), "{}", r.text);
@@ -82,9 +102,11 @@ async fn approval_without_milestones_pays_the_balance_and_the_webhook_settles_it
     assert_eq!(e["payments"][0]["kind"], json!("RELEASE"));
     assert_eq!(e["balance"], json!("0.00"));
     // The simulator got exactly one payout for it.
-    let sim: serde_json::Value = reqwest::get(format!("{}/sim/payouts", env.psp_url.clone().unwrap_or_default())).await?.json().await?;
+    let sim: serde_json::Value =
+        reqwest::get(format!("{}/sim/payouts", env.psp_url.clone().unwrap_or_default())).await?.json().await?;
     assert_eq!(sim.as_array().map(Vec::len), Some(1), "{sim}");
-    let r = deal.client.client.job(&format!("/escrows/{}/client-reject", deal.escrow_id), "late", json!({}), 20).await?;
+    let r =
+        deal.client.client.job(&format!("/escrows/{}/client-reject", deal.escrow_id), "late", json!({}), 20).await?;
     assert_eq!(r.code(), "ESCROW_INVALID_TRANSITION");
     env.stop().await
 }
@@ -94,7 +116,11 @@ async fn rejection_refunds_the_unspent_balance_and_a_draft_is_cancelled() -> any
     let env = Env::with(EnvOptions::default().psp()).await?;
     let deal = deal(&env, "80.00").await?;
     deal.deposit("d", "80.00").await?;
-    let r = deal.client.client.job(&format!("/escrows/{}/client-reject", deal.escrow_id), "no", json!({"note": "not delivered"}), 20).await?;
+    let r = deal
+        .client
+        .client
+        .job(&format!("/escrows/{}/client-reject", deal.escrow_id), "no", json!({"note": "not delivered"}), 20)
+        .await?;
     assert_eq!(r.body.pointer("/result/status"), Some(&json!("REFUNDED")), "{}", r.text);
     let e = wait_escrow(&deal, "REFUNDED", "80.00").await?;
     assert_eq!(e["payments"][0]["kind"], json!("REFUND"));
@@ -127,7 +153,15 @@ async fn a_failed_payout_frees_the_balance_and_can_be_paid_again() -> anyhow::Re
     let payment = e["payments"][0]["id"].as_str().unwrap_or("").to_string();
     // Re-drive: admin only; the simulator fails it again, same balance.
     assert_eq!(deal.client.client.post(&format!("/payments/execute/{payment}"), json!({})).await?.status, 403);
-    let r = env.admin().send(reqwest::Client::new().post(format!("{}/payments/execute/{payment}", env.api_url)).bearer_auth(&env.admin_key).header("Prefer", "wait=20")).await?;
+    let r = env
+        .admin()
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/payments/execute/{payment}", env.api_url))
+                .bearer_auth(&env.admin_key)
+                .header("Prefer", "wait=20"),
+        )
+        .await?;
     assert_eq!(r.s("status"), "succeeded", "{}", r.text);
     let p = deal.client.client.get(&format!("/payments/{payment}")).await?;
     assert!(["SENT", "ERROR"].contains(&p.s("status").as_str()), "{}", p.text);
@@ -136,7 +170,9 @@ async fn a_failed_payout_frees_the_balance_and_can_be_paid_again() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_verified_stored_once_and_never_move_a_payment_backwards() -> anyhow::Result<()> {
-    let env = Env::with(EnvOptions::default().var("PSP_WEBHOOK_SECRETS", "old-secret-0123456789,new-secret-0123456789")).await?;
+    let env =
+        Env::with(EnvOptions::default().var("PSP_WEBHOOK_SECRETS", "old-secret-0123456789,new-secret-0123456789"))
+            .await?;
     let now = chrono::Utc::now().timestamp();
     let body = json!({"id": "evt-1", "type": "something.new", "data": {}}).to_string();
     let w = |b: &str, id: Option<&str>, secret: Option<&str>, ts: i64| {
@@ -167,11 +203,20 @@ async fn webhooks_are_verified_stored_once_and_never_move_a_payment_backwards() 
     assert_eq!((r.status, r.body["duplicate"].clone()), (200, json!(false)), "{}", r.text);
     let r = w(&body, None, Some("new-secret-0123456789"), now).await?;
     assert_eq!((r.status, r.body["duplicate"].clone(), r.s("event_id")), (200, json!(true), "evt-1".to_string()));
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'psp_webhook'").fetch_one(&env.pool).await?;
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'psp_webhook'").fetch_one(&env.pool).await?;
     assert_eq!(jobs, 1, "a replay enqueues nothing");
     // A bad timestamp header.
     let http = reqwest::Client::new();
-    let r = env.anonymous().send(http.post(format!("{}/psp/webhook", env.api_url)).header("X-PSP-Timestamp", "yesterday").header("X-PSP-Signature", "00").body(body.clone())).await?;
+    let r = env
+        .anonymous()
+        .send(
+            http.post(format!("{}/psp/webhook", env.api_url))
+                .header("X-PSP-Timestamp", "yesterday")
+                .header("X-PSP-Signature", "00")
+                .body(body.clone()),
+        )
+        .await?;
     assert_eq!(r.code(), "WEBHOOK_TIMESTAMP_INVALID");
     env.stop().await
 }
@@ -191,7 +236,8 @@ async fn out_of_order_webhooks_never_undo_a_settlement() -> anyhow::Result<()> {
     let secret = env.var("PSP_WEBHOOK_SECRETS").unwrap_or("").to_string();
     let now = chrono::Utc::now().timestamp();
     let settled = json!({"id": "s1", "type": "payment.settled", "data": {"payment_id": payment}}).to_string();
-    let failed = json!({"id": "f1", "type": "payment.failed", "data": {"payment_id": payment, "reason": "late"}}).to_string();
+    let failed =
+        json!({"id": "f1", "type": "payment.failed", "data": {"payment_id": payment, "reason": "late"}}).to_string();
     e2e::scenario::webhook(&env, &settled, None, Some(&secret), now).await?;
     wait_escrow(&deal, "RELEASED", "30.00").await?;
     let r = e2e::scenario::webhook(&env, &failed, None, Some(&secret), now).await?;
@@ -209,7 +255,9 @@ async fn funding_succeeded_deposits_once_per_event() -> anyhow::Result<()> {
     let env = Env::start().await?;
     let deal = deal(&env, "50.00").await?;
     let secret = env.var("PSP_WEBHOOK_SECRETS").unwrap_or("").to_string();
-    let body = json!({"id": "fund-1", "type": "funding.succeeded", "data": {"escrow_id": deal.escrow_id, "amount": "50.00"}}).to_string();
+    let body =
+        json!({"id": "fund-1", "type": "funding.succeeded", "data": {"escrow_id": deal.escrow_id, "amount": "50.00"}})
+            .to_string();
     let now = chrono::Utc::now().timestamp();
     e2e::scenario::webhook(&env, &body, None, Some(&secret), now).await?;
     e2e::scenario::webhook(&env, &body, None, Some(&secret), now).await?;
@@ -246,7 +294,15 @@ async fn transfers_are_refused_with_an_alert_then_allowed() -> anyhow::Result<()
     let r = alice.client.job("/transactions", "t3", body(&carol.id), 20).await?;
     assert_eq!(r.s("status"), "succeeded");
     // A sender transfers only their own money.
-    let r = bob.client.job("/transactions", "t4", json!({"sender_id": alice.id, "receiver_id": bob.id, "amount": "1", "currency": "EUR"}), 20).await?;
+    let r = bob
+        .client
+        .job(
+            "/transactions",
+            "t4",
+            json!({"sender_id": alice.id, "receiver_id": bob.id, "amount": "1", "currency": "EUR"}),
+            20,
+        )
+        .await?;
     assert_eq!(r.status, 403);
     env.stop().await
 }
@@ -258,9 +314,11 @@ async fn payee_limits_hold_exactly_and_refuse_beyond() -> anyhow::Result<()> {
     let c = &deal.client.client;
     let r = c.post("/spend/allowed", json!({"escrow_id": deal.escrow_id, "payee_ref": "shop-1", "label": "Shop", "daily_limit": "50.00", "total_limit": "120.00"})).await?;
     assert_eq!(r.status, 201, "{}", r.text);
-    let r = c.post("/spend/allowed", json!({"escrow_id": deal.escrow_id, "payee_ref": "shop-1", "label": "Again"})).await?;
+    let r =
+        c.post("/spend/allowed", json!({"escrow_id": deal.escrow_id, "payee_ref": "shop-1", "label": "Again"})).await?;
     assert_eq!((r.status, r.code().as_str()), (409, "PAYEE_ALREADY_ALLOWED"));
-    let r = c.post("/spend/allowed", json!({"escrow_id": uuid::Uuid::new_v4(), "payee_ref": "x", "label": "x"})).await?;
+    let r =
+        c.post("/spend/allowed", json!({"escrow_id": uuid::Uuid::new_v4(), "payee_ref": "x", "label": "x"})).await?;
     assert_eq!(r.code(), "ESCROW_NOT_FOUND");
     let spend = |key: &'static str, payee: &'static str, amount: &'static str| {
         let c = c.clone();
@@ -302,7 +360,11 @@ async fn twenty_parallel_usage_spends_never_overdraw_the_escrow_or_a_payee_limit
     let deal = deal(&env, "100.00").await?;
     deal.deposit("d", "100.00").await?;
     let c = &deal.client.client;
-    c.post("/spend/allowed", json!({"escrow_id": deal.escrow_id, "payee_ref": "a", "label": "A", "daily_limit": "30.00"})).await?;
+    c.post(
+        "/spend/allowed",
+        json!({"escrow_id": deal.escrow_id, "payee_ref": "a", "label": "A", "daily_limit": "30.00"}),
+    )
+    .await?;
     c.post("/spend/allowed", json!({"escrow_id": deal.escrow_id, "payee_ref": "b", "label": "B"})).await?;
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -336,7 +398,11 @@ async fn twenty_parallel_usage_spends_never_overdraw_the_escrow_or_a_payee_limit
     .fetch_one(&env.pool)
     .await?;
     assert_eq!((reserved.as_str(), funded.as_str(), spent_a.as_str()), ("100.00", "100.00", "30.00"));
-    let live: String = sqlx::query_scalar("SELECT coalesce(sum(amount), 0)::text FROM payments WHERE status IN ('PENDING', 'SENT', 'SETTLED')").fetch_one(&env.pool).await?;
+    let live: String = sqlx::query_scalar(
+        "SELECT coalesce(sum(amount), 0)::text FROM payments WHERE status IN ('PENDING', 'SENT', 'SETTLED')",
+    )
+    .fetch_one(&env.pool)
+    .await?;
     assert_eq!(live, "100.00");
     env.stop().await
 }
@@ -351,19 +417,37 @@ async fn a_past_deadline_releases_unless_a_milestone_is_in_review() -> anyhow::R
     // Before the deadline the check changes nothing; only an admin may ask.
     let r = admin.job(&format!("/escrows/{}/check-deadline", deal.escrow_id), "c0", json!({}), 20).await?;
     assert_eq!(r.body.pointer("/result/status"), Some(&json!("FUNDED")), "{}", r.text);
-    assert_eq!(deal.client.client.job(&format!("/escrows/{}/check-deadline", deal.escrow_id), "c1", json!({}), 20).await?.code(), "FORBIDDEN");
+    assert_eq!(
+        deal.client
+            .client
+            .job(&format!("/escrows/{}/check-deadline", deal.escrow_id), "c1", json!({}), 20)
+            .await?
+            .code(),
+        "FORBIDDEN"
+    );
     // A document in review holds the release even past the deadline.
-    let up = deal.provider.client.upload_proof("doc", &deal.escrow_id, 1, "app", b"%PDF-1.4 report".to_vec(), 20).await?;
+    let up =
+        deal.provider.client.upload_proof("doc", &deal.escrow_id, 1, "app", b"%PDF-1.4 report".to_vec(), 20).await?;
     assert_eq!(up.body.pointer("/result/status"), Some(&json!("PENDING_REVIEW")), "{}", up.text);
-    sqlx::query("UPDATE escrows SET deadline_at = now() - interval '1 minute' WHERE id = $1::uuid").bind(&deal.escrow_id).execute(&env.pool).await?;
+    sqlx::query("UPDATE escrows SET deadline_at = now() - interval '1 minute' WHERE id = $1::uuid")
+        .bind(&deal.escrow_id)
+        .execute(&env.pool)
+        .await?;
     let r = admin.job(&format!("/escrows/{}/check-deadline", deal.escrow_id), "c2", json!({}), 20).await?;
     assert_eq!(r.body.pointer("/result/status"), Some(&json!("FUNDED")), "{}", r.text);
     // Rejected, the milestone waits again: the cron job releases the escrow as if approved.
-    let d = deal.client.client.job(&format!("/proofs/{}/decision", up.s("proof_id")), "no", json!({"decision": "reject"}), 20).await?;
+    let d = deal
+        .client
+        .client
+        .job(&format!("/proofs/{}/decision", up.s("proof_id")), "no", json!({"decision": "reject"}), 20)
+        .await?;
     assert_eq!(d.body.pointer("/result/status"), Some(&json!("REJECTED")), "{}", d.text);
     let e = wait_escrow(&deal, "RELEASED", "40.00").await?;
     assert_eq!(e["milestones"][0]["status"], json!("PAID"));
-    let by_cron: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'escrow_deadlines' AND result->>'released' = '1'").fetch_one(&env.pool).await?;
+    let by_cron: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'escrow_deadlines' AND result->>'released' = '1'")
+            .fetch_one(&env.pool)
+            .await?;
     assert_eq!(by_cron, 1);
     env.stop().await
 }
@@ -374,8 +458,14 @@ async fn a_milestone_whose_payout_failed_is_paid_on_the_redrive() -> anyhow::Res
     let deal = deal(&env, "25.00").await?;
     deal.milestone(1, "25.00", "DOCUMENT", None).await?;
     deal.deposit("d", "25.00").await?;
-    let up = deal.provider.client.upload_proof("doc", &deal.escrow_id, 1, "app", b"%PDF-1.4 delivery note".to_vec(), 20).await?;
-    env.admin().job(&format!("/proofs/{}/decision", up.s("proof_id")), "ok", json!({"decision": "approve"}), 20).await?;
+    let up = deal
+        .provider
+        .client
+        .upload_proof("doc", &deal.escrow_id, 1, "app", b"%PDF-1.4 delivery note".to_vec(), 20)
+        .await?;
+    env.admin()
+        .job(&format!("/proofs/{}/decision", up.s("proof_id")), "ok", json!({"decision": "approve"}), 20)
+        .await?;
     let e = eventually(Duration::from_secs(30), || async {
         let e = deal.escrow().await?;
         Ok((e.body["payments"][0]["status"] == json!("ERROR")).then_some(e.body))
@@ -387,10 +477,21 @@ async fn a_milestone_whose_payout_failed_is_paid_on_the_redrive() -> anyhow::Res
     // The PSP accepts now; the admin re-drives the same payment.
     let psp = env.psp_url.clone().unwrap_or_default();
     reqwest::Client::new().post(format!("{psp}/sim/config")).json(&json!({"fail_amounts": []})).send().await?;
-    let r = env.admin().send(reqwest::Client::new().post(format!("{}/payments/execute/{payment}", env.api_url)).bearer_auth(&env.admin_key).header("Prefer", "wait=20")).await?;
+    let r = env
+        .admin()
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/payments/execute/{payment}", env.api_url))
+                .bearer_auth(&env.admin_key)
+                .header("Prefer", "wait=20"),
+        )
+        .await?;
     assert_eq!(r.s("status"), "succeeded", "{}", r.text);
     let e = wait_escrow(&deal, "RELEASED", "25.00").await?;
-    assert_eq!((e["milestones"][0]["status"].clone(), e["payments"][0]["status"].clone()), (json!("PAID"), json!("SETTLED")));
+    assert_eq!(
+        (e["milestones"][0]["status"].clone(), e["payments"][0]["status"].clone()),
+        (json!("PAID"), json!("SETTLED"))
+    );
     assert_eq!(e["payments"].as_array().map(Vec::len), Some(1), "the same payment, not a second one");
     // A settled payment cannot be driven again.
     let r = env.admin().post(&format!("/payments/execute/{payment}"), json!({})).await?;

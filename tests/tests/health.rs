@@ -6,7 +6,8 @@ use e2e::{Env, EnvOptions};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_metrics_answer() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let env = Env::with(EnvOptions::default().workers(1).var("WORKER_METRICS_ADDR", &format!("127.0.0.1:{port}"))).await?;
+    let env =
+        Env::with(EnvOptions::default().workers(1).var("WORKER_METRICS_ADDR", &format!("127.0.0.1:{port}"))).await?;
     let anon = env.anonymous();
     let h = anon.get("/health").await?;
     assert_eq!((h.status, h.s("status").as_str()), (200, "ok"));
@@ -31,7 +32,10 @@ async fn health_ready_and_metrics_answer() -> anyhow::Result<()> {
     assert!(m.text.contains("status=\"succeeded\"") && m.text.contains("status=\"failed\""));
     // The worker's own metrics: jobs by outcome, job time, serialization retries (when any).
     let worker_metrics = eventually_worker_metrics(&env).await?;
-    assert!(worker_metrics.contains("kobatela_jobs_total") && worker_metrics.contains("kobatela_job_seconds"), "{worker_metrics}");
+    assert!(
+        worker_metrics.contains("kobatela_jobs_total") && worker_metrics.contains("kobatela_job_seconds"),
+        "{worker_metrics}"
+    );
     // Every response carries a request id.
     assert!(h.headers.get("x-request-id").is_some());
     env.stop().await

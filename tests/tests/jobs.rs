@@ -16,7 +16,10 @@ async fn idempotency_keys_return_the_same_receipt_or_refuse_another_body() -> an
     let bob = &shop.beneficiary.client;
     let first = bob.job("/spend/purchases", "same-key", shop.purchase_body("10.00", "USD"), 20).await?;
     assert_eq!(first.s("status"), "succeeded", "{}", first.text);
-    assert_eq!(first.headers.get("location").and_then(|v| v.to_str().ok()), Some(format!("/jobs/{}", first.s("job_id")).as_str()));
+    assert_eq!(
+        first.headers.get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("/jobs/{}", first.s("job_id")).as_str())
+    );
     // Same key, same request (amount spelled differently): same receipt, not applied twice.
     let again = bob.job("/spend/purchases", "same-key", shop.purchase_body("10", "USD"), 0).await?;
     assert_eq!(again.s("job_id"), first.s("job_id"));
@@ -35,7 +38,8 @@ async fn idempotency_keys_return_the_same_receipt_or_refuse_another_body() -> an
     assert_ne!(admin.s("job_id"), first.s("job_id"));
     let m = bob.get(&format!("/mandates/{}", shop.mandate_id)).await?;
     assert_eq!(m.s("spent_amount"), "20.00");
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'purchase'").fetch_one(&env.pool).await?;
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'purchase'").fetch_one(&env.pool).await?;
     assert_eq!(jobs, 2);
     env.stop().await
 }
@@ -54,7 +58,10 @@ async fn receipts_are_visible_to_their_creator_support_and_admin_only() -> anyho
     assert_eq!((other.status, other.code().as_str()), (404, "NOT_FOUND"));
     assert_eq!(env.admin().receipt("not-a-uuid", 0).await?.status, 404);
     assert_eq!(shop.sender.client.get("/jobs?status=dead").await?.status, 403);
-    assert_eq!(support.client.get("/jobs?status=succeeded&kind=purchase").await?.body["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        support.client.get("/jobs?status=succeeded&kind=purchase").await?.body["items"].as_array().map(Vec::len),
+        Some(1)
+    );
     env.stop().await
 }
 
@@ -64,7 +71,11 @@ async fn twenty_jobs_accepted_while_no_worker_runs_survive_a_redis_flush() -> an
     let shop = shop(&env, "100.00", "USD").await?;
     let mut ids = Vec::new();
     for i in 0..20 {
-        let r = shop.beneficiary.client.job("/spend/purchases", &format!("k{i}"), shop.purchase_body("1.50", "USD"), 0).await?;
+        let r = shop
+            .beneficiary
+            .client
+            .job("/spend/purchases", &format!("k{i}"), shop.purchase_body("1.50", "USD"), 0)
+            .await?;
         assert_eq!((r.status, r.s("status").as_str()), (202, "queued"), "{}", r.text);
         ids.push(r.s("job_id"));
     }
@@ -77,7 +88,10 @@ async fn twenty_jobs_accepted_while_no_worker_runs_survive_a_redis_flush() -> an
         assert_eq!(r.s("status"), "succeeded", "{}", r.text);
         assert_eq!(r.body["attempts"], json!(1), "applied once: {}", r.text);
     }
-    let (n, spent): (i64, String) = sqlx::query_as("SELECT count(*), (SELECT spent_amount::text FROM mandates) FROM purchases").fetch_one(&env.pool).await?;
+    let (n, spent): (i64, String) =
+        sqlx::query_as("SELECT count(*), (SELECT spent_amount::text FROM mandates) FROM purchases")
+            .fetch_one(&env.pool)
+            .await?;
     assert_eq!((n, spent.as_str()), (20, "30.00"));
     env.stop().await
 }
@@ -107,8 +121,11 @@ async fn a_worker_killed_mid_run_loses_nothing_and_applies_nothing_twice() -> an
         let r = shop.beneficiary.client.finished(id, 90).await?;
         assert_eq!(r.s("status"), "succeeded", "{}", r.text);
     }
-    let (n, distinct_jobs, spent): (i64, i64, String) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT job_id), (SELECT spent_amount::text FROM mandates) FROM purchases").fetch_one(&env.pool).await?;
+    let (n, distinct_jobs, spent): (i64, i64, String) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT job_id), (SELECT spent_amount::text FROM mandates) FROM purchases",
+    )
+    .fetch_one(&env.pool)
+    .await?;
     assert_eq!((n, distinct_jobs, spent.as_str()), (200, 200, "200.00"));
     env.stop().await
 }
@@ -122,14 +139,25 @@ async fn two_worker_replicas_run_each_cron_tick_once() -> anyhow::Result<()> {
     let mut mandates = vec![shop.mandate_id.clone()];
     for i in 0..5 {
         let b = person(&env, &format!("ben{i}"), "beneficiary").await?;
-        let m = shop.sender.client.post("/mandates", json!({"sender_id": shop.sender.id, "beneficiary_id": b.id, "total_amount": "5",
-            "currency": "USD", "expires_at": (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339()})).await?;
+        let m = shop
+            .sender
+            .client
+            .post(
+                "/mandates",
+                json!({"sender_id": shop.sender.id, "beneficiary_id": b.id, "total_amount": "5",
+            "currency": "USD", "expires_at": (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339()}),
+            )
+            .await?;
         assert_eq!(m.status, 201, "{}", m.text);
         mandates.push(m.s("id"));
     }
-    sqlx::query("UPDATE mandates SET expires_at = now() + interval '2 seconds' WHERE id = $1::uuid").bind(&shop.mandate_id).execute(&env.pool).await?;
+    sqlx::query("UPDATE mandates SET expires_at = now() + interval '2 seconds' WHERE id = $1::uuid")
+        .bind(&shop.mandate_id)
+        .execute(&env.pool)
+        .await?;
     eventually(Duration::from_secs(20), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mandates WHERE status = 'EXPIRED'").fetch_one(&env.pool).await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM mandates WHERE status = 'EXPIRED'").fetch_one(&env.pool).await?;
         Ok((n == 6).then_some(()))
     })
     .await?;
@@ -150,7 +178,8 @@ async fn two_worker_replicas_run_each_cron_tick_once() -> anyhow::Result<()> {
     assert!(ticks >= 4, "ticks ran: {ticks}");
     assert_eq!(jobs, ticks);
     assert_eq!(per_tick_max, 1);
-    let claimers: i64 = sqlx::query_scalar("SELECT count(DISTINCT claimed_by) FROM cron_ticks").fetch_one(&env.pool).await?;
+    let claimers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT claimed_by) FROM cron_ticks").fetch_one(&env.pool).await?;
     assert!(claimers >= 1);
     env.stop().await
 }
@@ -201,12 +230,19 @@ async fn a_worker_finishes_the_jobs_in_hand_on_sigterm() -> anyhow::Result<()> {
     let shop = shop(&env, "1000.00", "USD").await?;
     let mut ids = Vec::new();
     for i in 0..30 {
-        ids.push(shop.beneficiary.client.job("/spend/purchases", &format!("k{i}"), shop.purchase_body("1.00", "USD"), 0).await?.s("job_id"));
+        ids.push(
+            shop.beneficiary
+                .client
+                .job("/spend/purchases", &format!("k{i}"), shop.purchase_body("1.00", "USD"), 0)
+                .await?
+                .s("job_id"),
+        );
     }
     let code = env.stop_worker("w0").await?;
     assert_eq!(code, Some(0), "the worker exits cleanly on SIGTERM");
     // Nothing is left half-done: every job is either finished or still queued.
-    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'running'").fetch_one(&env.pool).await?;
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'running'").fetch_one(&env.pool).await?;
     assert_eq!(running, 0);
     env.start_worker("w1").await?;
     for id in &ids {

@@ -66,7 +66,9 @@ async fn a_good_photo_is_approved_paid_and_settled_by_the_webhook() -> anyhow::R
     assert_eq!(e["payments"][0]["status"], json!("SETTLED"));
     assert!(e["payments"][0]["psp_ref"].as_str().is_some_and(|r| r.starts_with("sim_")));
     // The webhook came from the simulator, signed, and is stored once.
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM psp_webhook_events WHERE type = 'payment.settled'").fetch_one(&env.pool).await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM psp_webhook_events WHERE type = 'payment.settled'")
+        .fetch_one(&env.pool)
+        .await?;
     assert_eq!(events, 1);
     env.stop().await
 }
@@ -81,7 +83,16 @@ async fn each_bad_photo_is_rejected_with_its_code_and_the_milestone_keeps_waitin
         ("future", photo(4, Some(SITE), -3), "FUTURE_TIMESTAMP"),
         ("no-exif", jpeg_without_exif(5), "MISSING_EXIF_TIMESTAMP"),
         ("no-gps", photo(6, None, 5), "MISSING_GPS"),
-        ("no-offset", jpeg(&PhotoSpec { gps: Some(SITE), gps_time: None, original: Some(((Utc::now() - chrono::Duration::minutes(5)).naive_utc(), "")), seed: 7 }), "MISSING_EXIF_TIMESTAMP"),
+        (
+            "no-offset",
+            jpeg(&PhotoSpec {
+                gps: Some(SITE),
+                gps_time: None,
+                original: Some(((Utc::now() - chrono::Duration::minutes(5)).naive_utc(), "")),
+                seed: 7,
+            }),
+            "MISSING_EXIF_TIMESTAMP",
+        ),
         ("not-jpeg", not_a_jpeg(), "PROOF_UNREADABLE"),
     ];
     for (key, file, code) in cases {
@@ -93,7 +104,14 @@ async fn each_bad_photo_is_rejected_with_its_code_and_the_milestone_keeps_waitin
     }
     // A good photo with DateTimeOriginal and its offset (UTC+2 local time) passes.
     let local = (Utc::now() + chrono::Duration::hours(2) - chrono::Duration::minutes(3)).naive_utc();
-    let r = upload(&deal, "offset", 1, "camera", jpeg(&PhotoSpec { gps: Some(SITE), gps_time: None, original: Some((local, "+02:00")), seed: 8 })).await?;
+    let r = upload(
+        &deal,
+        "offset",
+        1,
+        "camera",
+        jpeg(&PhotoSpec { gps: Some(SITE), gps_time: None, original: Some((local, "+02:00")), seed: 8 }),
+    )
+    .await?;
     assert_eq!(r.body.pointer("/result/status"), Some(&json!("APPROVED")), "{}", r.text);
     env.stop().await
 }
@@ -108,11 +126,20 @@ async fn an_untrusted_source_goes_to_review_and_the_clients_approval_pays() -> a
     assert_eq!(milestone_status(&deal, 1).await?, "PENDING_REVIEW");
     let proof = r.s("proof_id");
     // The provider cannot decide on their own proof.
-    let d = deal.provider.client.job(&format!("/proofs/{proof}/decision"), "d0", json!({"decision": "approve"}), 20).await?;
+    let d = deal
+        .provider
+        .client
+        .job(&format!("/proofs/{proof}/decision"), "d0", json!({"decision": "approve"}), 20)
+        .await?;
     assert_eq!(d.status, 403);
-    let d = deal.client.client.job(&format!("/proofs/{proof}/decision"), "d1", json!({"decision": "maybe"}), 20).await?;
+    let d =
+        deal.client.client.job(&format!("/proofs/{proof}/decision"), "d1", json!({"decision": "maybe"}), 20).await?;
     assert_eq!(d.status, 422);
-    let d = deal.client.client.job(&format!("/proofs/{proof}/decision"), "d2", json!({"decision": "approve", "note": "looks right"}), 20).await?;
+    let d = deal
+        .client
+        .client
+        .job(&format!("/proofs/{proof}/decision"), "d2", json!({"decision": "approve", "note": "looks right"}), 20)
+        .await?;
     assert_eq!(d.body.pointer("/result/status"), Some(&json!("APPROVED")), "{}", d.text);
     let d = env.admin().job(&format!("/proofs/{proof}/decision"), "d3", json!({"decision": "reject"}), 20).await?;
     assert_eq!(d.code(), "PROOF_ALREADY_DECIDED", "{}", d.text);
@@ -137,18 +164,23 @@ async fn three_milestones_are_paid_in_sequence_to_released() -> anyhow::Result<(
     assert_eq!(again.s("job_id"), r.s("job_id"));
     let dup = upload(&deal, "m1-dup", 1, "app", first).await?;
     assert_eq!((dup.status, dup.code().as_str()), (409, "PROOF_DUPLICATE"));
-    eventually(Duration::from_secs(30), || async { Ok((milestone_status(&deal, 1).await? == "PAID").then_some(())) }).await?;
+    eventually(Duration::from_secs(30), || async { Ok((milestone_status(&deal, 1).await? == "PAID").then_some(())) })
+        .await?;
     // Milestone 1 is no longer waiting.
     let r = upload(&deal, "m1-again", 1, "app", photo(13, Some(SITE), 5)).await?;
     assert_eq!((r.status, r.code().as_str()), (409, "MILESTONE_NOT_WAITING"));
     let r = upload(&deal, "m2", 2, "camera", photo(14, Some(SITE), 5)).await?;
     assert_eq!(r.body.pointer("/result/status"), Some(&json!("APPROVED")), "{}", r.text);
-    eventually(Duration::from_secs(30), || async { Ok((milestone_status(&deal, 2).await? == "PAID").then_some(())) }).await?;
+    eventually(Duration::from_secs(30), || async { Ok((milestone_status(&deal, 2).await? == "PAID").then_some(())) })
+        .await?;
     // A document is always reviewed, then approved by support.
     let r = upload(&deal, "m3", 3, "app", b"%PDF-1.4 invoice".to_vec()).await?;
     assert_eq!(r.body.pointer("/result/review_reasons"), Some(&json!(["DOCUMENT_PROOF"])), "{}", r.text);
     let support = e2e::scenario::person(&env, "sue", "support").await?;
-    let d = support.client.job(&format!("/proofs/{}/decision", r.s("proof_id")), "ok", json!({"decision": "approve"}), 20).await?;
+    let d = support
+        .client
+        .job(&format!("/proofs/{}/decision", r.s("proof_id")), "ok", json!({"decision": "approve"}), 20)
+        .await?;
     assert_eq!(d.s("status"), "succeeded", "{}", d.text);
     let e = wait_released(&deal, "90.00").await?;
     assert!(e["milestones"].as_array().is_some_and(|ms| ms.iter().all(|m| m["status"] == json!("PAID"))));
@@ -166,13 +198,28 @@ async fn uploads_are_checked_before_anything_is_queued() -> anyhow::Result<()> {
     let r = deal.client.client.upload_proof("x", &deal.escrow_id, 1, "app", photo(20, Some(SITE), 5), 0).await?;
     assert_eq!(r.status, 403);
     let form = reqwest::multipart::Form::new().text("escrow_id", deal.escrow_id.clone());
-    let r = deal.provider.client.send(reqwest::Client::new().post(format!("{}/proofs", env.api_url)).bearer_auth(&deal.provider.key).header("Idempotency-Key", "y").multipart(form)).await?;
+    let r = deal
+        .provider
+        .client
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/proofs", env.api_url))
+                .bearer_auth(&deal.provider.key)
+                .header("Idempotency-Key", "y")
+                .multipart(form),
+        )
+        .await?;
     assert_eq!(r.status, 422, "{}", r.text);
-    let fields: Vec<&str> = r.body["errors"].as_array().map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        r.body["errors"].as_array().map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect()).unwrap_or_default();
     assert!(fields.contains(&"file") && fields.contains(&"milestone_idx") && fields.contains(&"source"), "{fields:?}");
     let r = deal.provider.client.post("/proofs", json!({"file": "x"})).await?;
     assert!(r.status == 400 || r.status == 415, "{}", r.text);
-    let r = deal.provider.client.upload_proof("z", &uuid::Uuid::new_v4().to_string(), 1, "app", photo(21, Some(SITE), 5), 0).await?;
+    let r = deal
+        .provider
+        .client
+        .upload_proof("z", &uuid::Uuid::new_v4().to_string(), 1, "app", photo(21, Some(SITE), 5), 0)
+        .await?;
     assert_eq!(r.code(), "ESCROW_NOT_FOUND");
     let jobs_after: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&env.pool).await?;
     assert_eq!(jobs_before, jobs_after);

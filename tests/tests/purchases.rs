@@ -36,7 +36,11 @@ async fn fifty_parallel_purchases_never_overspend() -> anyhow::Result<()> {
     let mut outcomes: HashMap<String, usize> = HashMap::new();
     for id in &ids {
         let r = shop.beneficiary.client.finished(id, 60).await?;
-        let key = if r.s("status") == "succeeded" { "succeeded".to_string() } else { format!("{}:{}", r.s("status"), r.code()) };
+        let key = if r.s("status") == "succeeded" {
+            "succeeded".to_string()
+        } else {
+            format!("{}:{}", r.s("status"), r.code())
+        };
         *outcomes.entry(key).or_default() += 1;
     }
     assert_eq!(outcomes.get("succeeded"), Some(&10), "{outcomes:?}");
@@ -54,9 +58,15 @@ async fn fifty_parallel_purchases_never_overspend() -> anyhow::Result<()> {
     .await?;
     assert_eq!(dec(&spent), dec(&sum));
     assert_eq!(n, 10);
-    let consumed: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'MANDATE_CONSUMED' AND entity_id = $1").bind(&shop.mandate_id).fetch_one(&env.pool).await?;
+    let consumed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'MANDATE_CONSUMED' AND entity_id = $1")
+            .bind(&shop.mandate_id)
+            .fetch_one(&env.pool)
+            .await?;
     assert_eq!(consumed, 10);
-    let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'PURCHASE_REFUSED'").fetch_one(&env.pool).await?;
+    let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'PURCHASE_REFUSED'")
+        .fetch_one(&env.pool)
+        .await?;
     assert_eq!(refused, 40);
     env.stop().await
 }
@@ -113,7 +123,10 @@ async fn each_purchase_rule_refuses_with_its_code_in_order() -> anyhow::Result<(
     body["merchant_id"] = json!(pump);
     assert_eq!(buy("r3", body.clone()).await?.code(), "UNAUTHORIZED_USAGE");
     // A certified merchant needs no rule.
-    let certified = admin.post("/spend/merchants", json!({"name": "Certified Pump", "category_id": other_cat, "is_certified": true})).await?.s("id");
+    let certified = admin
+        .post("/spend/merchants", json!({"name": "Certified Pump", "category_id": other_cat, "is_certified": true}))
+        .await?
+        .s("id");
     let mut body = shop.purchase_body("5.00", "USD");
     body["merchant_id"] = json!(certified);
     let r = buy("r4", body).await?;
@@ -144,9 +157,18 @@ async fn mandate_restrictions_and_expiry_are_enforced_in_the_job() -> anyhow::Re
     let bob = person(&env, "bob", "beneficiary").await?;
     let food = admin.post("/spend/categories", json!({"code": "FOOD", "label": "Food"})).await?.s("id");
     let fuel = admin.post("/spend/categories", json!({"code": "FUEL", "label": "Fuel"})).await?.s("id");
-    let market = admin.post("/spend/merchants", json!({"name": "Market", "category_id": food, "is_certified": true})).await?.s("id");
-    let grocer = admin.post("/spend/merchants", json!({"name": "Grocer", "category_id": food, "is_certified": true})).await?.s("id");
-    let pump = admin.post("/spend/merchants", json!({"name": "Pump", "category_id": fuel, "is_certified": true})).await?.s("id");
+    let market = admin
+        .post("/spend/merchants", json!({"name": "Market", "category_id": food, "is_certified": true}))
+        .await?
+        .s("id");
+    let grocer = admin
+        .post("/spend/merchants", json!({"name": "Grocer", "category_id": food, "is_certified": true}))
+        .await?
+        .s("id");
+    let pump = admin
+        .post("/spend/merchants", json!({"name": "Pump", "category_id": fuel, "is_certified": true}))
+        .await?
+        .s("id");
     let expires = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
     let mk = |currency: &str, merchant: Option<&str>, category: Option<&str>| {
         json!({"sender_id": alice.id, "beneficiary_id": bob.id, "total_amount": "50", "currency": currency,
@@ -164,7 +186,10 @@ async fn mandate_restrictions_and_expiry_are_enforced_in_the_job() -> anyhow::Re
     let r = bob.client.job("/spend/purchases", "c", body(&grocer, "EUR"), 20).await?;
     assert_eq!(r.s("status"), "succeeded", "{}", r.text);
     // Expiry is checked at use, not only by the cron job.
-    sqlx::query("UPDATE mandates SET expires_at = now() - interval '1 second' WHERE id = $1::uuid").bind(m_usd.s("id")).execute(&env.pool).await?;
+    sqlx::query("UPDATE mandates SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
+        .bind(m_usd.s("id"))
+        .execute(&env.pool)
+        .await?;
     let r = bob.client.job("/spend/purchases", "d", body(&market, "USD"), 20).await?;
     assert_eq!(r.code(), "MANDATE_EXPIRED", "{}", r.text);
     let m = alice.client.get(&format!("/mandates/{}", m_usd.s("id"))).await?;
@@ -214,7 +239,10 @@ async fn mandate_creation_rules_and_revocation() -> anyhow::Result<()> {
     let r = alice.client.post("/mandates", body(&shop.beneficiary.id, &expires)).await?;
     assert_eq!(r.status, 201, "{}", r.text);
     let audit = env.admin().get(&format!("/audit?entity_id={}", shop.mandate_id)).await?;
-    let actions: Vec<&str> = audit.body["items"].as_array().map(|a| a.iter().filter_map(|i| i["action"].as_str()).collect()).unwrap_or_default();
+    let actions: Vec<&str> = audit.body["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["action"].as_str()).collect())
+        .unwrap_or_default();
     assert!(actions.contains(&"MANDATE_CREATED") && actions.contains(&"MANDATE_REVOKED"), "{actions:?}");
     env.stop().await
 }
@@ -223,7 +251,10 @@ async fn mandate_creation_rules_and_revocation() -> anyhow::Result<()> {
 async fn cleanup_expires_due_mandates_as_a_job() -> anyhow::Result<()> {
     let env = Env::start().await?;
     let shop = shop(&env, "100.00", "USD").await?;
-    sqlx::query("UPDATE mandates SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid").bind(&shop.mandate_id).execute(&env.pool).await?;
+    sqlx::query("UPDATE mandates SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid")
+        .bind(&shop.mandate_id)
+        .execute(&env.pool)
+        .await?;
     let r = shop.sender.client.post("/mandates/cleanup", json!({})).await?;
     assert_eq!(r.status, 403);
     let r = env.admin().job("/mandates/cleanup", "sweep-1", json!({}), 20).await?;

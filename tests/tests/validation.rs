@@ -48,14 +48,32 @@ async fn bad_purchases_and_mandates_are_refused_and_change_nothing() -> anyhow::
     for (i, (body, code, field)) in cases.into_iter().enumerate() {
         let r = bob.job("/spend/purchases", &format!("bad{i}"), body, 0).await?;
         expect(&r, 422, code);
-        let fields: Vec<&str> = r.body["errors"].as_array().map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect()).unwrap_or_default();
+        let fields: Vec<&str> = r.body["errors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect())
+            .unwrap_or_default();
         assert!(fields.contains(&field), "{field} not in {fields:?}");
     }
     // XOF has no minor unit.
-    let r = bob.job("/spend/purchases", "xof", with("currency", json!("XOF")).as_object().map(|o| { let mut o = o.clone(); o.insert("amount".into(), json!("10.5")); json!(o) }).unwrap_or_default(), 0).await?;
+    let r = bob
+        .job(
+            "/spend/purchases",
+            "xof",
+            with("currency", json!("XOF"))
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("amount".into(), json!("10.5"));
+                    json!(o)
+                })
+                .unwrap_or_default(),
+            0,
+        )
+        .await?;
     expect(&r, 422, "AMOUNT_INVALID");
     // Every error at once.
-    let r = bob.job("/spend/purchases", "many", json!({"sender_id": 1, "amount": "1.001", "currency": "USD"}), 0).await?;
+    let r =
+        bob.job("/spend/purchases", "many", json!({"sender_id": 1, "amount": "1.001", "currency": "USD"}), 0).await?;
     assert!(r.body["errors"].as_array().map(Vec::len).unwrap_or(0) >= 4, "{}", r.text);
     // Malformed JSON, not an object, wrong content type, oversize body.
     let r = bob.post_raw("/mandates", "application/json", b"{\"sender_id\": ".to_vec()).await?;

@@ -63,7 +63,8 @@ pub async fn run_tick(job: &CronJob, at: DateTime<Utc>) -> shared::Result<()> {
         return Ok(());
     }
     let payload = serde_json::json!({"tick": at});
-    let new = NewJob::new(job.kind, &payload, &Principal::system(), Some(format!("cron:{}:{}", job.kind, at.to_rfc3339())))?;
+    let new =
+        NewJob::new(job.kind, &payload, &Principal::system(), Some(format!("cron:{}:{}", job.kind, at.to_rfc3339())))?;
     let mut conn = ctx.pool.acquire().await?;
     let (row, _) = record::insert(&mut conn, &new).await?;
     sqlx::query("UPDATE cron_ticks SET job_id = $3 WHERE schedule = $1 AND tick = $2")

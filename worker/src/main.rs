@@ -79,9 +79,10 @@ async fn run() -> anyhow::Result<()> {
         bail!("usage: worker [run]  (configuration comes from the environment)");
     }
     let metrics = PrometheusBuilder::new().install_recorder()?;
-    let pool = db::connect(&config.database_url, (config.worker_concurrency as u32 + 4).max(config.db_pool_size.min(64)))
-        .await
-        .context("connecting to Postgres")?;
+    let pool =
+        db::connect(&config.database_url, (config.worker_concurrency as u32 + 4).max(config.db_pool_size.min(64)))
+            .await
+            .context("connecting to Postgres")?;
     if config.migrate_on_start {
         db::migrate(&pool).await?;
     }
@@ -99,7 +100,11 @@ async fn run() -> anyhow::Result<()> {
             queue: queue.clone(),
             config: config.clone(),
             store: Arc::new(shared::storage::LocalDirStore::new(config.storage_dir.clone())),
-            psp: Arc::new(shared::psp::client::HttpPspClient::new(config.psp_base_url.clone(), config.psp_api_key.clone(), Duration::from_secs(5))),
+            psp: Arc::new(shared::psp::client::HttpPspClient::new(
+                config.psp_base_url.clone(),
+                config.psp_api_key.clone(),
+                Duration::from_secs(5),
+            )),
         },
         slots: Semaphore::new(config.worker_concurrency),
         config: config.clone(),
@@ -162,13 +167,16 @@ fn cron_parse(expr: &str) -> anyhow::Result<::cron::Schedule> {
 
 async fn serve_metrics(addr: &str, handle: PrometheusHandle) -> anyhow::Result<()> {
     use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
-        .route("/metrics", get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }));
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding WORKER_METRICS_ADDR {addr}"))?;
+    let app =
+        axum::Router::new().route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) })).route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        );
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding WORKER_METRICS_ADDR {addr}"))?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "metrics server stopped");

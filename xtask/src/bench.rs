@@ -127,12 +127,7 @@ impl Options {
 // ---------------------------------------------------------------------------
 
 /// Runs the benchmark; everything it started is stopped before it returns.
-pub async fn run(
-    layout: &Layout,
-    services: &Services,
-    signals: &mut Signals,
-    options: Options,
-) -> Result<()> {
+pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, options: Options) -> Result<()> {
     let out = layout.target.join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let binaries = build_release(layout, signals).await?;
@@ -141,16 +136,11 @@ pub async fn run(
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let setup = Setup::new(&database, services)?;
     println!("database: {} (fresh)", redact(&database));
-    println!(
-        "api: {}  queue prefix: {}",
-        setup.api_base, setup.queue_prefix
-    );
+    println!("api: {}  queue prefix: {}", setup.api_base, setup.queue_prefix);
     println!("migrating: api migrate");
     procs::run_to_end(
         "api migrate",
-        Command::new(&binaries.api)
-            .arg("migrate")
-            .envs(setup.api_env()),
+        Command::new(&binaries.api).arg("migrate").envs(setup.api_env()),
         &logs.join("bench-api-migrate.log"),
         Duration::from_secs(120),
     )
@@ -163,15 +153,8 @@ pub async fn run(
         .context("connecting to the bench database")?;
 
     let mut fleet = Fleet::default();
-    let ctx = Ctx {
-        binaries: &binaries,
-        setup: &setup,
-        logs: &logs,
-        out: &out,
-        pool: &pool,
-        database: &database,
-        options,
-    };
+    let ctx =
+        Ctx { binaries: &binaries, setup: &setup, logs: &logs, out: &out, pool: &pool, database: &database, options };
     let outcome = tokio::select! {
         outcome = measure(&mut fleet, &ctx) => outcome,
         name = signals.recv() => Err(anyhow!("interrupted by {name}")),
@@ -179,10 +162,7 @@ pub async fn run(
     println!("stopping what the bench started");
     procs::stop_all(fleet.workers).await;
     procs::stop_all(fleet.api).await;
-    if tokio::time::timeout(Duration::from_secs(5), pool.close())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), pool.close()).await.is_err() {
         eprintln!("xtask: the bench's database connections did not close within 5 s");
     }
     if let Err(e) = forget_queues(&services.redis, &setup.queue_prefix).await {
@@ -256,20 +236,12 @@ struct Report {
 
 async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
     let setup = ctx.setup;
-    let api = procs::spawn(
-        "bench-api",
-        &ctx.binaries.api,
-        &["serve"],
-        &setup.api_env(),
-        ctx.logs,
-    )?;
+    let api = procs::spawn("bench-api", &ctx.binaries.api, &["serve"], &setup.api_env(), ctx.logs)?;
     fleet.api.push(api);
     let api = fleet.api.first_mut().context("the api process is gone")?;
     println!("started api, waiting for /ready");
-    api.wait_http_ok(&format!("{}/health", setup.api_base))
-        .await?;
-    api.wait_http_ok(&format!("{}/ready", setup.api_base))
-        .await?;
+    api.wait_http_ok(&format!("{}/health", setup.api_base)).await?;
+    api.wait_http_ok(&format!("{}/ready", setup.api_base)).await?;
 
     let http = http_client(IN_FLIGHT * 2)?;
     println!("seeding through the HTTP API: 1 sender, {BENEFICIARIES} beneficiaries and mandates");
@@ -291,10 +263,7 @@ async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
         bodies: seed.bens.iter().map(|b| b.body.clone()).collect(),
         idempotency_prefix: format!("{}-{label}-", setup.queue_prefix),
     };
-    let enqueue_mode = Mode::Open {
-        rate: ENQUEUE_RATE,
-        secs: ctx.options.open_secs(),
-    };
+    let enqueue_mode = Mode::Open { rate: ENQUEUE_RATE, secs: ctx.options.open_secs() };
     println!(
         "enqueue latency with both workers running: POST /spend/purchases at {ENQUEUE_RATE}/s for {} s \
          from a separate process",
@@ -323,59 +292,38 @@ async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
         ctx,
         "enqueue-reference",
         Target::Health,
-        Mode::Open {
-            rate: ENQUEUE_RATE,
-            secs: ctx.options.reference_secs(),
-        },
+        Mode::Open { rate: ENQUEUE_RATE, secs: ctx.options.reference_secs() },
     )
     .await?;
     println!("  GET /health: {}", enqueue_reference.summary());
 
-    let webhook_target = Target::Webhook {
-        secret: setup.webhook_secret.clone(),
-        event_prefix: format!("{}-", setup.queue_prefix),
-    };
+    let webhook_target =
+        Target::Webhook { secret: setup.webhook_secret.clone(), event_prefix: format!("{}-", setup.queue_prefix) };
     println!(
         "webhook acknowledgement: POST /psp/webhook at {WEBHOOK_RATE}/s for {} s from a separate process",
         ctx.options.open_secs()
     );
     let before = api_retries(&http, &setup.api_base).await;
-    let webhook = load(
-        ctx,
-        "webhook",
-        webhook_target.clone(),
-        Mode::Open {
-            rate: WEBHOOK_RATE,
-            secs: ctx.options.open_secs(),
-        },
-    )
-    .await?;
+    let webhook =
+        load(ctx, "webhook", webhook_target.clone(), Mode::Open { rate: WEBHOOK_RATE, secs: ctx.options.open_secs() })
+            .await?;
     let webhook_retries = delta(before, api_retries(&http, &setup.api_base).await);
     println!("  {}", webhook.summary());
     let webhook_reference = load(
         ctx,
         "webhook-reference",
         Target::Health,
-        Mode::Open {
-            rate: WEBHOOK_RATE,
-            secs: ctx.options.reference_secs(),
-        },
+        Mode::Open { rate: WEBHOOK_RATE, secs: ctx.options.reference_secs() },
     )
     .await?;
     println!("  GET /health: {}", webhook_reference.summary());
-    println!(
-        "webhook closed loop: {WEBHOOK_CONNECTIONS} connections for {} s",
-        ctx.options.closed_secs()
-    );
+    println!("webhook closed loop: {WEBHOOK_CONNECTIONS} connections for {} s", ctx.options.closed_secs());
     let before = api_retries(&http, &setup.api_base).await;
     let webhook_closed = load(
         ctx,
         "webhook-closed",
         webhook_target,
-        Mode::Closed {
-            connections: WEBHOOK_CONNECTIONS,
-            secs: ctx.options.closed_secs(),
-        },
+        Mode::Closed { connections: WEBHOOK_CONNECTIONS, secs: ctx.options.closed_secs() },
     )
     .await?;
     let webhook_closed_retries = delta(before, api_retries(&http, &setup.api_base).await);
@@ -384,10 +332,7 @@ async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
         ctx,
         "webhook-closed-reference",
         Target::Health,
-        Mode::Closed {
-            connections: WEBHOOK_CONNECTIONS,
-            secs: ctx.options.closed_secs(),
-        },
+        Mode::Closed { connections: WEBHOOK_CONNECTIONS, secs: ctx.options.closed_secs() },
     )
     .await?;
     println!("  GET /health: {}", webhook_closed_reference.summary());
@@ -396,23 +341,9 @@ async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
     println!("stopping the api: pgbench gets the machine to itself");
     procs::stop_all(std::mem::take(&mut fleet.api)).await;
     let before = pgbench_counts(ctx.pool).await?;
-    let pgbench = run_pgbench(
-        ctx,
-        PGBENCH_CLIENTS,
-        ctx.options.purchase_secs(),
-        "pgbench",
-        false,
-    )
-    .await?;
+    let pgbench = run_pgbench(ctx, PGBENCH_CLIENTS, ctx.options.purchase_secs(), "pgbench", false).await?;
     println!("  {}", pgbench.summary());
-    let pgbench_single = run_pgbench(
-        ctx,
-        1,
-        ctx.options.reference_secs(),
-        "pgbench-1-client",
-        true,
-    )
-    .await?;
+    let pgbench_single = run_pgbench(ctx, 1, ctx.options.reference_secs(), "pgbench-1-client", true).await?;
     println!("  {}", pgbench_single.summary());
     let after = pgbench_counts(ctx.pool).await?;
     let pgbench_check = PgbenchCheck { before, after };
@@ -457,29 +388,18 @@ async fn build_release(layout: &Layout, signals: &mut Signals) -> Result<Binarie
     let binary = |name: &str| -> Result<PathBuf> {
         let path = dir.join(name);
         if !path.is_file() {
-            bail!(
-                "cargo build did not produce {name} (looked for {})",
-                path.display()
-            );
+            bail!("cargo build did not produce {name} (looked for {})", path.display());
         }
         Ok(path)
     };
-    Ok(Binaries {
-        api: binary("api")?,
-        worker: binary("worker")?,
-    })
+    Ok(Binaries { api: binary("api")?, worker: binary("worker")? })
 }
 
 /// Drops and creates the bench database on the server; its URL.
 async fn fresh_database(server: &Url) -> Result<Url> {
     let psql = Psql::find()?;
     // FORCE (Postgres 13+) ends sessions a killed earlier bench left behind.
-    let forced = psql
-        .exec(
-            server,
-            &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"),
-        )
-        .await;
+    let forced = psql.exec(server, &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).await;
     if forced.is_err() {
         psql.exec(server, &format!("DROP DATABASE IF EXISTS {DATABASE}"))
             .await
@@ -522,13 +442,7 @@ impl Setup {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        Ok(Self {
-            api_base: format!("http://127.0.0.1:{api_port}"),
-            queue_prefix,
-            admin_key,
-            webhook_secret,
-            common,
-        })
+        Ok(Self { api_base: format!("http://127.0.0.1:{api_port}"), queue_prefix, admin_key, webhook_secret, common })
     }
 
     fn api_env(&self) -> Vec<(String, String)> {
@@ -554,11 +468,7 @@ impl Setup {
 }
 
 fn random_text(len: usize) -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// Starts worker `n` with its metrics endpoint and waits until it answers
@@ -574,9 +484,7 @@ async fn start_worker(fleet: &mut Fleet, ctx: &Ctx<'_>, n: usize) -> Result<()> 
         ctx.logs,
     )?;
     fleet.workers.push(proc);
-    fleet
-        .metrics
-        .push(format!("http://127.0.0.1:{port}/metrics"));
+    fleet.metrics.push(format!("http://127.0.0.1:{port}/metrics"));
     let last = fleet.workers.len() - 1;
     let url = format!("http://127.0.0.1:{port}/health");
     fleet.workers[last].wait_http_ok(&url).await?;
@@ -597,13 +505,10 @@ fn http_client(connections: usize) -> Result<reqwest::Client> {
 /// queued there when the workers stop first).
 async fn forget_queues(redis: &Url, prefix: &str) -> Result<()> {
     let client = redis::Client::open(redis.as_str()).context("the Redis URL")?;
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| anyhow!("no Redis connection within 5 s"))?
-    .context("connecting to Redis")?;
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| anyhow!("no Redis connection within 5 s"))?
+        .context("connecting to Redis")?;
     let pattern = format!("*{prefix}*");
     let mut cursor: u64 = 0;
     let mut removed = 0usize;
@@ -619,11 +524,7 @@ async fn forget_queues(redis: &Url, prefix: &str) -> Result<()> {
             .context("SCAN")?;
         if !keys.is_empty() {
             removed += keys.len();
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<i64>(&mut conn)
-                .await
-                .context("UNLINK")?;
+            redis::cmd("UNLINK").arg(&keys).query_async::<i64>(&mut conn).await.context("UNLINK")?;
         }
         if next == 0 {
             break;
@@ -654,10 +555,7 @@ struct Beneficiary {
 }
 
 async fn seed(http: &reqwest::Client, setup: &Setup) -> Result<Seed> {
-    let api = Api {
-        http,
-        base: &setup.api_base,
-    };
+    let api = Api { http, base: &setup.api_base };
     let admin = setup.admin_key.as_str();
     let run = &setup.queue_prefix;
     let sender = api
@@ -668,21 +566,10 @@ async fn seed(http: &reqwest::Client, setup: &Setup) -> Result<Seed> {
         )
         .await?;
     let sender_id = text(&sender, "id")?;
-    let sender_key = api
-        .post(
-            admin,
-            "/api-keys",
-            json!({"user_id": sender_id, "role": "sender", "name": "bench sender"}),
-        )
-        .await?;
+    let sender_key =
+        api.post(admin, "/api-keys", json!({"user_id": sender_id, "role": "sender", "name": "bench sender"})).await?;
     let sender_key = text(&sender_key, "key")?;
-    let category = api
-        .post(
-            admin,
-            "/spend/categories",
-            json!({"code": "BENCH", "label": "Bench"}),
-        )
-        .await?;
+    let category = api.post(admin, "/spend/categories", json!({"code": "BENCH", "label": "Bench"})).await?;
     let category_id = text(&category, "id")?;
     let merchant = api
         .post(
@@ -695,8 +582,8 @@ async fn seed(http: &reqwest::Client, setup: &Setup) -> Result<Seed> {
     if merchant.get("is_certified") != Some(&Value::Bool(true)) {
         bail!("the merchant was not created certified: {merchant}");
     }
-    let expires_at = (chrono::Utc::now() + chrono::Duration::days(30))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let expires_at =
+        (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut bens = Vec::with_capacity(BENEFICIARIES);
     for n in 1..=BENEFICIARIES {
         let user = api
@@ -736,11 +623,7 @@ async fn seed(http: &reqwest::Client, setup: &Setup) -> Result<Seed> {
             body,
         });
     }
-    Ok(Seed {
-        sender_id,
-        merchant_id,
-        bens,
-    })
+    Ok(Seed { sender_id, merchant_id, bens })
 }
 
 struct Api<'a> {
@@ -760,10 +643,7 @@ impl Api<'_> {
             .await
             .map_err(|e| anyhow!("POST {path}: {}", e.without_url()))?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .with_context(|| format!("POST {path}: reading the answer"))?;
+        let text = response.text().await.with_context(|| format!("POST {path}: reading the answer"))?;
         if status != reqwest::StatusCode::CREATED {
             bail!("POST {path}: expected 201, got {status}: {text}");
         }
@@ -772,11 +652,7 @@ impl Api<'_> {
 }
 
 fn text(value: &Value, field: &str) -> Result<String> {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .with_context(|| format!("no `{field}` in {value}"))
+    value.get(field).and_then(Value::as_str).map(str::to_string).with_context(|| format!("no `{field}` in {value}"))
 }
 
 /// The seeded rows pgbench picks from, and a time-ordered id like the
@@ -801,18 +677,16 @@ async fn reference_tables(pool: &PgPool, seed: &Seed) -> Result<()> {
     .await
     .context("creating bench_uuid7()")?;
     for (i, ben) in seed.bens.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO bench_mandates VALUES ($1, $2::uuid, $3::uuid, $4::uuid, $5::uuid, $6::uuid)",
-        )
-        .bind(i32::try_from(i + 1).context("beneficiary number")?)
-        .bind(&ben.mandate_id)
-        .bind(&seed.sender_id)
-        .bind(&ben.user_id)
-        .bind(&seed.merchant_id)
-        .bind(&ben.key_id)
-        .execute(pool)
-        .await
-        .context("filling bench_mandates")?;
+        sqlx::query("INSERT INTO bench_mandates VALUES ($1, $2::uuid, $3::uuid, $4::uuid, $5::uuid, $6::uuid)")
+            .bind(i32::try_from(i + 1).context("beneficiary number")?)
+            .bind(&ben.mandate_id)
+            .bind(&seed.sender_id)
+            .bind(&ben.user_id)
+            .bind(&seed.merchant_id)
+            .bind(&ben.key_id)
+            .execute(pool)
+            .await
+            .context("filling bench_mandates")?;
     }
     Ok(())
 }
@@ -836,20 +710,13 @@ struct WatchState {
 }
 
 fn lock(state: &Mutex<WatchState>) -> MutexGuard<'_, WatchState> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Watch {
     async fn start(pool: &PgPool) -> Result<Arc<Self>> {
-        let mut listener = PgListener::connect_with(pool)
-            .await
-            .context("connecting the job listener")?;
-        listener
-            .listen(JOBS_CHANNEL)
-            .await
-            .context("LISTEN kobatela_jobs")?;
+        let mut listener = PgListener::connect_with(pool).await.context("connecting the job listener")?;
+        listener.listen(JOBS_CHANNEL).await.context("LISTEN kobatela_jobs")?;
         let state = Arc::new(Mutex::new(WatchState::default()));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -909,12 +776,11 @@ impl Watch {
                 return Ok(());
             }
             lock(&self.state).waiting.remove(id);
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1::uuid")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
-                    .context("reading a job's status")?;
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .context("reading a job's status")?;
             if matches!(status.as_deref(), Some("succeeded" | "failed" | "dead")) {
                 return Ok(());
             }
@@ -968,14 +834,7 @@ impl Phase {
         self.per_worker
             .iter()
             .enumerate()
-            .map(|(i, w)| {
-                format!(
-                    "worker {}: {} purchases, {} serialization retries",
-                    i + 1,
-                    w.purchases,
-                    w.retries
-                )
-            })
+            .map(|(i, w)| format!("worker {}: {} purchases, {} serialization retries", i + 1, w.purchases, w.retries))
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -1112,15 +971,7 @@ async fn purchase_phase(
         })
         .collect();
     let stats = job_stats(ctx.pool, &prefix).await?;
-    Ok(Phase {
-        workers,
-        secs,
-        posted,
-        post_errors,
-        first_error,
-        stats,
-        per_worker,
-    })
+    Ok(Phase { workers, secs, posted, post_errors, first_error, stats, per_worker })
 }
 
 /// What one worker reported on its /metrics.
@@ -1144,30 +995,15 @@ async fn worker_counts(http: &reqwest::Client, fleet: &Fleet) -> Vec<WorkerCount
 async fn worker_count(http: &reqwest::Client, url: &str) -> Result<WorkerCount> {
     let body = http.get(url).send().await?.text().await?;
     Ok(WorkerCount {
-        purchases: metric_sum(
-            &body,
-            "kobatela_jobs_total",
-            &["kind=\"purchase\"", "outcome=\"succeeded\""],
-        ),
+        purchases: metric_sum(&body, "kobatela_jobs_total", &["kind=\"purchase\"", "outcome=\"succeeded\""]),
         retries: metric_sum(&body, "kobatela_serialization_retries_total", &[]),
     })
 }
 
 /// The api's `kobatela_serialization_retries_total`, all kinds.
 async fn api_retries(http: &reqwest::Client, base: &str) -> Option<u64> {
-    let body = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(metric_sum(
-        &body,
-        "kobatela_serialization_retries_total",
-        &[],
-    ))
+    let body = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    Some(metric_sum(&body, "kobatela_serialization_retries_total", &[]))
 }
 
 fn delta(before: Option<u64>, after: Option<u64>) -> Option<u64> {
@@ -1178,10 +1014,7 @@ fn delta(before: Option<u64>, after: Option<u64>) -> Option<u64> {
 fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> u64 {
     metrics
         .lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
         .filter(|line| labels.iter().all(|label| line.contains(label)))
         .filter_map(|line| line.rsplit(' ').next())
         .filter_map(|value| value.trim().parse::<f64>().ok())
@@ -1211,27 +1044,11 @@ struct JobStats {
 
 impl JobStats {
     fn rate(&self) -> f64 {
-        if self.window_secs > 0.0 {
-            self.in_window as f64 / self.window_secs
-        } else {
-            0.0
-        }
+        if self.window_secs > 0.0 { self.in_window as f64 / self.window_secs } else { 0.0 }
     }
 }
 
-type StatsRow = (
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-);
+type StatsRow = (i64, i64, i64, i64, i64, i64, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 
 async fn job_stats(pool: &PgPool, prefix: &str) -> Result<JobStats> {
     let row: StatsRow = sqlx::query_as(
@@ -1303,10 +1120,7 @@ struct Totals {
 
 impl Totals {
     fn ok(&self) -> bool {
-        self.failed == 0
-            && self.dead == 0
-            && self.amount_matches
-            && self.purchases == self.succeeded
+        self.failed == 0 && self.dead == 0 && self.amount_matches && self.purchases == self.succeeded
     }
 
     fn summary(&self) -> String {
@@ -1319,11 +1133,7 @@ impl Totals {
             self.pending,
             self.purchases,
             self.amount,
-            if self.amount_matches {
-                "= succeeded jobs × 1.00"
-            } else {
-                "MISMATCH"
-            },
+            if self.amount_matches { "= succeeded jobs × 1.00" } else { "MISMATCH" },
             self.spent
         )
     }
@@ -1464,13 +1274,7 @@ impl Pgbench {
     fn summary(&self) -> String {
         format!(
             "pgbench, {} client(s): {:.1} tps ({} scripts in {} s, latency average {:.1} ms, {} retried, {} failed)",
-            self.clients,
-            self.tps,
-            self.processed,
-            self.secs,
-            self.latency_avg_ms,
-            self.retried,
-            self.failed
+            self.clients, self.tps, self.processed, self.secs, self.latency_avg_ms, self.retried, self.failed
         )
     }
 }
@@ -1507,19 +1311,14 @@ async fn pgbench_counts(pool: &PgPool) -> Result<PgbenchCounts> {
     .fetch_one(pool)
     .await
     .context("counting pgbench's purchases")?;
-    Ok(PgbenchCounts {
-        pgbench_jobs_succeeded: row.0,
-        purchases: row.1,
-        money_matches: row.2,
-    })
+    Ok(PgbenchCounts { pgbench_jobs_succeeded: row.0, purchases: row.1, money_matches: row.2 })
 }
 
 /// pgbench from PATH or Debian's `/usr/lib/postgresql/<version>/bin`
 /// (newest first).
 fn find_pgbench() -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -1534,20 +1333,12 @@ fn find_pgbench() -> Result<PathBuf> {
     dirs.into_iter()
         .map(|dir| dir.join("pgbench"))
         .find(|path| path.is_file())
-        .ok_or_else(|| {
-            anyhow!("pgbench not found: install it with: sudo apt-get install -y postgresql-client")
-        })
+        .ok_or_else(|| anyhow!("pgbench not found: install it with: sudo apt-get install -y postgresql-client"))
 }
 
 /// `purchase.sql` on `clients` clients for `secs`; the output goes to
 /// `target/bench/<name>.log`.
-async fn run_pgbench(
-    ctx: &Ctx<'_>,
-    clients: u32,
-    secs: u64,
-    name: &str,
-    per_statement: bool,
-) -> Result<Pgbench> {
+async fn run_pgbench(ctx: &Ctx<'_>, clients: u32, secs: u64, name: &str, per_statement: bool) -> Result<Pgbench> {
     let program = find_pgbench()?;
     let version_out = Command::new(&program)
         .arg("--version")
@@ -1555,21 +1346,16 @@ async fn run_pgbench(
         .output()
         .await
         .context("running pgbench --version")?;
-    let version = String::from_utf8_lossy(&version_out.stdout)
-        .trim()
-        .to_string();
+    let version = String::from_utf8_lossy(&version_out.stdout).trim().to_string();
     let major = pgbench_major(&version).unwrap_or(0);
     let max_tries = (major >= 15).then_some(PGBENCH_MAX_TRIES);
     let script = ctx.out.join("purchase.sql");
-    std::fs::write(&script, PURCHASE_SQL)
-        .with_context(|| format!("writing {}", script.display()))?;
+    std::fs::write(&script, PURCHASE_SQL).with_context(|| format!("writing {}", script.display()))?;
     let threads = PGBENCH_THREADS.min(clients);
     println!(
         "pgbench: {} -c {clients} -j {threads} -T {secs}{}",
         script.display(),
-        max_tries
-            .map(|n| format!(" --max-tries={n}"))
-            .unwrap_or_else(|| " (no --max-tries before pgbench 15)".into())
+        max_tries.map(|n| format!(" --max-tries={n}")).unwrap_or_else(|| " (no --max-tries before pgbench 15)".into())
     );
 
     let mut target = ctx.database.clone();
@@ -1579,14 +1365,7 @@ async fn run_pgbench(
     command
         .args(["-n", "-M", "prepared", "-f"])
         .arg(&script)
-        .args([
-            "-c",
-            &clients.to_string(),
-            "-j",
-            &threads.to_string(),
-            "-T",
-            &secs.to_string(),
-        ])
+        .args(["-c", &clients.to_string(), "-j", &threads.to_string(), "-T", &secs.to_string()])
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if let Some(n) = max_tries {
@@ -1615,8 +1394,8 @@ async fn run_pgbench(
             stderr.lines().take(20).collect::<Vec<_>>().join("\n")
         );
     }
-    let mut result = parse_pgbench(&stdout)
-        .with_context(|| format!("reading pgbench's output (in {})", log.display()))?;
+    let mut result =
+        parse_pgbench(&stdout).with_context(|| format!("reading pgbench's output (in {})", log.display()))?;
     result.version = version;
     result.clients = clients;
     result.secs = secs;
@@ -1625,9 +1404,7 @@ async fn run_pgbench(
 }
 
 fn pgbench_major(version: &str) -> Option<u32> {
-    version
-        .split_whitespace()
-        .find_map(|word| word.split('.').next()?.parse().ok())
+    version.split_whitespace().find_map(|word| word.split('.').next()?.parse().ok())
 }
 
 fn percent_decode(text: &str) -> String {
@@ -1636,9 +1413,7 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let decoded = match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+            (b'%', Some(hex)) => std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()),
             _ => None,
         };
         match decoded {
@@ -1660,10 +1435,7 @@ fn parse_pgbench(out: &str) -> Result<Pgbench> {
     let number_after = |label: &str| -> Option<f64> {
         out.lines().find_map(|line| {
             let rest = line.trim().strip_prefix(label)?;
-            let word = rest
-                .trim_start_matches([' ', '=', ':'])
-                .split([' ', '/'])
-                .next()?;
+            let word = rest.trim_start_matches([' ', '=', ':']).split([' ', '/']).next()?;
             word.parse().ok()
         })
     };
@@ -1693,16 +1465,9 @@ fn parse_pgbench(out: &str) -> Result<Pgbench> {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Target {
     /// `POST /spend/purchases` (202), beneficiary `i % n` with its key.
-    Purchase {
-        keys: Vec<String>,
-        bodies: Vec<Value>,
-        idempotency_prefix: String,
-    },
+    Purchase { keys: Vec<String>, bodies: Vec<Value>, idempotency_prefix: String },
     /// Signed `POST /psp/webhook` of an unknown event type (200).
-    Webhook {
-        secret: String,
-        event_prefix: String,
-    },
+    Webhook { secret: String, event_prefix: String },
     /// `GET /health` (200): the floor of an HTTP round trip here.
     Health,
 }
@@ -1752,10 +1517,7 @@ impl LoadReport {
             self.mode, self.rate, self.p50_ms, self.p99_ms, self.max_ms, self.errors, self.requests
         );
         if self.mode.starts_with("open") {
-            line.push_str(&format!(
-                ", start lag p99 {:.2} ms max {:.2} ms",
-                self.lag_p99_ms, self.lag_max_ms
-            ));
+            line.push_str(&format!(", start lag p99 {:.2} ms max {:.2} ms", self.lag_p99_ms, self.lag_max_ms));
         }
         if let Some(e) = &self.first_error {
             line.push_str(&format!(" (first error: {e})"));
@@ -1767,18 +1529,13 @@ impl LoadReport {
 /// Runs the generator in a separate process (this binary, `bench-load`),
 /// the spec on its stdin, its report on its stdout.
 async fn load(ctx: &Ctx<'_>, name: &str, target: Target, mode: Mode) -> Result<LoadReport> {
-    let spec = LoadSpec {
-        base: ctx.setup.api_base.clone(),
-        target,
-        mode,
-    };
+    let spec = LoadSpec { base: ctx.setup.api_base.clone(), target, mode };
     let secs = match mode {
         Mode::Open { secs, .. } | Mode::Closed { secs, .. } => secs,
     };
     let exe = std::env::current_exe().context("finding the xtask binary")?;
     let log = ctx.logs.join(format!("bench-load-{name}.log"));
-    let stderr =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = Command::new(&exe)
         .arg("bench-load")
         .stdin(Stdio::piped())
@@ -1788,10 +1545,7 @@ async fn load(ctx: &Ctx<'_>, name: &str, target: Target, mode: Mode) -> Result<L
         .spawn()
         .with_context(|| format!("starting {} bench-load", exe.display()))?;
     let mut stdin = child.stdin.take().context("no stdin for bench-load")?;
-    stdin
-        .write_all(&serde_json::to_vec(&spec)?)
-        .await
-        .context("handing the spec to bench-load")?;
+    stdin.write_all(&serde_json::to_vec(&spec)?).await.context("handing the spec to bench-load")?;
     drop(stdin);
     let mut stdout = child.stdout.take().context("no stdout for bench-load")?;
     let limit = Duration::from_secs(secs + 60);
@@ -1803,21 +1557,12 @@ async fn load(ctx: &Ctx<'_>, name: &str, target: Target, mode: Mode) -> Result<L
     };
     let (status, text) = tokio::time::timeout(limit, run)
         .await
-        .map_err(|_| {
-            anyhow!(
-                "bench-load {name} did not finish within {} s",
-                limit.as_secs()
-            )
-        })?
+        .map_err(|_| anyhow!("bench-load {name} did not finish within {} s", limit.as_secs()))?
         .context("waiting for bench-load")?;
     if !status.success() {
         bail!("bench-load {name} failed ({status})\n{}", procs::tail(&log));
     }
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .context("bench-load printed nothing")?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).context("bench-load printed nothing")?;
     serde_json::from_str(line).with_context(|| format!("bench-load {name} printed `{line}`"))
 }
 
@@ -1825,10 +1570,7 @@ async fn load(ctx: &Ctx<'_>, name: &str, target: Target, mode: Mode) -> Result<L
 /// (JSON) on stdin, prints a [`LoadReport`] (JSON) on stdout. One thread:
 /// it shares two cores with the api and Postgres.
 pub fn load_main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("bench-load: cannot start the async runtime: {e}");
@@ -1856,8 +1598,7 @@ pub fn load_main() -> ExitCode {
 async fn load_run() -> Result<LoadReport> {
     let mut input = String::new();
     // Handed over whole before anything starts: a blocking read is fine.
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
-        .context("reading the spec on stdin")?;
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input).context("reading the spec on stdin")?;
     let spec: LoadSpec = serde_json::from_str(&input).context("the spec is not valid JSON")?;
     let connections = match spec.mode {
         Mode::Open { .. } => OPEN_LOOP_CONNECTIONS,
@@ -1896,34 +1637,19 @@ struct Sample {
     error: Option<String>,
 }
 
-fn build_request(
-    http: &reqwest::Client,
-    spec: &LoadSpec,
-    label: &str,
-    i: u64,
-) -> Result<reqwest::RequestBuilder> {
+fn build_request(http: &reqwest::Client, spec: &LoadSpec, label: &str, i: u64) -> Result<reqwest::RequestBuilder> {
     Ok(match &spec.target {
-        Target::Purchase {
-            keys,
-            bodies,
-            idempotency_prefix,
-        } => {
+        Target::Purchase { keys, bodies, idempotency_prefix } => {
             let n = keys.len().min(bodies.len()).max(1) as u64;
             let pick = (i % n) as usize;
             let key = keys.get(pick).context("no beneficiary keys")?;
             let body = bodies.get(pick).context("no purchase bodies")?;
             http.post(format!("{}/spend/purchases", spec.base))
                 .bearer_auth(key)
-                .header(
-                    "Idempotency-Key",
-                    format!("{idempotency_prefix}{label}-{i}"),
-                )
+                .header("Idempotency-Key", format!("{idempotency_prefix}{label}-{i}"))
                 .json(body)
         }
-        Target::Webhook {
-            secret,
-            event_prefix,
-        } => {
+        Target::Webhook { secret, event_prefix } => {
             let id = format!("{event_prefix}{label}-{i}");
             let body = json!({"id": id, "type": "bench.ping", "data": {}}).to_string();
             let timestamp = chrono::Utc::now().timestamp().to_string();
@@ -1949,8 +1675,7 @@ fn expected_status(target: &Target) -> u16 {
 /// Lower-case hex HMAC-SHA256 over `<timestamp>.<body>`, as a PSP signs.
 fn sign(secret: &str, timestamp: &str, body: &[u8]) -> Result<String> {
     use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-        .map_err(|e| anyhow!("HMAC key: {e}"))?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| anyhow!("HMAC key: {e}"))?;
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -1971,15 +1696,9 @@ async fn exchange(
             Some(slots) => Some(slots.acquire().await.map_err(|e| e.to_string())?),
             None => None,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
+        let response = request.send().await.map_err(|e| e.without_url().to_string())?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
+        let body = response.bytes().await.map_err(|e| e.without_url().to_string())?;
         if status != expected {
             let text = String::from_utf8_lossy(&body);
             let text: String = text.chars().take(200).collect();
@@ -1994,12 +1713,7 @@ async fn exchange(
     (issued.elapsed(), outcome.err())
 }
 
-async fn open_loop(
-    http: &reqwest::Client,
-    spec: &Arc<LoadSpec>,
-    rate: u32,
-    secs: u64,
-) -> Result<LoadReport> {
+async fn open_loop(http: &reqwest::Client, spec: &Arc<LoadSpec>, rate: u32, secs: u64) -> Result<LoadReport> {
     let rate = rate.max(1);
     let total = u64::from(rate) * secs;
     let expected = expected_status(&spec.target);
@@ -2016,12 +1730,7 @@ async fn open_loop(
         let slots = slots.clone();
         tokio::spawn(async move {
             let (latency, error) = exchange(request, expected, issued, Some(slots)).await;
-            tx.send(Sample {
-                latency,
-                lag,
-                error,
-            })
-            .ok();
+            tx.send(Sample { latency, lag, error }).ok();
         });
     }
     drop(tx);
@@ -2064,11 +1773,7 @@ async fn closed_loop(
                         }
                     };
                     let (latency, error) = exchange(request, expected, Instant::now(), None).await;
-                    samples.push(Sample {
-                        latency,
-                        lag: Duration::ZERO,
-                        error,
-                    });
+                    samples.push(Sample { latency, lag: Duration::ZERO, error });
                 }
                 samples
             })
@@ -2079,22 +1784,14 @@ async fn closed_loop(
         samples.extend(task.await.context("a closed-loop task panicked")?);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    Ok(summarize(
-        format!("closed loop {connections} connections"),
-        samples,
-        elapsed,
-    ))
+    Ok(summarize(format!("closed loop {connections} connections"), samples, elapsed))
 }
 
 fn summarize(mode: String, samples: Vec<Sample>, elapsed: f64) -> LoadReport {
     let requests = samples.len() as u64;
     let first_error = samples.iter().find_map(|s| s.error.clone());
     let errors = samples.iter().filter(|s| s.error.is_some()).count() as u64;
-    let mut latencies: Vec<Duration> = samples
-        .iter()
-        .filter(|s| s.error.is_none())
-        .map(|s| s.latency)
-        .collect();
+    let mut latencies: Vec<Duration> = samples.iter().filter(|s| s.error.is_none()).map(|s| s.latency).collect();
     latencies.sort();
     let mut lags: Vec<Duration> = samples.iter().map(|s| s.lag).collect();
     lags.sort();
@@ -2107,11 +1804,7 @@ fn summarize(mode: String, samples: Vec<Sample>, elapsed: f64) -> LoadReport {
         errors,
         first_error,
         secs: elapsed,
-        rate: if elapsed > 0.0 {
-            ok as f64 / elapsed
-        } else {
-            0.0
-        },
+        rate: if elapsed > 0.0 { ok as f64 / elapsed } else { 0.0 },
         p50_ms: ms(percentile(&latencies, 0.50)),
         p99_ms: ms(percentile(&latencies, 0.99)),
         max_ms: ms(latencies.last().copied().unwrap_or_default()),
@@ -2138,9 +1831,7 @@ fn ms(d: Duration) -> f64 {
 // ---------------------------------------------------------------------------
 
 async fn header(services: &Services, database: &Url, options: Options) -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get().to_string())
-        .unwrap_or_else(|_| "?".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_else(|_| "?".into());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -2150,19 +1841,13 @@ async fn header(services: &Services, database: &Url, options: Options) -> String
                 .map(|(_, model)| model.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let postgres = server_version(database)
-        .await
-        .unwrap_or_else(|e| format!("unknown ({e:#})"));
+    let postgres = server_version(database).await.unwrap_or_else(|e| format!("unknown ({e:#})"));
     format!(
         "## Kobatela benchmark ({})\n\n\
          - machine: {cores} cores (nproc), {cpu}\n\
          - date: {}\n\
          - Postgres {postgres} ({}), Redis ({}); release binaries\n",
-        if options.quick {
-            "quick run"
-        } else {
-            "full run"
-        },
+        if options.quick { "quick run" } else { "full run" },
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         services.postgres_origin,
         services.redis_origin,
@@ -2183,9 +1868,7 @@ async fn server_version(database: &Url) -> Result<String> {
     .fetch_one(&pool)
     .await?;
     pool.close().await;
-    Ok(format!(
-        "{version}, fsync={fsync}, synchronous_commit={synchronous_commit}"
-    ))
+    Ok(format!("{version}, fsync={fsync}, synchronous_commit={synchronous_commit}"))
 }
 
 fn yes_no(ok: bool) -> &'static str {
@@ -2211,10 +1894,7 @@ impl Report {
             rows.push([
                 format!("Purchases end to end, {workers}"),
                 format!("{:.0} purchases/s", s.rate()),
-                format!(
-                    "pgbench {:.0} tps ({} clients), {:.0} tps (1 client)",
-                    pg.tps, pg.clients, single.tps
-                ),
+                format!("pgbench {:.0} tps ({} clients), {:.0} tps (1 client)", pg.tps, pg.clients, single.tps),
                 format!(
                     "{:.0} % / {:.0} %",
                     ratio_of(s.rate(), pg.tps) * 100.0,
@@ -2229,10 +1909,7 @@ impl Report {
             rows.push([
                 format!("Purchase latency, {workers} (created → finished, {IN_FLIGHT} in flight)"),
                 format!("p50 {:.0} ms, p99 {:.0} ms", s.p50_ms, s.p99_ms),
-                format!(
-                    "pgbench, 1 client: {:.1} ms per purchase",
-                    single.latency_avg_ms
-                ),
+                format!("pgbench, 1 client: {:.1} ms per purchase", single.latency_avg_ms),
                 format!("p50 {:.1}×", ratio_of(s.p50_ms, single.latency_avg_ms)),
                 "—".into(),
             ]);
@@ -2240,12 +1917,7 @@ impl Report {
         rows.push([
             format!("pgbench, `purchase.sql`, {} clients", pg.clients),
             format!("{:.0} tps", pg.tps),
-            format!(
-                "{} retried, {} failed after {} tries",
-                pg.retried,
-                pg.failed,
-                pg.max_tries.unwrap_or(1)
-            ),
+            format!("{} retried, {} failed after {} tries", pg.retried, pg.failed, pg.max_tries.unwrap_or(1)),
             "—".into(),
             "reference".into(),
         ]);
@@ -2268,10 +1940,7 @@ impl Report {
                 "GET /health at {ENQUEUE_RATE}/s: p50 {:.2} ms, p99 {:.2} ms; the job INSERT alone (pgbench): {}",
                 er.p50_ms,
                 er.p99_ms,
-                single
-                    .job_insert_ms
-                    .map(|ms| format!("{ms:.2} ms avg"))
-                    .unwrap_or_else(|| "?".into())
+                single.job_insert_ms.map(|ms| format!("{ms:.2} ms avg")).unwrap_or_else(|| "?".into())
             ),
             format!("p99 {:.1}×", ratio_of(e.p99_ms, er.p99_ms)),
             format!(
@@ -2298,35 +1967,24 @@ impl Report {
                 "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors",
                 w.rate, w.p50_ms, w.p99_ms, w.max_ms, w.errors
             ),
-            format!(
-                "GET /health at {WEBHOOK_RATE}/s: p50 {:.2} ms, p99 {:.2} ms",
-                wr.p50_ms, wr.p99_ms
-            ),
+            format!("GET /health at {WEBHOOK_RATE}/s: p50 {:.2} ms, p99 {:.2} ms", wr.p50_ms, wr.p99_ms),
             format!("p99 {:.1}×", ratio_of(w.p99_ms, wr.p99_ms)),
             format!(
                 "p99 < {WEBHOOK_P99_TARGET_MS:.0} ms: {}",
-                yes_no(
-                    w.errors == 0
-                        && w.p99_ms < WEBHOOK_P99_TARGET_MS
-                        && w.rate >= f64::from(WEBHOOK_RATE) * 0.95
-                )
+                yes_no(w.errors == 0 && w.p99_ms < WEBHOOK_P99_TARGET_MS && w.rate >= f64::from(WEBHOOK_RATE) * 0.95)
             ),
         ]);
         let c = &self.webhook_closed;
         let cr = &self.webhook_closed_reference;
         rows.push([
             format!("Webhook acknowledgement, closed loop, {WEBHOOK_CONNECTIONS} connections"),
-            format!(
-                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-                c.rate, c.p50_ms, c.p99_ms, c.errors
-            ),
+            format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors", c.rate, c.p50_ms, c.p99_ms, c.errors),
             format!("GET /health: {:.0} req/s, p99 {:.2} ms", cr.rate, cr.p99_ms),
             format!("{:.0} %", ratio_of(c.rate, cr.rate) * 100.0),
             "context".into(),
         ]);
-        let mut table = String::from(
-            "| Measure | Value | Reference (same run) | Ratio | Target |\n|---|---|---|---|---|\n",
-        );
+        let mut table =
+            String::from("| Measure | Value | Reference (same run) | Ratio | Target |\n|---|---|---|---|---|\n");
         for row in rows {
             table.push_str(&format!("| {} |\n", row.join(" | ")));
         }
@@ -2370,15 +2028,7 @@ impl Report {
             ));
         }
         let t = &self.totals;
-        notes.push_str(&format!(
-            "- {} — {}.\n",
-            t.summary(),
-            if t.ok() {
-                "consistent"
-            } else {
-                "**NOT consistent**"
-            }
-        ));
+        notes.push_str(&format!("- {} — {}.\n", t.summary(), if t.ok() { "consistent" } else { "**NOT consistent**" }));
         let check = &self.pgbench_check;
         for pg in [&self.pgbench, &self.pgbench_single] {
             notes.push_str(&format!(
@@ -2389,9 +2039,7 @@ impl Report {
                 pg.clients,
                 PGBENCH_THREADS.min(pg.clients),
                 pg.secs,
-                pg.max_tries
-                    .map(|n| format!(" --max-tries={n}"))
-                    .unwrap_or_default(),
+                pg.max_tries.map(|n| format!(" --max-tries={n}")).unwrap_or_default(),
                 pg.processed,
                 pg.retried,
                 pg.retries,
@@ -2402,26 +2050,15 @@ impl Report {
         let retries: Vec<String> = self
             .api_retries
             .iter()
-            .map(|(what, n)| {
-                format!(
-                    "{what} {}",
-                    n.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
-                )
-            })
+            .map(|(what, n)| format!("{what} {}", n.map(|n| n.to_string()).unwrap_or_else(|| "?".into())))
             .collect();
-        notes.push_str(&format!(
-            "- Serialization retries counted by the api (its /metrics): {}.\n",
-            retries.join(", ")
-        ));
+        notes
+            .push_str(&format!("- Serialization retries counted by the api (its /metrics): {}.\n", retries.join(", ")));
         notes.push_str(&format!(
             "- pgbench added {} purchases and {} succeeded jobs; money {}.\n",
             check.purchases(),
             check.jobs(),
-            if check.after.money_matches && check.before.money_matches {
-                "consistent"
-            } else {
-                "**NOT consistent**"
-            }
+            if check.after.money_matches && check.before.money_matches { "consistent" } else { "**NOT consistent**" }
         ));
         for (what, r) in [
             ("Enqueue, 2 workers busy", &self.enqueue_busy),
@@ -2430,10 +2067,7 @@ impl Report {
             ("Webhook", &self.webhook),
             ("Webhook reference", &self.webhook_reference),
             ("Webhook closed loop", &self.webhook_closed),
-            (
-                "Webhook closed-loop reference",
-                &self.webhook_closed_reference,
-            ),
+            ("Webhook closed-loop reference", &self.webhook_closed_reference),
         ] {
             notes.push_str(&format!(
                 "- {what}: separate process (`xtask bench-load`, pid {}, one thread): {}.\n",
@@ -2452,11 +2086,7 @@ impl Report {
 }
 
 fn ratio_of(value: f64, reference: f64) -> f64 {
-    if reference > 0.0 {
-        value / reference
-    } else {
-        0.0
-    }
+    if reference > 0.0 { value / reference } else { 0.0 }
 }
 
 #[cfg(test)]
@@ -2502,10 +2132,7 @@ statement latencies in milliseconds, failures and retries:
         assert_eq!(result.retried, 120);
         assert_eq!(result.retries, 130);
         assert_eq!(result.job_insert_ms, Some(1.196));
-        assert_eq!(
-            pgbench_major("pgbench (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)"),
-            Some(15)
-        );
+        assert_eq!(pgbench_major("pgbench (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)"), Some(15));
         Ok(())
     }
 
@@ -2529,10 +2156,7 @@ kobatela_jobs_total{kind=\"transfer\",outcome=\"succeeded\"} 7
         assert_eq!(metric_sum(metrics, "kobatela_jobs_total", &purchases), 125);
         assert_eq!(metric_sum(metrics, "kobatela_jobs_total", &[]), 135);
         let retries = "kobatela_serialization_retries_total{kind=\"tx\"} 42\n";
-        assert_eq!(
-            metric_sum(retries, "kobatela_serialization_retries_total", &[]),
-            42
-        );
+        assert_eq!(metric_sum(retries, "kobatela_serialization_retries_total", &[]), 42);
         assert_eq!(metric_sum(retries, "kobatela_serialization", &[]), 0);
     }
 

@@ -36,11 +36,7 @@ const JOB_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The scenes, in order.
 fn scenes() -> Vec<Scene> {
-    vec![
-        mandates_and_purchases(),
-        escrow_with_photo_proofs(),
-        saka_grains(),
-    ]
+    vec![mandates_and_purchases(), escrow_with_photo_proofs(), saka_grains()]
 }
 
 fn mandates_and_purchases() -> Scene {
@@ -53,10 +49,20 @@ fn mandates_and_purchases() -> Scene {
     Scene {
         title: "A sealed mandate: alice funds 100.00 USD that bob may spend only on food",
         steps: vec![
-            Step::post("admin creates user alice", "admin.key", "/users", json!({"username": "alice", "email": "alice@example.com"}))
-                .save("alice.id", "/id"),
-            Step::post("admin creates user bob", "admin.key", "/users", json!({"username": "bob", "email": "bob@example.com"}))
-                .save("bob.id", "/id"),
+            Step::post(
+                "admin creates user alice",
+                "admin.key",
+                "/users",
+                json!({"username": "alice", "email": "alice@example.com"}),
+            )
+            .save("alice.id", "/id"),
+            Step::post(
+                "admin creates user bob",
+                "admin.key",
+                "/users",
+                json!({"username": "bob", "email": "bob@example.com"}),
+            )
+            .save("bob.id", "/id"),
             Step::post(
                 "admin gives alice a sender key",
                 "admin.key",
@@ -71,8 +77,13 @@ fn mandates_and_purchases() -> Scene {
                 json!({"user_id": "{bob.id}", "role": "beneficiary", "name": "demo bob"}),
             )
             .save("bob.key", "/key"),
-            Step::post("admin creates the category FOOD", "admin.key", "/spend/categories", json!({"code": "FOOD", "label": "Food"}))
-                .save("food.id", "/id"),
+            Step::post(
+                "admin creates the category FOOD",
+                "admin.key",
+                "/spend/categories",
+                json!({"code": "FOOD", "label": "Food"}),
+            )
+            .save("food.id", "/id"),
             Step::post(
                 "admin creates the merchant Marché Central in FOOD",
                 "admin.key",
@@ -127,12 +138,7 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 fn escrow_with_photo_proofs() -> Scene {
     let fence = json!({"lat": SITE_LAT, "lng": SITE_LNG, "radius_m": SITE_RADIUS_M});
     let milestone = |idx: u32, label: &str, amount: &str| json!({"idx": idx, "label": label, "amount": amount, "proof_type": "PHOTO", "geofence": fence});
-    let upload = |milestone_idx, photo| Upload {
-        escrow: "{escrow.id}",
-        milestone_idx,
-        source: "camera",
-        photo,
-    };
+    let upload = |milestone_idx, photo| Upload { escrow: "{escrow.id}", milestone_idx, source: "camera", photo };
     Scene {
         title: "An escrow paid on photo proofs: alice hires bob for 300.00 USD, two fenced milestones on a site in Abidjan",
         steps: vec![
@@ -177,18 +183,13 @@ fn escrow_with_photo_proofs() -> Scene {
             )
             .field("/result/status", "APPROVED")
             .save("proof1.id", "/proof_id"),
-            Step::get("alice reads the proof", "alice.key", "/proofs/{proof1.id}")
-                .field("/status", "APPROVED"),
-            Step::poll(
-                "the simulator's webhook settles the payout of 120.00",
-                "alice.key",
-                "/escrows/{escrow.id}",
-            )
-            .field("/milestones/0/status", "PAID")
-            .field("/payments/0/status", "SETTLED")
-            .field("/paid_amount", "120.00")
-            .watch("/status")
-            .save("payment1.id", "/payments/0/id"),
+            Step::get("alice reads the proof", "alice.key", "/proofs/{proof1.id}").field("/status", "APPROVED"),
+            Step::poll("the simulator's webhook settles the payout of 120.00", "alice.key", "/escrows/{escrow.id}")
+                .field("/milestones/0/status", "PAID")
+                .field("/payments/0/status", "SETTLED")
+                .field("/paid_amount", "120.00")
+                .watch("/status")
+                .save("payment1.id", "/payments/0/id"),
             Step::get("bob reads his payment", "bob.key", "/payments/{payment1.id}")
                 .field("/status", "SETTLED")
                 .field("/amount", "120.00"),
@@ -212,16 +213,12 @@ fn escrow_with_photo_proofs() -> Scene {
                 upload(2, Photo { seed: 3, north_m: -35.0, minutes_ago: 5 }),
             )
             .field("/result/status", "APPROVED"),
-            Step::poll(
-                "the second payout settles and the escrow is RELEASED",
-                "alice.key",
-                "/escrows/{escrow.id}",
-            )
-            .field("/status", "RELEASED")
-            .field("/milestones/1/status", "PAID")
-            .field("/payments/1/status", "SETTLED")
-            .field("/paid_amount", "300.00")
-            .field("/balance", "0.00"),
+            Step::poll("the second payout settles and the escrow is RELEASED", "alice.key", "/escrows/{escrow.id}")
+                .field("/status", "RELEASED")
+                .field("/milestones/1/status", "PAID")
+                .field("/payments/1/status", "SETTLED")
+                .field("/paid_amount", "300.00")
+                .field("/balance", "0.00"),
             Step::sim_get("psp-sim: its signed webhooks, both delivered", "/sim/webhooks")
                 .field("/0/type", "payment.settled")
                 .field("/0/delivered", "true")
@@ -233,8 +230,7 @@ fn escrow_with_photo_proofs() -> Scene {
 
 fn saka_grains() -> Scene {
     let harvest = || json!({"user_id": "{bob.id}", "reason": "CONTENT_READ"});
-    let adjust =
-        |amount: u32, note: &str| json!({"user_id": "{bob.id}", "amount": amount, "note": note});
+    let adjust = |amount: u32, note: &str| json!({"user_id": "{bob.id}", "amount": amount, "note": note});
     Scene {
         title: "SAKA grains: bob harvests to the daily limit, a large adjustment needs a second admin, the daily cap holds",
         steps: vec![
@@ -252,35 +248,15 @@ fn saka_grains() -> Scene {
                 json!({"user_id": "{root2.id}", "role": "admin", "name": "demo second admin"}),
             )
             .save("root2.key", "/key"),
-            Step::job(
-                "admin harvests CONTENT_READ for bob (1 of 3)",
-                "admin.key",
-                "/saka/harvest",
-                harvest(),
-            )
-            .field("/result/amount", "10"),
-            Step::job(
-                "admin harvests CONTENT_READ for bob (2 of 3)",
-                "admin.key",
-                "/saka/harvest",
-                harvest(),
-            )
-            .field("/result/amount", "10"),
-            Step::job(
-                "admin harvests CONTENT_READ for bob (3 of 3)",
-                "admin.key",
-                "/saka/harvest",
-                harvest(),
-            )
-            .field("/result/amount", "10"),
-            Step::job(
-                "a 4th CONTENT_READ today credits nothing",
-                "admin.key",
-                "/saka/harvest",
-                harvest(),
-            )
-            .field("/result/credited", "0")
-            .field("/result/reason", "DAILY_LIMIT"),
+            Step::job("admin harvests CONTENT_READ for bob (1 of 3)", "admin.key", "/saka/harvest", harvest())
+                .field("/result/amount", "10"),
+            Step::job("admin harvests CONTENT_READ for bob (2 of 3)", "admin.key", "/saka/harvest", harvest())
+                .field("/result/amount", "10"),
+            Step::job("admin harvests CONTENT_READ for bob (3 of 3)", "admin.key", "/saka/harvest", harvest())
+                .field("/result/amount", "10"),
+            Step::job("a 4th CONTENT_READ today credits nothing", "admin.key", "/saka/harvest", harvest())
+                .field("/result/credited", "0")
+                .field("/result/reason", "DAILY_LIMIT"),
             Step::get("bob reads his wallet", "bob.key", "/saka/wallets/{bob.id}")
                 .field("/balance", "30")
                 .field("/total_harvested", "30"),
@@ -299,28 +275,13 @@ fn saka_grains() -> Scene {
                 json!({}),
             )
             .expect(Expect::Refused(&["SAKA_SELF_APPROVAL"])),
-            Step::job(
-                "root2 approves the 600",
-                "root2.key",
-                "/saka/adjustments/{adjustment.id}/approve",
-                json!({}),
-            )
-            .field("/result/status", "APPLIED")
-            .field("/result/approved_by", "{root2.id}"),
-            Step::job(
-                "admin grants bob 500 more: 1,100 today",
-                "admin.key",
-                "/saka/adjustments",
-                adjust(500, "bonus"),
-            )
-            .expect(Expect::Failed("SAKA_DAILY_CAP_REACHED")),
-            Step::job(
-                "admin grants bob 400: exactly the cap",
-                "admin.key",
-                "/saka/adjustments",
-                adjust(400, "bonus"),
-            )
-            .field("/result/status", "APPLIED"),
+            Step::job("root2 approves the 600", "root2.key", "/saka/adjustments/{adjustment.id}/approve", json!({}))
+                .field("/result/status", "APPLIED")
+                .field("/result/approved_by", "{root2.id}"),
+            Step::job("admin grants bob 500 more: 1,100 today", "admin.key", "/saka/adjustments", adjust(500, "bonus"))
+                .expect(Expect::Failed("SAKA_DAILY_CAP_REACHED")),
+            Step::job("admin grants bob 400: exactly the cap", "admin.key", "/saka/adjustments", adjust(400, "bonus"))
+                .field("/result/status", "APPLIED"),
             Step::get("bob reads his wallet", "bob.key", "/saka/wallets/{bob.id}")
                 .field("/balance", "1030")
                 .field("/manual_adjust_today", "1000"),
@@ -459,36 +420,22 @@ impl Step {
     }
 
     fn job(title: &'static str, key: &'static str, path: &'static str, body: Value) -> Self {
-        Self {
-            job: true,
-            expect: Expect::Succeeded,
-            ..Self::post(title, key, path, body)
-        }
+        Self { job: true, expect: Expect::Succeeded, ..Self::post(title, key, path, body) }
     }
 
     /// A proof upload, a job.
     fn upload(title: &'static str, key: &'static str, upload: Upload) -> Self {
-        Self {
-            body: None,
-            upload: Some(upload),
-            ..Self::job(title, key, "/proofs", Value::Null)
-        }
+        Self { body: None, upload: Some(upload), ..Self::job(title, key, "/proofs", Value::Null) }
     }
 
     /// A GET repeated until its fields hold.
     fn poll(title: &'static str, key: &'static str, path: &'static str) -> Self {
-        Self {
-            poll: true,
-            ..Self::get(title, key, path)
-        }
+        Self { poll: true, ..Self::get(title, key, path) }
     }
 
     /// A GET of the PSP simulator's own views.
     fn sim_get(title: &'static str, path: &'static str) -> Self {
-        Self {
-            target: Target::PspSim,
-            ..Self::get(title, "", path)
-        }
+        Self { target: Target::PspSim, ..Self::get(title, "", path) }
     }
 
     fn watch(mut self, pointer: &'static str) -> Self {
@@ -528,9 +475,7 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals) ->
     println!("migrating: api migrate");
     procs::run_to_end(
         "api migrate",
-        tokio::process::Command::new(&binaries.api)
-            .arg("migrate")
-            .envs(setup.api_env()),
+        tokio::process::Command::new(&binaries.api).arg("migrate").envs(setup.api_env()),
         &logs.join("api-migrate.log"),
         Duration::from_secs(120),
     )
@@ -607,10 +552,7 @@ impl Setup {
     fn psp_sim_env(&self) -> Vec<(String, String)> {
         [
             ("PSP_SIM_PORT", self.psp_port.to_string()),
-            (
-                "PSP_SIM_WEBHOOK_URL",
-                format!("http://127.0.0.1:{}/psp/webhook", self.api_port),
-            ),
+            ("PSP_SIM_WEBHOOK_URL", format!("http://127.0.0.1:{}/psp/webhook", self.api_port)),
             ("PSP_WEBHOOK_SECRETS", self.webhook_secret.clone()),
             ("LOG_FORMAT", "json".to_string()),
         ]
@@ -621,23 +563,14 @@ impl Setup {
 }
 
 fn random_text(len: usize) -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// Drops and creates the demo database on the server; its URL.
 async fn fresh_database(server: &Url) -> Result<Url> {
     let psql = Psql::find()?;
     // FORCE (Postgres 13+) ends sessions a killed earlier demo left behind.
-    let forced = psql
-        .exec(
-            server,
-            &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"),
-        )
-        .await;
+    let forced = psql.exec(server, &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).await;
     if forced.is_err() {
         psql.exec(server, &format!("DROP DATABASE IF EXISTS {DATABASE}"))
             .await
@@ -657,44 +590,23 @@ async fn start_and_walk(
     setup: &Setup,
     logs: &std::path::Path,
 ) -> Result<()> {
-    let api = fleet_push(
-        fleet,
-        procs::spawn("api", &binaries.api, &["serve"], &setup.api_env(), logs)?,
-    );
+    let api = fleet_push(fleet, procs::spawn("api", &binaries.api, &["serve"], &setup.api_env(), logs)?);
     println!("started api (pid {}), waiting for /health", pid_text(api));
-    api.wait_http_ok(&format!("{}/health", setup.api_base))
-        .await?;
+    api.wait_http_ok(&format!("{}/health", setup.api_base)).await?;
 
-    let psp = fleet_push(
-        fleet,
-        procs::spawn(
-            "psp-sim",
-            &binaries.psp_sim,
-            &[],
-            &setup.psp_sim_env(),
-            logs,
-        )?,
-    );
-    println!(
-        "started psp-sim (pid {}), waiting for /health",
-        pid_text(psp)
-    );
-    psp.wait_http_ok(&format!("http://127.0.0.1:{}/health", setup.psp_port))
-        .await?;
+    let psp = fleet_push(fleet, procs::spawn("psp-sim", &binaries.psp_sim, &[], &setup.psp_sim_env(), logs)?);
+    println!("started psp-sim (pid {}), waiting for /health", pid_text(psp));
+    psp.wait_http_ok(&format!("http://127.0.0.1:{}/health", setup.psp_port)).await?;
 
     for n in 1..=2 {
         let name = format!("demo-worker-{n}");
-        let worker = fleet_push(
-            fleet,
-            procs::spawn(&name, &binaries.worker, &[], &setup.worker_env(&name), logs)?,
-        );
+        let worker = fleet_push(fleet, procs::spawn(&name, &binaries.worker, &[], &setup.worker_env(&name), logs)?);
         println!("started {name} (pid {})", pid_text(worker));
     }
 
     let api = fleet.first_mut().context("the api process is gone")?;
     println!("waiting for the api's /ready");
-    api.wait_http_ok(&format!("{}/ready", setup.api_base))
-        .await?;
+    api.wait_http_ok(&format!("{}/ready", setup.api_base)).await?;
     for proc in fleet.iter_mut() {
         if let Some(status) = proc.exited()? {
             bail!("{} exited ({status})\n{}", proc.name(), proc.log_tail());
@@ -723,9 +635,7 @@ fn fleet_push(fleet: &mut Vec<Proc>, proc: Proc) -> &mut Proc {
 }
 
 fn pid_text(proc: &Proc) -> String {
-    proc.pid()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "?".to_string())
+    proc.pid().map(|p| p.to_string()).unwrap_or_else(|| "?".to_string())
 }
 
 /// The state of a walk through the scenes: saved values, step count.
@@ -752,12 +662,10 @@ impl Walk {
             .timeout(Duration::from_secs(45))
             .build()
             .context("building an HTTP client")?;
-        let in_30_days = (chrono::Utc::now() + chrono::Duration::days(30))
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let vars = HashMap::from([
-            ("admin.key".to_string(), setup.admin_key.clone()),
-            ("in_30_days".to_string(), in_30_days),
-        ]);
+        let in_30_days =
+            (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let vars =
+            HashMap::from([("admin.key".to_string(), setup.admin_key.clone()), ("in_30_days".to_string(), in_30_days)]);
         Ok(Self {
             http,
             base: setup.api_base.clone(),
@@ -772,11 +680,8 @@ impl Walk {
         self.count += 1;
         let n = self.count;
         let path = self.fill(step.path)?;
-        let fields = step
-            .fields
-            .iter()
-            .map(|(pointer, want)| Ok((*pointer, self.fill(want)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let fields =
+            step.fields.iter().map(|(pointer, want)| Ok((*pointer, self.fill(want)?))).collect::<Result<Vec<_>>>()?;
         let key = match step.target {
             Target::Api => Some(self.var(step.key)?.to_string()),
             Target::PspSim => None,
@@ -791,15 +696,12 @@ impl Walk {
                 step.method,
                 POLL_DEADLINE.as_secs()
             );
-            self.poll(step, &path, key.as_deref(), &fields)
-                .await
-                .with_context(context)?
+            self.poll(step, &path, key.as_deref(), &fields).await.with_context(context)?
         } else {
             let mut request = self.request(step, &path, key.as_deref());
             if step.job {
-                request = request
-                    .header("Idempotency-Key", format!("{}-step-{n}", self.run))
-                    .header("Prefer", "wait=10");
+                request =
+                    request.header("Idempotency-Key", format!("{}-step-{n}", self.run)).header("Prefer", "wait=10");
             }
             if let Some(body) = &step.body {
                 request = request.json(&self.fill_json(body)?);
@@ -822,10 +724,7 @@ impl Walk {
         let result = summary(&answer, step, &self.saved_preview(step, &answer));
         match step.poll {
             true => println!("    -> {result}"),
-            false => println!(
-                "{n:>2}. {:<52} {} {path} -> {result}",
-                step.title, step.method
-            ),
+            false => println!("{n:>2}. {:<52} {} {path} -> {result}", step.title, step.method),
         }
         if let Some(photo) = photo {
             println!("    photo: {photo}");
@@ -841,19 +740,11 @@ impl Walk {
                 true => format!(" within {} s", POLL_DEADLINE.as_secs()),
                 false => String::new(),
             };
-            anyhow!(
-                "step {n} ({}): expected {expected}{within}, got {}",
-                step.title,
-                describe(&answer)
-            )
+            anyhow!("step {n} ({}): expected {expected}{within}, got {}", step.title, describe(&answer))
         })?;
         for (name, pointer) in &step.save {
-            let value = text_at(&answer.body, pointer).with_context(|| {
-                format!(
-                    "step {n} ({}): the answer has no {pointer} to save as {name}",
-                    step.title
-                )
-            })?;
+            let value = text_at(&answer.body, pointer)
+                .with_context(|| format!("step {n} ({}): the answer has no {pointer} to save as {name}", step.title))?;
             self.vars.insert(name.to_string(), value);
         }
         Ok(())
@@ -866,9 +757,7 @@ impl Walk {
             Target::Api => &self.base,
             Target::PspSim => &self.psp_base,
         };
-        let request = self
-            .http
-            .request(step.method.clone(), format!("{base}{path}"));
+        let request = self.http.request(step.method.clone(), format!("{base}{path}"));
         match key {
             Some(key) => request.bearer_auth(key),
             None => request,
@@ -894,13 +783,7 @@ impl Walk {
     /// Repeats a GET until the step's expectation and fields hold or
     /// [`POLL_DEADLINE`] passes; prints what it sees each time it changes.
     /// The last answer either way.
-    async fn poll(
-        &self,
-        step: &Step,
-        path: &str,
-        key: Option<&str>,
-        fields: &[(&str, String)],
-    ) -> Result<Answer> {
+    async fn poll(&self, step: &Step, path: &str, key: Option<&str>, fields: &[(&str, String)]) -> Result<Answer> {
         let start = Instant::now();
         let mut shown = String::new();
         let mut pointers: Vec<&str> = fields.iter().map(|(pointer, _)| *pointer).collect();
@@ -931,17 +814,12 @@ impl Walk {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow!("{}", e.without_url()))?;
+        let response = request.send().await.map_err(|e| anyhow!("{}", e.without_url()))?;
         let status = response.status().as_u16();
         let text = response.text().await.context("reading the answer")?;
         let body = match text.trim() {
             "" => Value::Null,
-            trimmed => {
-                serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(text.clone()))
-            }
+            trimmed => serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(text.clone())),
         };
         Ok(Answer { status, body })
     }
@@ -961,10 +839,7 @@ impl Walk {
                 );
             }
             let job_id = text_at(&answer.body, "/job_id").context("the receipt has no job_id")?;
-            let mut request = self
-                .http
-                .get(format!("{}/jobs/{job_id}", self.base))
-                .header("Prefer", "wait=10");
+            let mut request = self.http.get(format!("{}/jobs/{job_id}", self.base)).header("Prefer", "wait=10");
             if let Some(key) = key {
                 request = request.bearer_auth(key);
             }
@@ -982,10 +857,7 @@ impl Walk {
     }
 
     fn var(&self, name: &str) -> Result<&str> {
-        self.vars
-            .get(name)
-            .map(String::as_str)
-            .with_context(|| format!("no saved value named `{name}`"))
+        self.vars.get(name).map(String::as_str).with_context(|| format!("no saved value named `{name}`"))
     }
 
     /// Replaces each `{name}` with the saved value.
@@ -995,9 +867,7 @@ impl Walk {
         while let Some(start) = rest.find('{') {
             out.push_str(&rest[..start]);
             let after = &rest[start + 1..];
-            let end = after
-                .find('}')
-                .with_context(|| format!("unclosed {{ in `{template}`"))?;
+            let end = after.find('}').with_context(|| format!("unclosed {{ in `{template}`"))?;
             out.push_str(self.var(&after[..end])?);
             rest = &after[end + 1..];
         }
@@ -1008,17 +878,10 @@ impl Walk {
     fn fill_json(&self, value: &Value) -> Result<Value> {
         Ok(match value {
             Value::String(s) => Value::String(self.fill(s)?),
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|v| self.fill_json(v))
-                    .collect::<Result<_>>()?,
-            ),
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, v)| Ok((k.clone(), self.fill_json(v)?)))
-                    .collect::<Result<_>>()?,
-            ),
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.fill_json(v)).collect::<Result<_>>()?),
+            Value::Object(map) => {
+                Value::Object(map.iter().map(|(k, v)| Ok((k.clone(), self.fill_json(v)?))).collect::<Result<_>>()?)
+            }
             other => other.clone(),
         })
     }
@@ -1045,10 +908,7 @@ fn is_receipt(body: &Value) -> bool {
 }
 
 fn is_terminal(receipt: &Value) -> bool {
-    matches!(
-        receipt.get("status").and_then(Value::as_str),
-        Some("succeeded" | "failed" | "dead")
-    )
+    matches!(receipt.get("status").and_then(Value::as_str), Some("succeeded" | "failed" | "dead"))
 }
 
 /// A string or number at a JSON pointer, as text.
@@ -1081,12 +941,9 @@ fn check(step: &Step, answer: &Answer, fields: &[(&str, String)]) -> Result<(), 
     let ok = match step.expect {
         Expect::Status(status) => answer.status == status,
         Expect::Succeeded => receipt_status.as_deref() == Some("succeeded"),
-        Expect::Failed(want) => {
-            receipt_status.as_deref() == Some("failed") && code.as_deref() == Some(want)
-        }
+        Expect::Failed(want) => receipt_status.as_deref() == Some("failed") && code.as_deref() == Some(want),
         Expect::Refused(codes) => {
-            let refused =
-                receipt_status.as_deref() == Some("failed") || (400..500).contains(&answer.status);
+            let refused = receipt_status.as_deref() == Some("failed") || (400..500).contains(&answer.status);
             refused && code.as_deref().is_some_and(|c| codes.contains(&c))
         }
     };
@@ -1134,10 +991,7 @@ fn summary(answer: &Answer, step: &Step, saved: &str) -> String {
 fn describe(answer: &Answer) -> String {
     let mut body = answer.body.to_string();
     if body.len() > 600 {
-        let cut = (0..=600)
-            .rev()
-            .find(|i| body.is_char_boundary(*i))
-            .unwrap_or(0);
+        let cut = (0..=600).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
         body.truncate(cut);
         body.push('…');
     }
@@ -1163,8 +1017,7 @@ mod tests {
     fn placeholders_are_filled_in_paths_and_bodies() -> Result<()> {
         let walk = walk();
         assert_eq!(walk.fill("/users/{alice.id}/x")?, "/users/a-1/x");
-        let body =
-            walk.fill_json(&json!({"sender_id": "{alice.id}", "n": 3, "list": ["{alice.id}"]}))?;
+        let body = walk.fill_json(&json!({"sender_id": "{alice.id}", "n": 3, "list": ["{alice.id}"]}))?;
         assert_eq!(body, json!({"sender_id": "a-1", "n": 3, "list": ["a-1"]}));
         assert!(walk.fill("/users/{bob.id}").is_err());
         Ok(())
@@ -1172,47 +1025,33 @@ mod tests {
 
     #[test]
     fn a_refusal_counts_from_the_api_or_from_a_failed_receipt() {
-        let step = Step::job("t", "k", "/p", Value::Null)
-            .expect(Expect::Refused(&["FORBIDDEN", "MANDATE_REQUIRED"]));
-        let problem = Answer {
-            status: 403,
-            body: json!({"status": 403, "code": "FORBIDDEN"}),
-        };
+        let step = Step::job("t", "k", "/p", Value::Null).expect(Expect::Refused(&["FORBIDDEN", "MANDATE_REQUIRED"]));
+        let problem = Answer { status: 403, body: json!({"status": 403, "code": "FORBIDDEN"}) };
         assert!(check(&step, &problem, &[]).is_ok());
         let receipt = Answer {
             status: 200,
             body: json!({"job_id": "j", "status": "failed", "error": {"code": "MANDATE_REQUIRED"}}),
         };
         assert!(check(&step, &receipt, &[]).is_ok());
-        let succeeded = Answer {
-            status: 200,
-            body: json!({"job_id": "j", "status": "succeeded", "error": null}),
-        };
+        let succeeded = Answer { status: 200, body: json!({"job_id": "j", "status": "succeeded", "error": null}) };
         assert!(check(&step, &succeeded, &[]).is_err());
     }
 
     #[test]
     fn an_exhausted_mandate_must_show_its_code() {
-        let step =
-            Step::job("t", "k", "/p", Value::Null).expect(Expect::Failed("MANDATE_EXHAUSTED"));
+        let step = Step::job("t", "k", "/p", Value::Null).expect(Expect::Failed("MANDATE_EXHAUSTED"));
         let receipt = Answer {
             status: 200,
             body: json!({"job_id": "j", "status": "failed", "error": {"code": "MANDATE_EXHAUSTED"}}),
         };
         assert!(check(&step, &receipt, &[]).is_ok());
-        let other = Answer {
-            status: 200,
-            body: json!({"job_id": "j", "status": "failed", "error": {"code": "X"}}),
-        };
+        let other = Answer { status: 200, body: json!({"job_id": "j", "status": "failed", "error": {"code": "X"}}) };
         assert!(check(&step, &other, &[]).is_err());
     }
 
     /// The `{name}` placeholders of a template.
     fn names_in(text: &str) -> Vec<String> {
-        text.split('{')
-            .skip(1)
-            .filter_map(|piece| piece.split_once('}').map(|(name, _)| name.to_string()))
-            .collect()
+        text.split('{').skip(1).filter_map(|piece| piece.split_once('}').map(|(name, _)| name.to_string())).collect()
     }
 
     fn strings_in(value: &Value, out: &mut Vec<String>) {
@@ -1242,11 +1081,7 @@ mod tests {
                     used.push(step.key.to_string());
                 }
                 for name in used {
-                    assert!(
-                        known.contains(&name),
-                        "step `{}` uses `{name}` before a step saves it",
-                        step.title
-                    );
+                    assert!(known.contains(&name), "step `{}` uses `{name}` before a step saves it", step.title);
                 }
                 known.extend(step.save.iter().map(|(name, _)| name.to_string()));
             }

@@ -43,10 +43,7 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("bench-load") {
         return bench::load_main();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("xtask: cannot start the async runtime: {e}");
@@ -74,21 +71,14 @@ async fn run(args: Vec<String>) -> Result<ExitCode> {
                 Some((first, after)) if first == "--" => after.to_vec(),
                 _ => rest.to_vec(),
             };
-            with_services(|layout, services, signals| {
-                Box::pin(test::run(layout, services, signals, extra))
-            })
-            .await
+            with_services(|layout, services, signals| Box::pin(test::run(layout, services, signals, extra))).await
         }
         "demo" => {
             if !rest.is_empty() {
                 bail!("`demo` takes no arguments\n\n{USAGE}");
             }
             with_services(|layout, services, signals| {
-                Box::pin(async move {
-                    demo::run(layout, services, signals)
-                        .await
-                        .map(|()| ExitCode::SUCCESS)
-                })
+                Box::pin(async move { demo::run(layout, services, signals).await.map(|()| ExitCode::SUCCESS) })
             })
             .await
         }
@@ -98,22 +88,16 @@ async fn run(args: Vec<String>) -> Result<ExitCode> {
                 Err(e) => bail!("{e}\n\n{USAGE}"),
             };
             with_services(|layout, services, signals| {
-                Box::pin(async move {
-                    bench::run(layout, services, signals, options)
-                        .await
-                        .map(|()| ExitCode::SUCCESS)
-                })
+                Box::pin(
+                    async move { bench::run(layout, services, signals, options).await.map(|()| ExitCode::SUCCESS) },
+                )
             })
             .await
         }
         "services" => {
             let layout = Layout::load().await?;
             let all_found = services::show(&layout).await?;
-            Ok(if all_found {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if all_found { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -154,10 +138,7 @@ pub struct Layout {
 impl Layout {
     async fn load() -> Result<Self> {
         let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let start = manifest_dir
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or(manifest_dir);
+        let start = manifest_dir.parent().map(PathBuf::from).unwrap_or(manifest_dir);
         let output = tokio::process::Command::new(cargo_program())
             .args(["metadata", "--format-version", "1", "--no-deps"])
             .current_dir(&start)
@@ -166,23 +147,14 @@ impl Layout {
             .await
             .context("running `cargo metadata`")?;
         if !output.status.success() {
-            bail!(
-                "`cargo metadata` failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+            bail!("`cargo metadata` failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
-        let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .context("reading the output of `cargo metadata`")?;
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&output.stdout).context("reading the output of `cargo metadata`")?;
         let path = |field: &str| -> Result<PathBuf> {
-            metadata[field]
-                .as_str()
-                .map(PathBuf::from)
-                .with_context(|| format!("`cargo metadata` gave no {field}"))
+            metadata[field].as_str().map(PathBuf::from).with_context(|| format!("`cargo metadata` gave no {field}"))
         };
-        Ok(Self {
-            root: path("workspace_root")?,
-            target: path("target_directory")?,
-        })
+        Ok(Self { root: path("workspace_root")?, target: path("target_directory")? })
     }
 
     /// Logs of the processes the commands start.

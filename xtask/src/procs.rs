@@ -45,18 +45,11 @@ pub async fn build_binaries(layout: &Layout, signals: &mut Signals) -> Result<Bi
     let binary = |name: &str| -> Result<PathBuf> {
         let path = dir.join(name);
         if !path.is_file() {
-            bail!(
-                "cargo build did not produce {name} (looked for {})",
-                path.display()
-            );
+            bail!("cargo build did not produce {name} (looked for {})", path.display());
         }
         Ok(path)
     };
-    Ok(Binaries {
-        api: binary("api")?,
-        worker: binary("worker")?,
-        psp_sim: binary("psp-sim")?,
-    })
+    Ok(Binaries { api: binary("api")?, worker: binary("worker")?, psp_sim: binary("psp-sim")? })
 }
 
 /// Runs cargo in the workspace root with extra environment variables and
@@ -109,13 +102,7 @@ pub struct Proc {
 
 /// Starts `program args` with `envs` added to our environment, stdout and
 /// stderr going to `<log_dir>/<name>.log` (truncated first).
-pub fn spawn(
-    name: &str,
-    program: &Path,
-    args: &[&str],
-    envs: &[(String, String)],
-    log_dir: &Path,
-) -> Result<Proc> {
+pub fn spawn(name: &str, program: &Path, args: &[&str], envs: &[(String, String)], log_dir: &Path) -> Result<Proc> {
     std::fs::create_dir_all(log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let log = log_dir.join(format!("{name}.log"));
     let (stdout, stderr) = log_pair(&log)?;
@@ -129,11 +116,7 @@ pub fn spawn(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {name} ({})", program.display()))?;
-    Ok(Proc {
-        name: name.to_string(),
-        child,
-        log,
-    })
+    Ok(Proc { name: name.to_string(), child, log })
 }
 
 impl Proc {
@@ -147,9 +130,7 @@ impl Proc {
 
     /// The exit status if the process has ended.
     pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        self.child
-            .try_wait()
-            .with_context(|| format!("checking on {}", self.name))
+        self.child.try_wait().with_context(|| format!("checking on {}", self.name))
     }
 
     /// The last lines of the log, introduced by the file's path.
@@ -168,11 +149,7 @@ impl Proc {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.exited()? {
-                bail!(
-                    "{} exited ({status}) before {url} answered 200\n{}",
-                    self.name,
-                    self.log_tail()
-                );
+                bail!("{} exited ({status}) before {url} answered 200\n{}", self.name, self.log_tail());
             }
             let last = match http.get(url).send().await {
                 Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(()),
@@ -208,11 +185,7 @@ pub async fn stop_all(procs: Vec<Proc>) {
             Ok(Err(e)) => eprintln!("  {}: waiting for it failed: {e}", proc.name),
             Err(_) => {
                 proc.child.kill().await.ok();
-                println!(
-                    "  {} did not stop within {} s of SIGTERM: killed",
-                    proc.name,
-                    STOP_GRACE.as_secs()
-                );
+                println!("  {} did not stop within {} s of SIGTERM: killed", proc.name, STOP_GRACE.as_secs());
             }
         }
     }
@@ -224,11 +197,7 @@ pub fn report_exited(procs: &mut [Proc]) -> String {
     let mut report = String::new();
     for proc in procs {
         if let Ok(Some(status)) = proc.exited() {
-            report.push_str(&format!(
-                "\n{} exited ({status})\n{}",
-                proc.name,
-                proc.log_tail()
-            ));
+            report.push_str(&format!("\n{} exited ({status})\n{}", proc.name, proc.log_tail()));
         }
     }
     report
@@ -236,12 +205,7 @@ pub fn report_exited(procs: &mut [Proc]) -> String {
 
 /// Runs a command to its end with stdout and stderr in `log`; a failure or
 /// a run longer than `limit` is an error carrying the end of the log.
-pub async fn run_to_end(
-    what: &str,
-    command: &mut Command,
-    log: &Path,
-    limit: Duration,
-) -> Result<()> {
+pub async fn run_to_end(what: &str, command: &mut Command, log: &Path, limit: Duration) -> Result<()> {
     let (stdout, stderr) = log_pair(log)?;
     let mut child = command
         .stdin(Stdio::null())
@@ -254,11 +218,7 @@ pub async fn run_to_end(
         Ok(status) => status.with_context(|| format!("waiting for {what}"))?,
         Err(_) => {
             child.kill().await.ok();
-            bail!(
-                "{what} did not finish within {} s\n{}",
-                limit.as_secs(),
-                tail(log)
-            );
+            bail!("{what} did not finish within {} s\n{}", limit.as_secs(), tail(log));
         }
     };
     if !status.success() {
@@ -295,10 +255,7 @@ async fn kill(signal: &str, target: &str) -> Result<()> {
 /// for the child to bind).
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
-    Ok(listener
-        .local_addr()
-        .context("reading the free port")?
-        .port())
+    Ok(listener.local_addr().context("reading the free port")?.port())
 }
 
 /// The last [`TAIL_LINES`] lines of a log file, after a line naming it.
@@ -308,12 +265,7 @@ pub fn tail(path: &Path) -> String {
             let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text.lines().collect();
             let start = lines.len().saturating_sub(TAIL_LINES);
-            format!(
-                "--- last {} lines of {} ---\n{}",
-                lines.len() - start,
-                path.display(),
-                lines[start..].join("\n")
-            )
+            format!("--- last {} lines of {} ---\n{}", lines.len() - start, path.display(), lines[start..].join("\n"))
         }
         Err(e) => format!("--- {} cannot be read: {e} ---", path.display()),
     }
@@ -321,8 +273,6 @@ pub fn tail(path: &Path) -> String {
 
 fn log_pair(log: &Path) -> Result<(File, File)> {
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let copy = file
-        .try_clone()
-        .with_context(|| format!("sharing {}", log.display()))?;
+    let copy = file.try_clone().with_context(|| format!("sharing {}", log.display()))?;
     Ok((file, copy))
 }

@@ -25,12 +25,9 @@ use tokio::time::{Instant, sleep, timeout};
 use crate::Layout;
 use crate::procs::{self, Proc};
 
-pub const POSTGRES_MISSING: &str =
-    "Postgres not found: install it with: sudo apt-get install -y postgresql";
-pub const REDIS_MISSING: &str =
-    "Redis not found: install it with: sudo apt-get install -y redis-server";
-pub const PSQL_MISSING: &str =
-    "psql not found: install it with: sudo apt-get install -y postgresql-client";
+pub const POSTGRES_MISSING: &str = "Postgres not found: install it with: sudo apt-get install -y postgresql";
+pub const REDIS_MISSING: &str = "Redis not found: install it with: sudo apt-get install -y redis-server";
+pub const PSQL_MISSING: &str = "psql not found: install it with: sudo apt-get install -y postgresql-client";
 
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const LOCAL_REDIS: &str = "redis://127.0.0.1:6379";
@@ -82,14 +79,12 @@ impl Services {
         let redis = find_redis().await?;
         let postgres_bins = matches!(postgres, Found::Start).then(PostgresBins::find);
         let redis_bin = matches!(redis, Found::Start).then(find_redis_server);
-        let missing: Vec<String> = [
-            postgres_bins.as_ref().and_then(|r| r.as_ref().err()),
-            redis_bin.as_ref().and_then(|r| r.as_ref().err()),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|e| e.to_string())
-        .collect();
+        let missing: Vec<String> =
+            [postgres_bins.as_ref().and_then(|r| r.as_ref().err()), redis_bin.as_ref().and_then(|r| r.as_ref().err())]
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .collect();
         if !missing.is_empty() {
             bail!("{}", missing.join("\n"));
         }
@@ -220,10 +215,7 @@ fn force_private() -> bool {
 }
 
 fn env_var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 fn note(message: &str) {
@@ -240,9 +232,7 @@ async fn find_postgres() -> Result<Found> {
             Some((host, port)) if postgres_answers(&host, port).await => {
                 return Ok(Found::Use(url, Origin::Env("DATABASE_URL")));
             }
-            Some((host, port)) => note(&format!(
-                "DATABASE_URL is set but no Postgres answers on {host}:{port}"
-            )),
+            Some((host, port)) => note(&format!("DATABASE_URL is set but no Postgres answers on {host}:{port}")),
             None => note("DATABASE_URL names no host (a Unix socket?): only TCP is supported here"),
         }
     }
@@ -255,9 +245,7 @@ async fn find_postgres() -> Result<Found> {
         };
         match psql.exec(&local, "SELECT 1").await {
             Ok(()) => return Ok(Found::Use(local, Origin::LocalDefault)),
-            Err(e) => note(&format!(
-                "127.0.0.1:5432 answers but refuses user postgres without a password: {e:#}"
-            )),
+            Err(e) => note(&format!("127.0.0.1:5432 answers but refuses user postgres without a password: {e:#}")),
         }
     }
     Ok(Found::Start)
@@ -318,17 +306,11 @@ async fn postgres_answers(host: &str, port: u16) -> bool {
         stream.read_exact(&mut reply).await.ok()?;
         Some(reply[0])
     };
-    matches!(
-        timeout(CONNECT_TIMEOUT, exchange).await,
-        Ok(Some(b'S' | b'N'))
-    )
+    matches!(timeout(CONNECT_TIMEOUT, exchange).await, Ok(Some(b'S' | b'N')))
 }
 
 async fn tcp_answers(host: &str, port: u16) -> bool {
-    matches!(
-        timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await,
-        Ok(Ok(_))
-    )
+    matches!(timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await, Ok(Ok(_)))
 }
 
 /// `PING` over a plain socket (after `AUTH` when the URL has a password);
@@ -336,9 +318,8 @@ async fn tcp_answers(host: &str, port: u16) -> bool {
 async fn redis_ping(url: &Url) -> Result<()> {
     let (host, port) = host_port(url, 6379).context("the URL names no host")?;
     let exchange = async {
-        let stream = TcpStream::connect((host.as_str(), port))
-            .await
-            .with_context(|| format!("connecting to {host}:{port}"))?;
+        let stream =
+            TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {host}:{port}"))?;
         let mut stream = BufReader::new(stream);
         if let Some(password) = url.password() {
             let password = percent_decode(password);
@@ -359,9 +340,7 @@ async fn redis_ping(url: &Url) -> Result<()> {
         }
         Ok(())
     };
-    timeout(CONNECT_TIMEOUT, exchange)
-        .await
-        .map_err(|_| anyhow!("no answer from {host}:{port} within 3 s"))?
+    timeout(CONNECT_TIMEOUT, exchange).await.map_err(|_| anyhow!("no answer from {host}:{port} within 3 s"))?
 }
 
 /// Sends one command as a RESP array and reads the one-line reply.
@@ -370,16 +349,9 @@ async fn redis_call(stream: &mut BufReader<TcpStream>, args: &[&str]) -> Result<
     for arg in args {
         message.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
     }
-    stream
-        .get_mut()
-        .write_all(message.as_bytes())
-        .await
-        .context("writing to Redis")?;
+    stream.get_mut().write_all(message.as_bytes()).await.context("writing to Redis")?;
     let mut line = String::new();
-    stream
-        .read_line(&mut line)
-        .await
-        .context("reading from Redis")?;
+    stream.read_line(&mut line).await.context("reading from Redis")?;
     Ok(line.trim_end().to_string())
 }
 
@@ -389,9 +361,7 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let decoded = match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+            (b'%', Some(hex)) => std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()),
             _ => None,
         };
         match decoded {
@@ -411,19 +381,15 @@ fn percent_decode(text: &str) -> String {
 /// Directories that may hold Postgres programs: PATH first, then Debian's
 /// `/usr/lib/postgresql/<version>/bin`, newest version first.
 fn postgres_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let version = name
-                .split('.')
-                .map(|part| part.parse().ok())
-                .collect::<Option<Vec<u32>>>()?;
+            let version = name.split('.').map(|part| part.parse().ok()).collect::<Option<Vec<u32>>>()?;
             Some((version, entry.path().join("bin")))
         })
         .collect();
@@ -434,8 +400,7 @@ fn postgres_dirs() -> Vec<PathBuf> {
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 struct PostgresBins {
@@ -448,19 +413,15 @@ impl PostgresBins {
     fn find() -> Result<Self> {
         postgres_dirs()
             .into_iter()
-            .map(|dir| Self {
-                initdb: dir.join("initdb"),
-                pg_ctl: dir.join("pg_ctl"),
-            })
+            .map(|dir| Self { initdb: dir.join("initdb"), pg_ctl: dir.join("pg_ctl") })
             .find(|bins| is_executable(&bins.initdb) && is_executable(&bins.pg_ctl))
             .ok_or_else(|| anyhow!(POSTGRES_MISSING))
     }
 }
 
 fn find_redis_server() -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from));
     dirs.into_iter()
         .map(|dir| dir.join("redis-server"))
@@ -489,17 +450,7 @@ impl Psql {
         target.set_password(None).ok();
         let mut command = Command::new(&self.0);
         command
-            .args([
-                "-X",
-                "-w",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                target.as_str(),
-                "-c",
-                sql,
-            ])
+            .args(["-X", "-w", "-q", "-v", "ON_ERROR_STOP=1", "-d", target.as_str(), "-c", sql])
             .env("PGCONNECT_TIMEOUT", "5")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -539,10 +490,7 @@ impl RunDir {
             return Ok(Self { path, run_as: None });
         };
         if user_can_write(&user, &path).await {
-            return Ok(Self {
-                path,
-                run_as: Some(user),
-            });
+            return Ok(Self { path, run_as: Some(user) });
         }
         // The Postgres user cannot reach the target directory (under a home
         // directory, say): use the temporary directory instead.
@@ -550,15 +498,9 @@ impl RunDir {
         let path = std::env::temp_dir().join("kobatela-services").join(&pid);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         if !user_can_write(&user, &path).await {
-            bail!(
-                "user {user} cannot write to {} (needed to run initdb, which refuses root)",
-                path.display()
-            );
+            bail!("user {user} cannot write to {} (needed to run initdb, which refuses root)", path.display());
         }
-        Ok(Self {
-            path,
-            run_as: Some(user),
-        })
+        Ok(Self { path, run_as: Some(user) })
     }
 }
 
@@ -576,21 +518,12 @@ async fn postgres_user() -> String {
         .stderr(std::process::Stdio::null())
         .status()
         .await;
-    if exists.is_ok_and(|s| s.success()) {
-        "postgres"
-    } else {
-        "nobody"
-    }
-    .to_string()
+    if exists.is_ok_and(|s| s.success()) { "postgres" } else { "nobody" }.to_string()
 }
 
 /// Chowns `dir` to `user` and checks that the user can reach and write it.
 async fn user_can_write(user: &str, dir: &Path) -> bool {
-    let chowned = Command::new("chown")
-        .arg(format!("{user}:"))
-        .arg(dir)
-        .status()
-        .await;
+    let chowned = Command::new("chown").arg(format!("{user}:")).arg(dir).status().await;
     if !chowned.is_ok_and(|s| s.success()) {
         return false;
     }
@@ -641,8 +574,7 @@ async fn sweep_stale(base: &Path) {
                 && procs::send_signal(pid, signal).await.is_ok()
             {
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while Path::new("/proc").join(pid.to_string()).exists() && Instant::now() < deadline
-                {
+                while Path::new("/proc").join(pid.to_string()).exists() && Instant::now() < deadline {
                     sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -652,17 +584,11 @@ async fn sweep_stale(base: &Path) {
 }
 
 fn first_line(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .next()
-        .map(|l| l.trim().to_string())
+    std::fs::read_to_string(path).ok()?.lines().next().map(|l| l.trim().to_string())
 }
 
 fn process_name(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|n| n.trim().to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|n| n.trim().to_string())
 }
 
 struct PrivatePostgres {
@@ -700,11 +626,7 @@ async fn start_postgres(bins: &PostgresBins, dir: &RunDir) -> Result<(Url, Priva
     let pgdir = dir.path.join("postgres");
     std::fs::create_dir_all(&pgdir).with_context(|| format!("creating {}", pgdir.display()))?;
     if let Some(user) = &dir.run_as {
-        let chowned = Command::new("chown")
-            .arg(format!("{user}:"))
-            .arg(&pgdir)
-            .status()
-            .await;
+        let chowned = Command::new("chown").arg(format!("{user}:")).arg(&pgdir).status().await;
         if !chowned.is_ok_and(|s| s.success()) {
             bail!("cannot chown {} to {user}", pgdir.display());
         }
@@ -722,16 +644,7 @@ async fn start_postgres(bins: &PostgresBins, dir: &RunDir) -> Result<(Url, Priva
         command_as(run_as, &bins.initdb)
             .arg("-D")
             .arg(&data)
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
             .current_dir(&pgdir),
         &pgdir.join("initdb.log"),
         Duration::from_secs(120),
@@ -743,10 +656,8 @@ async fn start_postgres(bins: &PostgresBins, dir: &RunDir) -> Result<(Url, Priva
         data: data.clone(),
         run_as: dir.run_as.clone(),
     };
-    let options = format!(
-        "-p {port} -k '{}' -c listen_addresses=127.0.0.1 {PRIVATE_POSTGRES_SETTINGS}",
-        pgdir.display()
-    );
+    let options =
+        format!("-p {port} -k '{}' -c listen_addresses=127.0.0.1 {PRIVATE_POSTGRES_SETTINGS}", pgdir.display());
     let server_log = pgdir.join("postgres.log");
     let started = procs::run_to_end(
         "pg_ctl start",
@@ -768,8 +679,8 @@ async fn start_postgres(bins: &PostgresBins, dir: &RunDir) -> Result<(Url, Priva
         private.stop().await.ok();
         bail!("{e:#}\n{}", procs::tail(&server_log));
     }
-    let url = Url::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
-        .context("building the Postgres URL")?;
+    let url =
+        Url::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).context("building the Postgres URL")?;
     Ok((url, private))
 }
 
@@ -777,10 +688,7 @@ async fn start_postgres(bins: &PostgresBins, dir: &RunDir) -> Result<(Url, Priva
 /// answers PING.
 async fn start_redis(bin: &Path, dir: &Path) -> Result<(Url, Proc)> {
     let port = procs::free_port()?;
-    println!(
-        "starting a private Redis on 127.0.0.1:{port} under {}",
-        dir.display()
-    );
+    println!("starting a private Redis on 127.0.0.1:{port} under {}", dir.display());
     let port_arg = port.to_string();
     let dir_arg = dir.to_string_lossy().into_owned();
     let args = [
@@ -825,20 +733,10 @@ mod tests {
 
     #[test]
     fn maintenance_url_keeps_the_server_and_credentials() -> Result<()> {
-        let url =
-            maintenance_url("postgres://app:s%40cret@db.internal:6543/kobatela?sslmode=disable")?;
-        assert_eq!(
-            url.as_str(),
-            "postgres://app:s%40cret@db.internal:6543/postgres?sslmode=disable"
-        );
-        assert_eq!(
-            host_port(&url, 5432),
-            Some(("db.internal".to_string(), 6543))
-        );
-        assert_eq!(
-            redact(&url),
-            "postgres://app:***@db.internal:6543/postgres?sslmode=disable"
-        );
+        let url = maintenance_url("postgres://app:s%40cret@db.internal:6543/kobatela?sslmode=disable")?;
+        assert_eq!(url.as_str(), "postgres://app:s%40cret@db.internal:6543/postgres?sslmode=disable");
+        assert_eq!(host_port(&url, 5432), Some(("db.internal".to_string(), 6543)));
+        assert_eq!(redact(&url), "postgres://app:***@db.internal:6543/postgres?sslmode=disable");
         Ok(())
     }
 

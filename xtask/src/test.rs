@@ -19,20 +19,13 @@ use crate::services::{Services, redact};
 use crate::{Layout, Signals};
 
 /// Runs the tests; the exit code is cargo test's.
-pub async fn run(
-    layout: &Layout,
-    services: &Services,
-    signals: &mut Signals,
-    extra: Vec<String>,
-) -> Result<ExitCode> {
+pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, extra: Vec<String>) -> Result<ExitCode> {
     let binaries = procs::build_binaries(layout, signals).await?;
     let envs = test_env(services, &binaries);
     let mut args: Vec<String> = vec!["test".into()];
     // `--workspace` would override a package chosen with `-p`.
-    let picks_package = extra
-        .iter()
-        .take_while(|a| *a != "--")
-        .any(|a| a.starts_with("-p") || a.starts_with("--package"));
+    let picks_package =
+        extra.iter().take_while(|a| *a != "--").any(|a| a.starts_with("-p") || a.starts_with("--package"));
     if !picks_package {
         args.push("--workspace".into());
     }
@@ -41,17 +34,12 @@ pub async fn run(
     println!("running: cargo {}", args.join(" "));
     for (name, value) in &envs {
         // URLs are printed with their password hidden.
-        let shown = reqwest::Url::parse(value)
-            .map(|url| redact(&url))
-            .unwrap_or_else(|_| value.clone());
+        let shown = reqwest::Url::parse(value).map(|url| redact(&url)).unwrap_or_else(|_| value.clone());
         println!("  {name}={shown}");
     }
     let status = procs::cargo(layout, &args, &envs, signals).await?;
     let code = status.code().unwrap_or(1);
-    println!(
-        "cargo test exited with code {code}\n{}",
-        services.describe()
-    );
+    println!("cargo test exited with code {code}\n{}", services.describe());
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 

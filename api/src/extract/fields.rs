@@ -26,7 +26,8 @@ async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, A
     let mut buf = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::problem(ErrorCode::ValidationError, format!("cannot read the body: {e}")))?;
+        let frame =
+            frame.map_err(|e| ApiError::problem(ErrorCode::ValidationError, format!("cannot read the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             seen += data.len();
             if seen <= limit {
@@ -37,7 +38,10 @@ async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, A
         }
     }
     if seen > limit {
-        return Err(ApiError::problem(ErrorCode::PayloadTooLarge, format!("the request body is larger than {limit} bytes")));
+        return Err(ApiError::problem(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        ));
     }
     Ok(buf)
 }
@@ -90,11 +94,16 @@ impl Fields {
         let value: Value = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             Value::Object(Map::new())
         } else {
-            serde_json::from_slice(bytes).map_err(|e| ApiError::field(ErrorCode::ValidationError, "body", format!("malformed JSON: {e}")))?
+            serde_json::from_slice(bytes)
+                .map_err(|e| ApiError::field(ErrorCode::ValidationError, "body", format!("malformed JSON: {e}")))?
         };
         match value {
             Value::Object(map) => Ok(Self { map, errors: Vec::new() }),
-            other => Err(ApiError::field(ErrorCode::ValidationError, "body", format!("must be a JSON object, not {}", json_type(&other)))),
+            other => Err(ApiError::field(
+                ErrorCode::ValidationError,
+                "body",
+                format!("must be a JSON object, not {}", json_type(&other)),
+            )),
         }
     }
 

@@ -13,14 +13,24 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let Some(raw) = parts.headers.get("idempotency-key") else {
-            return Err(ApiError::problem(ErrorCode::IdempotencyKeyRequired, "send an Idempotency-Key header (at most 255 characters)"));
+            return Err(ApiError::problem(
+                ErrorCode::IdempotencyKeyRequired,
+                "send an Idempotency-Key header (at most 255 characters)",
+            ));
         };
         let key = raw.to_str().map(str::trim).unwrap_or("");
         if key.is_empty() {
-            return Err(ApiError::problem(ErrorCode::IdempotencyKeyRequired, "the Idempotency-Key header is empty or not visible ASCII"));
+            return Err(ApiError::problem(
+                ErrorCode::IdempotencyKeyRequired,
+                "the Idempotency-Key header is empty or not visible ASCII",
+            ));
         }
         if key.len() > 255 {
-            return Err(ApiError::field(ErrorCode::ValidationError, "Idempotency-Key", "must be at most 255 characters"));
+            return Err(ApiError::field(
+                ErrorCode::ValidationError,
+                "Idempotency-Key",
+                "must be at most 255 characters",
+            ));
         }
         Ok(IdempotencyKey(key.to_string()))
     }

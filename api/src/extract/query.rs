@@ -34,7 +34,10 @@ impl QueryMap {
     pub fn id<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| ApiError::field(ErrorCode::ValidationError, name, "must be an id (UUID)")),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::field(ErrorCode::ValidationError, name, "must be an id (UUID)")),
         }
     }
 }

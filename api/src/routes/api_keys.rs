@@ -5,11 +5,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, post};
 use axum::{Json, Router};
+use shared::ErrorCode;
 use shared::db;
 use shared::domain::api_keys::{self, NewKey};
 use shared::ids::{ApiKeyId, UserId};
 use shared::principal::Role;
-use shared::ErrorCode;
 
 use crate::error::ApiResult;
 use crate::extract::fields::got;
@@ -21,7 +21,11 @@ pub fn router() -> Router<AppState> {
 }
 
 #[tracing::instrument(skip_all)]
-async fn create(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+async fn create(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin])?;
     let user_id = f.req::<UserId>("user_id");
     let role_text: Option<String> = f.req("role");
@@ -45,7 +49,11 @@ async fn list(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiRes
     Ok(Json(serde_json::json!({"items": items, "next_cursor": null})))
 }
 
-async fn revoke(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<ApiKeyId>) -> ApiResult<impl IntoResponse> {
+async fn revoke(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<ApiKeyId>,
+) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin])?;
     db::serializable(&s.pool, &(who, id), |tx, (who, id)| Box::pin(api_keys::revoke(tx, who, *id))).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -6,14 +6,16 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rust_decimal::Decimal;
+use shared::ErrorCode;
 use shared::db;
-use shared::domain::escrows::{self, EscrowDepositV1, EscrowTransitionV1, GeofenceIn, NewEscrow, NewMilestone, TransitionAction};
+use shared::domain::escrows::{
+    self, EscrowDepositV1, EscrowTransitionV1, GeofenceIn, NewEscrow, NewMilestone, TransitionAction,
+};
 use shared::domain::payees::{self, NewPayee, UsageSpendV1};
 use shared::ids::{EscrowId, UserId};
 use shared::jobs::JobKind;
 use shared::money::{AmountIn, parse_decimal};
 use shared::principal::Role;
-use shared::ErrorCode;
 
 use crate::error::ApiResult;
 use crate::extract::fields::got;
@@ -51,7 +53,11 @@ fn escrow_amount(f: &mut Fields, name: &str, required: bool) -> Option<Decimal> 
 }
 
 #[tracing::instrument(skip_all)]
-async fn create(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+async fn create(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin, Role::Sender])?;
     let client_id = f.req::<UserId>("client_id");
     let provider_id = f.req::<UserId>("provider_id");
@@ -62,18 +68,33 @@ async fn create(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): J
     }
     let deadline_at = f.req::<chrono::DateTime<chrono::Utc>>("deadline_at");
     f.finish()?;
-    let new = NewEscrow { client_id: got(client_id)?, provider_id: got(provider_id)?, total: got(total)?, release_conditions: conditions, deadline_at: got(deadline_at)? };
+    let new = NewEscrow {
+        client_id: got(client_id)?,
+        provider_id: got(provider_id)?,
+        total: got(total)?,
+        release_conditions: conditions,
+        deadline_at: got(deadline_at)?,
+    };
     let e = db::serializable(&s.pool, &(who, new), |tx, (who, new)| Box::pin(escrows::create(tx, who, new))).await?;
     Ok((StatusCode::CREATED, Json(e)))
 }
 
-async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<EscrowId>) -> ApiResult<impl IntoResponse> {
+async fn read(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<EscrowId>,
+) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     Ok(Json(escrows::get_for(&mut conn, id, &who).await?))
 }
 
 #[tracing::instrument(skip_all)]
-async fn add_milestone(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<EscrowId>, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+async fn add_milestone(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<EscrowId>,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin, Role::Sender])?;
     let idx = f.req::<i32>("idx");
     if idx.is_some_and(|i| i < 1) {
@@ -87,13 +108,27 @@ async fn add_milestone(State(s): State<AppState>, Auth(who): Auth, IdPath(id): I
     }
     let geofence = f.opt::<GeofenceIn>("geofence");
     if let Some(g) = geofence
-        && !(g.lat.is_finite() && g.lng.is_finite() && (-90.0..=90.0).contains(&g.lat) && (-180.0..=180.0).contains(&g.lng) && g.radius_m > 0.0 && g.radius_m.is_finite())
+        && !(g.lat.is_finite()
+            && g.lng.is_finite()
+            && (-90.0..=90.0).contains(&g.lat)
+            && (-180.0..=180.0).contains(&g.lng)
+            && g.radius_m > 0.0
+            && g.radius_m.is_finite())
     {
         f.error(ErrorCode::ValidationError, "geofence", "needs lat in [-90, 90], lng in [-180, 180] and radius_m > 0");
     }
     f.finish()?;
-    let new = NewMilestone { idx: got(idx)?, label: got(label)?, amount: got(amount)?, proof_type: got(proof_type)?, geofence };
-    let m = db::serializable(&s.pool, &(who, id, new), |tx, (who, id, new)| Box::pin(escrows::add_milestone(tx, who, *id, new))).await?;
+    let new = NewMilestone {
+        idx: got(idx)?,
+        label: got(label)?,
+        amount: got(amount)?,
+        proof_type: got(proof_type)?,
+        geofence,
+    };
+    let m = db::serializable(&s.pool, &(who, id, new), |tx, (who, id, new)| {
+        Box::pin(escrows::add_milestone(tx, who, *id, new))
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(m)))
 }
 
@@ -108,13 +143,23 @@ async fn deposit(
     who.require(&[Role::Admin, Role::Sender])?;
     let amount = escrow_amount(&mut f, "amount", true);
     f.finish()?;
-    submit(&s, &who, JobKind::EscrowDeposit, &EscrowDepositV1 { escrow_id: id, amount: got(amount)? }, Some(key), wait).await
+    submit(&s, &who, JobKind::EscrowDeposit, &EscrowDepositV1 { escrow_id: id, amount: got(amount)? }, Some(key), wait)
+        .await
 }
 
-async fn transition(s: &AppState, who: &shared::principal::Principal, id: EscrowId, action: TransitionAction, key: String, wait: Option<std::time::Duration>, mut f: Fields) -> ApiResult<axum::response::Response> {
+async fn transition(
+    s: &AppState,
+    who: &shared::principal::Principal,
+    id: EscrowId,
+    action: TransitionAction,
+    key: String,
+    wait: Option<std::time::Duration>,
+    mut f: Fields,
+) -> ApiResult<axum::response::Response> {
     let note = f.opt_text("note", 1000);
     f.finish()?;
-    submit(s, who, JobKind::EscrowTransition, &EscrowTransitionV1 { escrow_id: id, action, note }, Some(key), wait).await
+    submit(s, who, JobKind::EscrowTransition, &EscrowTransitionV1 { escrow_id: id, action, note }, Some(key), wait)
+        .await
 }
 
 macro_rules! transition_handler {
@@ -152,7 +197,11 @@ fn limit(f: &mut Fields, name: &str) -> Option<Decimal> {
     }
 }
 
-async fn allow_payee(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+async fn allow_payee(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin, Role::Sender])?;
     let escrow_id = f.req::<EscrowId>("escrow_id");
     let payee_ref = f.text("payee_ref", 200);
@@ -160,7 +209,13 @@ async fn allow_payee(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut 
     let daily_limit = limit(&mut f, "daily_limit");
     let total_limit = limit(&mut f, "total_limit");
     f.finish()?;
-    let new = NewPayee { escrow_id: got(escrow_id)?, payee_ref: got(payee_ref)?, label: got(label)?, daily_limit, total_limit };
+    let new = NewPayee {
+        escrow_id: got(escrow_id)?,
+        payee_ref: got(payee_ref)?,
+        label: got(label)?,
+        daily_limit,
+        total_limit,
+    };
     let p = db::serializable(&s.pool, &(who, new), |tx, (who, new)| Box::pin(payees::allow(tx, who, new))).await?;
     Ok((StatusCode::CREATED, Json(p)))
 }
@@ -181,4 +236,3 @@ async fn spend(
     let cmd = UsageSpendV1 { escrow_id: got(escrow_id)?, payee_ref: got(payee_ref)?, amount: got(amount)?, note };
     submit(&s, &who, JobKind::UsageSpend, &cmd, Some(key), wait).await
 }
-

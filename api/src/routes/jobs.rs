@@ -5,10 +5,10 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use shared::ErrorCode;
 use shared::ids::JobId;
 use shared::jobs::{JobKind, record};
 use shared::principal::Role;
-use shared::ErrorCode;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, IdPath, PreferWait, QueryMap};
@@ -19,7 +19,12 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/jobs", get(list)).route("/jobs/{id}", get(read)).route("/jobs/{id}/retry", post(retry))
 }
 
-async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<JobId>, PreferWait(wait): PreferWait) -> ApiResult<impl IntoResponse> {
+async fn read(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<JobId>,
+    PreferWait(wait): PreferWait,
+) -> ApiResult<impl IntoResponse> {
     let row = match wait {
         Some(max) => s.waiter.wait(&s.pool, id, &who, max).await?,
         None => {
@@ -41,7 +46,11 @@ async fn list(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiRes
     let page = q.page()?;
     let status = q.get("status");
     if status.is_some_and(|st| !["queued", "running", "succeeded", "failed", "dead"].contains(&st)) {
-        return Err(ApiError::field(ErrorCode::ValidationError, "status", "must be queued, running, succeeded, failed or dead"));
+        return Err(ApiError::field(
+            ErrorCode::ValidationError,
+            "status",
+            "must be queued, running, succeeded, failed or dead",
+        ));
     }
     let kind = q.get("kind");
     if kind.is_some_and(|k| JobKind::parse(k).is_none()) {
@@ -62,6 +71,14 @@ async fn retry(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<Jo
     {
         tracing::warn!(job_id = %row.id, error = %e, "push failed; the relay will deliver the job");
     }
-    shared::domain::audit::write(&mut *s.pool.acquire().await?, &who.actor(), "JOB_RETRIED", "job", row.id, serde_json::json!({})).await?;
+    shared::domain::audit::write(
+        &mut *s.pool.acquire().await?,
+        &who.actor(),
+        "JOB_RETRIED",
+        "job",
+        row.id,
+        serde_json::json!({}),
+    )
+    .await?;
     Ok(receipt_response(&row, serde_json::Map::new()))
 }

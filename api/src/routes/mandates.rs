@@ -5,12 +5,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use shared::ErrorCode;
 use shared::db;
 use shared::domain::mandates::{self, MandateFilter, NewMandate};
 use shared::ids::{CategoryId, MandateId, MerchantId, UserId};
 use shared::jobs::JobKind;
 use shared::principal::Role;
-use shared::ErrorCode;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::fields::got;
@@ -27,7 +27,11 @@ pub fn router() -> Router<AppState> {
 }
 
 #[tracing::instrument(skip_all)]
-async fn create(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+async fn create(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin, Role::Sender])?;
     let sender_id = f.req::<UserId>("sender_id");
     let beneficiary_id = f.req::<UserId>("beneficiary_id");
@@ -48,7 +52,11 @@ async fn create(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): J
     Ok((StatusCode::CREATED, Json(m)))
 }
 
-async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<MandateId>) -> ApiResult<impl IntoResponse> {
+async fn read(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<MandateId>,
+) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     Ok(Json(mandates::get_for(&mut conn, id, &who).await?))
 }
@@ -57,14 +65,22 @@ async fn list(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiRes
     let page = q.page()?;
     let status = q.get("status").map(str::to_string);
     if status.as_deref().is_some_and(|st| !["ACTIVE", "CONSUMED", "EXPIRED", "REVOKED"].contains(&st)) {
-        return Err(ApiError::field(ErrorCode::ValidationError, "status", "must be ACTIVE, CONSUMED, EXPIRED or REVOKED"));
+        return Err(ApiError::field(
+            ErrorCode::ValidationError,
+            "status",
+            "must be ACTIVE, CONSUMED, EXPIRED or REVOKED",
+        ));
     }
     let filter = MandateFilter { sender_id: q.id("sender_id")?, beneficiary_id: q.id("beneficiary_id")?, status };
     let mut conn = s.pool.acquire().await?;
     Ok(Json(mandates::list_for(&mut conn, &who, &filter, &page).await?))
 }
 
-async fn revoke(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<MandateId>) -> ApiResult<impl IntoResponse> {
+async fn revoke(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<MandateId>,
+) -> ApiResult<impl IntoResponse> {
     let m = db::serializable(&s.pool, &(who, id), |tx, (who, id)| Box::pin(mandates::revoke(tx, who, *id))).await?;
     Ok(Json(m))
 }

@@ -19,12 +19,21 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/payments/{id}", get(read)).route("/payments/execute/{id}", post(execute))
 }
 
-async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<PaymentId>) -> ApiResult<impl IntoResponse> {
+async fn read(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<PaymentId>,
+) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     Ok(Json(payouts::get_for(&mut conn, id, &who).await?))
 }
 
-async fn execute(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<PaymentId>, PreferWait(wait): PreferWait) -> ApiResult<impl IntoResponse> {
+async fn execute(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<PaymentId>,
+    PreferWait(wait): PreferWait,
+) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin])?;
     let p = db::serializable(&s.pool, &id, |tx, id| Box::pin(payouts::redrive(tx, *id))).await?;
     // One re-drive per attempt of the payment: a repeated call while one is

@@ -47,7 +47,8 @@ async fn upload(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin, Role::Beneficiary])?;
-    let mut multipart = multipart.map_err(|e| ApiError::problem(ErrorCode::UnsupportedMediaType, format!("send multipart/form-data: {e}")))?;
+    let mut multipart = multipart
+        .map_err(|e| ApiError::problem(ErrorCode::UnsupportedMediaType, format!("send multipart/form-data: {e}")))?;
     let (mut file, mut content_type, mut escrow_id, mut idx, mut source) = (None, None, None, None, None);
     let mut errors = Vec::new();
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
@@ -57,7 +58,10 @@ async fn upload(
                 content_type = field.content_type().map(str::to_string);
                 let bytes = field.bytes().await.map_err(multipart_error)?;
                 if bytes.len() > s.config.proof_max_bytes {
-                    return Err(ApiError::problem(ErrorCode::PayloadTooLarge, "the file is larger than PROOF_MAX_BYTES"));
+                    return Err(ApiError::problem(
+                        ErrorCode::PayloadTooLarge,
+                        "the file is larger than PROOF_MAX_BYTES",
+                    ));
                 }
                 file = Some(bytes);
             }
@@ -72,14 +76,21 @@ async fn upload(
                         Ok(i) if i >= 1 => idx = Some(i),
                         _ => errors.push(FieldError::new("milestone_idx", "must be a whole number from 1")),
                     },
-                    _ if text.is_empty() || text.len() > 64 => errors.push(FieldError::new("source", "must be 1 to 64 characters")),
+                    _ if text.is_empty() || text.len() > 64 => {
+                        errors.push(FieldError::new("source", "must be 1 to 64 characters"))
+                    }
                     _ => source = Some(text),
                 }
             }
             other => errors.push(FieldError::new(other, "is not a known field")),
         }
     }
-    for (present, name) in [(file.is_some(), "file"), (escrow_id.is_some(), "escrow_id"), (idx.is_some(), "milestone_idx"), (source.is_some(), "source")] {
+    for (present, name) in [
+        (file.is_some(), "file"),
+        (escrow_id.is_some(), "escrow_id"),
+        (idx.is_some(), "milestone_idx"),
+        (source.is_some(), "source"),
+    ] {
         if !present && !errors.iter().any(|e| e.field == name) {
             errors.push(FieldError::new(name, "is required"));
         }
@@ -104,7 +115,9 @@ async fn upload(
         content_type,
         size_bytes: file.len() as i64,
     };
-    let (proof_id, job, created) = db::serializable(&s.pool, &(who, new, key), |tx, (who, new, key)| Box::pin(proofs::submit(tx, who, new, key))).await?;
+    let (proof_id, job, created) =
+        db::serializable(&s.pool, &(who, new, key), |tx, (who, new, key)| Box::pin(proofs::submit(tx, who, new, key)))
+            .await?;
     if created && let Err(e) = s.queue.push(JobKind::ProofValidation, job.id).await {
         tracing::warn!(job_id = %job.id, error = %e, "push to Redis failed; the relay will deliver the job");
     }

@@ -49,7 +49,11 @@ async fn create(
     submit(&s, &who, JobKind::Purchase, &cmd, Some(key), wait).await
 }
 
-async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<PurchaseId>) -> ApiResult<impl IntoResponse> {
+async fn read(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<PurchaseId>,
+) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     Ok(Json(purchases::get_for(&mut conn, id, &who).await?))
 }

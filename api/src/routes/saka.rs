@@ -5,13 +5,13 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use shared::ErrorCode;
 use shared::db;
 use shared::domain::saka::{self, HarvestReason, NewAdjustment, SakaAdjustmentV1, SakaHarvestV1, SakaSpendV1};
 use shared::ids::{SakaAdjustmentId, UserId};
 use shared::jobs::JobKind;
 use shared::money::Grains;
 use shared::principal::Role;
-use shared::ErrorCode;
 
 use crate::error::ApiResult;
 use crate::extract::fields::got;
@@ -30,7 +30,11 @@ pub fn router() -> Router<AppState> {
         .route("/saka/adjustments/{id}/reject", post(reject_adjustment))
 }
 
-async fn wallet(State(s): State<AppState>, Auth(who): Auth, IdPath(user): IdPath<UserId>) -> ApiResult<impl IntoResponse> {
+async fn wallet(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(user): IdPath<UserId>,
+) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     Ok(Json(saka::get_wallet_for(&mut conn, &who, user, chrono::Utc::now(), s.config.saka_timezone).await?))
 }
@@ -49,7 +53,11 @@ async fn harvest(
     if let Some(r) = &reason
         && HarvestReason::parse(r).is_none()
     {
-        f.error(ErrorCode::SakaReasonUnknown, "reason", "is not a harvest reason (CONTENT_READ, POLL_VOTE, INVITE_ACCEPTED, INVEST_BONUS)");
+        f.error(
+            ErrorCode::SakaReasonUnknown,
+            "reason",
+            "is not a harvest reason (CONTENT_READ, POLL_VOTE, INVITE_ACCEPTED, INVEST_BONUS)",
+        );
     }
     if amount.is_some() {
         f.error(ErrorCode::SakaAmountNotAllowed, "amount", "harvest rewards are fixed; send no amount");
@@ -98,7 +106,8 @@ async fn request_adjustment(
     let amount = grains(&mut f, "amount", 1000);
     let note = f.text("note", 500);
     f.finish()?;
-    let cmd = SakaAdjustmentV1::Request(NewAdjustment { user_id: got(user_id)?, amount: got(amount)?, note: got(note)? });
+    let cmd =
+        SakaAdjustmentV1::Request(NewAdjustment { user_id: got(user_id)?, amount: got(amount)?, note: got(note)? });
     submit(&s, &who, JobKind::SakaAdjustment, &cmd, Some(key), wait).await
 }
 
@@ -131,7 +140,11 @@ async fn reject_adjustment(
     Ok(Json(out))
 }
 
-async fn read_adjustment(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<SakaAdjustmentId>) -> ApiResult<impl IntoResponse> {
+async fn read_adjustment(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<SakaAdjustmentId>,
+) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     Ok(Json(saka::get_adjustment(&mut conn, &who, id).await?))
 }

@@ -38,11 +38,20 @@ async fn create(
     let sender_id = got(sender_id)?;
     who.require_self_or_admin(sender_id, &[Role::Sender])?;
     let money = got(money)?;
-    let cmd = TransferV1 { sender_id, receiver_id: got(receiver_id)?, amount: money.amount(), currency: money.currency().to_string() };
+    let cmd = TransferV1 {
+        sender_id,
+        receiver_id: got(receiver_id)?,
+        amount: money.amount(),
+        currency: money.currency().to_string(),
+    };
     submit(&s, &who, JobKind::Transfer, &cmd, Some(key), wait).await
 }
 
-async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<TransferId>) -> ApiResult<impl IntoResponse> {
+async fn read(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<TransferId>,
+) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     Ok(Json(transfers::get_for(&mut conn, id, &who).await?))
 }

@@ -20,7 +20,11 @@ pub fn router() -> Router<AppState> {
 }
 
 #[tracing::instrument(skip_all)]
-async fn create(State(s): State<AppState>, Auth(who): Auth, JsonFields(mut f): JsonFields) -> ApiResult<impl IntoResponse> {
+async fn create(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    JsonFields(mut f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin])?;
     let username = f.text("username", 64);
     let email = f.text("email", 254);
@@ -46,7 +50,10 @@ async fn me(State(s): State<AppState>, Auth(who): Auth) -> ApiResult<impl IntoRe
     let mut conn = s.pool.acquire().await?;
     let user = users::get(&mut conn, who.user_id).await?;
     let key: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> =
-        sqlx::query_as("SELECT prefix, expires_at FROM api_keys WHERE id = $1").bind(who.key_id).fetch_optional(&mut *conn).await?;
+        sqlx::query_as("SELECT prefix, expires_at FROM api_keys WHERE id = $1")
+            .bind(who.key_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     let (prefix, expires_at) = key.unwrap_or_default();
     Ok(Json(serde_json::json!({
         "user": user,

@@ -8,9 +8,9 @@ use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
+use shared::ErrorCode;
 use shared::domain::webhooks;
 use shared::psp::signature;
-use shared::ErrorCode;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;

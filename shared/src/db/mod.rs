@@ -66,7 +66,9 @@ where
             // writer of it a conflict (PostgreSQL's manual advises favouring
             // index scans); our transactions read by key, so the planner is
             // told to prefer the indexes even on small tables.
-            let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL enable_seqscan = off; SET LOCAL jit = off").await?;
+            let mut tx = conn
+                .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
+                .await?;
             let value = f(&mut tx, ctx).await?;
             tx.commit().await?;
             Ok::<T, Error>(value)
@@ -75,7 +77,7 @@ where
         match result {
             Err(e) if e.is_retryable_conflict() && attempt < MAX_TX_ATTEMPTS => {
                 note_retry("tx");
-                let base = 2u64.pow(attempt.min(6)) ;
+                let base = 2u64.pow(attempt.min(6));
                 let jitter = rand::rng().random_range(0..=base * 2);
                 tokio::time::sleep(Duration::from_millis(base + jitter)).await;
             }

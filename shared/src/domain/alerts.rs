@@ -20,7 +20,13 @@ pub struct Alert {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn raise(conn: &mut PgConnection, kind: &str, message: &str, actor: Option<UserId>, payload: serde_json::Value) -> Result<AlertId> {
+pub async fn raise(
+    conn: &mut PgConnection,
+    kind: &str,
+    message: &str,
+    actor: Option<UserId>,
+    payload: serde_json::Value,
+) -> Result<AlertId> {
     let id = AlertId::new();
     sqlx::query("INSERT INTO alerts (id, type, message, actor_user_id, payload) VALUES ($1, $2, $3, $4, $5)")
         .bind(id)

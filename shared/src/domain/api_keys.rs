@@ -93,11 +93,22 @@ async fn insert(conn: &mut PgConnection, new: &NewKey, secret: &str) -> Result<C
 pub async fn create(conn: &mut PgConnection, by: &Principal, new: &NewKey) -> Result<CreatedKey> {
     require_user(conn, new.user_id).await?;
     if new.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(Problem::fields(ErrorCode::ValidationError, vec![FieldError::new("expires_at", "must be in the future")]).into());
+        return Err(Problem::fields(
+            ErrorCode::ValidationError,
+            vec![FieldError::new("expires_at", "must be in the future")],
+        )
+        .into());
     }
     let created = insert(conn, new, &generate_secret()).await?;
-    audit::write(conn, &by.actor(), "API_KEY_CREATED", "api_key", created.id,
-        serde_json::json!({"user_id": created.user_id, "role": created.role, "prefix": created.prefix})).await?;
+    audit::write(
+        conn,
+        &by.actor(),
+        "API_KEY_CREATED",
+        "api_key",
+        created.id,
+        serde_json::json!({"user_id": created.user_id, "role": created.role, "prefix": created.prefix}),
+    )
+    .await?;
     Ok(created)
 }
 
@@ -163,7 +174,8 @@ pub async fn bootstrap_admin(conn: &mut PgConnection, secret: &str) -> Result<bo
         return Ok(false);
     }
     let user = ensure_user(conn, "admin", "admin@kobatela.local").await?;
-    insert(conn, &NewKey { user_id: user, role: Role::Admin, name: "bootstrap".into(), expires_at: None }, secret).await?;
+    insert(conn, &NewKey { user_id: user, role: Role::Admin, name: "bootstrap".into(), expires_at: None }, secret)
+        .await?;
     audit::write(conn, "system", "API_KEY_CREATED", "api_key", user, serde_json::json!({"bootstrap": true})).await?;
     Ok(true)
 }
@@ -171,17 +183,34 @@ pub async fn bootstrap_admin(conn: &mut PgConnection, secret: &str) -> Result<bo
 /// `api keys create --user NAME --role ROLE`: creates the user if needed.
 pub async fn create_for_username(conn: &mut PgConnection, username: &str, role: Role) -> Result<CreatedKey> {
     let user = ensure_user(conn, username, &format!("{username}@kobatela.local")).await?;
-    let created = insert(conn, &NewKey { user_id: user, role, name: "cli".into(), expires_at: None }, &generate_secret()).await?;
-    audit::write(conn, "cli", "API_KEY_CREATED", "api_key", created.id, serde_json::json!({"user_id": user, "role": role.as_str()})).await?;
+    let created =
+        insert(conn, &NewKey { user_id: user, role, name: "cli".into(), expires_at: None }, &generate_secret()).await?;
+    audit::write(
+        conn,
+        "cli",
+        "API_KEY_CREATED",
+        "api_key",
+        created.id,
+        serde_json::json!({"user_id": user, "role": role.as_str()}),
+    )
+    .await?;
     Ok(created)
 }
 
 async fn ensure_user(conn: &mut PgConnection, username: &str, email: &str) -> Result<UserId> {
-    let existing: Option<UserId> = sqlx::query_scalar("SELECT id FROM users WHERE username = $1").bind(username).fetch_optional(&mut *conn).await?;
+    let existing: Option<UserId> = sqlx::query_scalar("SELECT id FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut *conn)
+        .await?;
     if let Some(id) = existing {
         return Ok(id);
     }
     let id = UserId::new();
-    sqlx::query("INSERT INTO users (id, username, email) VALUES ($1, $2, $3)").bind(id).bind(username).bind(email).execute(conn).await?;
+    sqlx::query("INSERT INTO users (id, username, email) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(username)
+        .bind(email)
+        .execute(conn)
+        .await?;
     Ok(id)
 }

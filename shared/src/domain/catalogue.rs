@@ -39,28 +39,39 @@ impl Upserted {
 }
 
 pub async fn create_category(conn: &mut PgConnection, by: &Principal, code: &str, label: &str) -> Result<Category> {
-    let cat: Category = sqlx::query_as("INSERT INTO spend_categories (id, code, label) VALUES ($1, $2, $3) RETURNING id, code, label")
-        .bind(CategoryId::new())
-        .bind(code)
-        .bind(label)
-        .fetch_one(&mut *conn)
-        .await
-        .on_constraint("spend_categories_code_key", ErrorCode::CategoryExists, "a category with this code exists")?;
+    let cat: Category =
+        sqlx::query_as("INSERT INTO spend_categories (id, code, label) VALUES ($1, $2, $3) RETURNING id, code, label")
+            .bind(CategoryId::new())
+            .bind(code)
+            .bind(label)
+            .fetch_one(&mut *conn)
+            .await
+            .on_constraint(
+                "spend_categories_code_key",
+                ErrorCode::CategoryExists,
+                "a category with this code exists",
+            )?;
     audit::write(conn, &by.actor(), "CATEGORY_CREATED", "category", cat.id, serde_json::json!({"code": code})).await?;
     Ok(cat)
 }
 
 async fn require_category(conn: &mut PgConnection, id: CategoryId) -> Result<()> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM spend_categories WHERE id = $1").bind(id).fetch_optional(conn).await?;
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM spend_categories WHERE id = $1").bind(id).fetch_optional(conn).await?;
     found.map(|_| ()).ok_or_else(|| Error::not_found(ErrorCode::CategoryNotFound, "category"))
 }
 
 async fn require_merchant(conn: &mut PgConnection, id: MerchantId) -> Result<()> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM merchants WHERE id = $1").bind(id).fetch_optional(conn).await?;
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM merchants WHERE id = $1").bind(id).fetch_optional(conn).await?;
     found.map(|_| ()).ok_or_else(|| Error::not_found(ErrorCode::MerchantNotFound, "merchant"))
 }
 
-pub(crate) async fn check_refs(conn: &mut PgConnection, merchant: Option<MerchantId>, category: Option<CategoryId>) -> Result<()> {
+pub(crate) async fn check_refs(
+    conn: &mut PgConnection,
+    merchant: Option<MerchantId>,
+    category: Option<CategoryId>,
+) -> Result<()> {
     if let Some(m) = merchant {
         require_merchant(conn, m).await?;
     }
@@ -70,7 +81,13 @@ pub(crate) async fn check_refs(conn: &mut PgConnection, merchant: Option<Merchan
     Ok(())
 }
 
-pub async fn create_merchant(conn: &mut PgConnection, by: &Principal, name: &str, category: Option<CategoryId>, certified: bool) -> Result<Merchant> {
+pub async fn create_merchant(
+    conn: &mut PgConnection,
+    by: &Principal,
+    name: &str,
+    category: Option<CategoryId>,
+    certified: bool,
+) -> Result<Merchant> {
     check_refs(conn, None, category).await?;
     let m: Merchant = sqlx::query_as(
         "INSERT INTO merchants (id, name, category_id, is_certified) VALUES ($1, $2, $3, $4) RETURNING id, name, category_id, is_certified",
@@ -82,13 +99,27 @@ pub async fn create_merchant(conn: &mut PgConnection, by: &Principal, name: &str
     .fetch_one(&mut *conn)
     .await
     .on_constraint("merchants_name_key", ErrorCode::MerchantExists, "a merchant with this name exists")?;
-    audit::write(conn, &by.actor(), "MERCHANT_CREATED", "merchant", m.id, serde_json::json!({"name": name, "is_certified": certified})).await?;
+    audit::write(
+        conn,
+        &by.actor(),
+        "MERCHANT_CREATED",
+        "merchant",
+        m.id,
+        serde_json::json!({"name": name, "is_certified": certified}),
+    )
+    .await?;
     Ok(m)
 }
 
 /// An allowed-usage rule: owner plus exactly one of merchant or category
 /// (checked by the caller's parsing); a duplicate answers the existing rule.
-pub async fn allow_usage(conn: &mut PgConnection, by: &Principal, owner: UserId, merchant: Option<MerchantId>, category: Option<CategoryId>) -> Result<Upserted> {
+pub async fn allow_usage(
+    conn: &mut PgConnection,
+    by: &Principal,
+    owner: UserId,
+    merchant: Option<MerchantId>,
+    category: Option<CategoryId>,
+) -> Result<Upserted> {
     require_user(conn, owner).await?;
     check_refs(conn, merchant, category).await?;
     let existing: Option<UsageRuleId> = sqlx::query_scalar(
@@ -110,11 +141,24 @@ pub async fn allow_usage(conn: &mut PgConnection, by: &Principal, owner: UserId,
         .bind(category)
         .execute(&mut *conn)
         .await?;
-    audit::write(conn, &by.actor(), "USAGE_ALLOWED", "user", owner, serde_json::json!({"rule_id": id, "merchant_id": merchant, "category_id": category})).await?;
+    audit::write(
+        conn,
+        &by.actor(),
+        "USAGE_ALLOWED",
+        "user",
+        owner,
+        serde_json::json!({"rule_id": id, "merchant_id": merchant, "category_id": category}),
+    )
+    .await?;
     Ok(Upserted { id: id.0, status: "added" })
 }
 
-pub async fn add_to_allowlist(conn: &mut PgConnection, by: &Principal, owner: UserId, recipient: UserId) -> Result<Upserted> {
+pub async fn add_to_allowlist(
+    conn: &mut PgConnection,
+    by: &Principal,
+    owner: UserId,
+    recipient: UserId,
+) -> Result<Upserted> {
     require_user(conn, owner).await?;
     require_user(conn, recipient).await?;
     let inserted: Option<AllowlistId> = sqlx::query_scalar(
@@ -126,7 +170,15 @@ pub async fn add_to_allowlist(conn: &mut PgConnection, by: &Principal, owner: Us
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = inserted {
-        audit::write(conn, &by.actor(), "ALLOWLIST_ADDED", "user", owner, serde_json::json!({"recipient_id": recipient})).await?;
+        audit::write(
+            conn,
+            &by.actor(),
+            "ALLOWLIST_ADDED",
+            "user",
+            owner,
+            serde_json::json!({"recipient_id": recipient}),
+        )
+        .await?;
         return Ok(Upserted { id: id.0, status: "added" });
     }
     let id: AllowlistId = sqlx::query_scalar("SELECT id FROM allowlist WHERE owner_id = $1 AND recipient_id = $2")

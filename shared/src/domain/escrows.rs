@@ -103,7 +103,8 @@ pub struct Milestone {
     pub status: String,
 }
 
-pub(crate) const MILESTONE_COLUMNS: &str = "id, escrow_id, idx, label, amount, proof_type, geofence_lat, geofence_lng, geofence_radius_m, status";
+pub(crate) const MILESTONE_COLUMNS: &str =
+    "id, escrow_id, idx, label, amount, proof_type, geofence_lat, geofence_lng, geofence_radius_m, status";
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GeofenceIn {
@@ -159,7 +160,13 @@ fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
     Error::Problem(Problem::new(code, detail))
 }
 
-pub async fn event(conn: &mut PgConnection, escrow: EscrowId, kind: &str, actor: &str, data: serde_json::Value) -> Result<()> {
+pub async fn event(
+    conn: &mut PgConnection,
+    escrow: EscrowId,
+    kind: &str,
+    actor: &str,
+    data: serde_json::Value,
+) -> Result<()> {
     sqlx::query("INSERT INTO escrow_events (id, escrow_id, kind, actor, data) VALUES ($1, $2, $3, $4, $5)")
         .bind(uuid::Uuid::now_v7())
         .bind(escrow)
@@ -174,10 +181,18 @@ pub async fn event(conn: &mut PgConnection, escrow: EscrowId, kind: &str, actor:
 pub async fn create(conn: &mut PgConnection, who: &Principal, new: &NewEscrow) -> Result<EscrowOut> {
     who.require_self_or_admin(new.client_id, &[Role::Sender])?;
     if new.client_id == new.provider_id {
-        return Err(Problem::fields(ErrorCode::ValidationError, vec![FieldError::new("provider_id", "must differ from client_id")]).into());
+        return Err(Problem::fields(
+            ErrorCode::ValidationError,
+            vec![FieldError::new("provider_id", "must differ from client_id")],
+        )
+        .into());
     }
     if new.deadline_at <= Utc::now() {
-        return Err(Problem::fields(ErrorCode::ValidationError, vec![FieldError::new("deadline_at", "must be in the future")]).into());
+        return Err(Problem::fields(
+            ErrorCode::ValidationError,
+            vec![FieldError::new("deadline_at", "must be in the future")],
+        )
+        .into());
     }
     require_active_user(conn, new.client_id, "client_id").await?;
     require_active_user(conn, new.provider_id, "provider_id").await?;
@@ -194,7 +209,14 @@ pub async fn create(conn: &mut PgConnection, who: &Principal, new: &NewEscrow) -
     .bind(new.deadline_at)
     .fetch_one(&mut *conn)
     .await?;
-    event(conn, e.id, "CREATED", &who.actor(), serde_json::json!({"amount_total": display(e.amount_total, &e.currency), "currency": e.currency})).await?;
+    event(
+        conn,
+        e.id,
+        "CREATED",
+        &who.actor(),
+        serde_json::json!({"amount_total": display(e.amount_total, &e.currency), "currency": e.currency}),
+    )
+    .await?;
     Ok((&e).into())
 }
 
@@ -205,7 +227,12 @@ pub async fn load_for(conn: &mut PgConnection, id: EscrowId, who: &Principal, lo
         "SELECT {COLUMNS} FROM escrows WHERE id = $1 AND ($2 OR client_id = $3 OR provider_id = $3){}",
         if lock { " FOR UPDATE" } else { "" }
     );
-    let e: Option<Escrow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(who.reads_all()).bind(who.user_id).fetch_optional(conn).await?;
+    let e: Option<Escrow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(who.reads_all())
+        .bind(who.user_id)
+        .fetch_optional(conn)
+        .await?;
     e.ok_or_else(|| Error::not_found(ErrorCode::EscrowNotFound, "escrow"))
 }
 
@@ -214,7 +241,12 @@ pub async fn load(conn: &mut PgConnection, id: EscrowId) -> Result<Escrow> {
 }
 
 pub async fn milestones(conn: &mut PgConnection, escrow: EscrowId) -> Result<Vec<Milestone>> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {MILESTONE_COLUMNS} FROM milestones WHERE escrow_id = $1 ORDER BY idx"))).bind(escrow).fetch_all(conn).await?)
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MILESTONE_COLUMNS} FROM milestones WHERE escrow_id = $1 ORDER BY idx"
+    )))
+    .bind(escrow)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// The escrow with its milestones and payments.
@@ -241,29 +273,54 @@ pub struct NewMilestone {
     pub geofence: Option<GeofenceIn>,
 }
 
-pub async fn add_milestone(conn: &mut PgConnection, who: &Principal, escrow: EscrowId, new: &NewMilestone) -> Result<MilestoneOut> {
+pub async fn add_milestone(
+    conn: &mut PgConnection,
+    who: &Principal,
+    escrow: EscrowId,
+    new: &NewMilestone,
+) -> Result<MilestoneOut> {
     let e = load_for(conn, escrow, who, true).await?;
     if !(who.is_admin() || (who.role == Role::Sender && who.user_id == e.client_id)) {
         return Err(refuse(ErrorCode::Forbidden, "only the escrow's client or an admin adds milestones"));
     }
     if !matches!(e.status.as_str(), "DRAFT" | "FUNDED") {
-        return Err(refuse(ErrorCode::EscrowNotActive, format!("milestones can be added to a DRAFT or FUNDED escrow, not {}", e.status)));
+        return Err(refuse(
+            ErrorCode::EscrowNotActive,
+            format!("milestones can be added to a DRAFT or FUNDED escrow, not {}", e.status),
+        ));
     }
     let decimals = crate::money::currencies().decimals(&e.currency);
     if new.amount.normalize().scale() > decimals {
-        return Err(Problem::fields(ErrorCode::AmountInvalid, vec![FieldError::new("amount", format!("has more than {decimals} decimal places for {}", e.currency))]).into());
+        return Err(Problem::fields(
+            ErrorCode::AmountInvalid,
+            vec![FieldError::new("amount", format!("has more than {decimals} decimal places for {}", e.currency))],
+        )
+        .into());
     }
-    let (count, sum): (i64, Option<Decimal>) = sqlx::query_as("SELECT count(*), sum(amount) FROM milestones WHERE escrow_id = $1")
-        .bind(escrow)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (count, sum): (i64, Option<Decimal>) =
+        sqlx::query_as("SELECT count(*), sum(amount) FROM milestones WHERE escrow_id = $1")
+            .bind(escrow)
+            .fetch_one(&mut *conn)
+            .await?;
     if i64::from(new.idx) != count + 1 {
-        return Err(Problem::fields(ErrorCode::ValidationError, vec![FieldError::new("idx", format!("milestones are numbered in sequence from 1; the next is {}", count + 1))]).into());
+        return Err(Problem::fields(
+            ErrorCode::ValidationError,
+            vec![FieldError::new(
+                "idx",
+                format!("milestones are numbered in sequence from 1; the next is {}", count + 1),
+            )],
+        )
+        .into());
     }
     if sum.unwrap_or_default() + new.amount > e.amount_total {
-        return Err(refuse(ErrorCode::MilestoneSumExceedsTotal, format!(
-            "milestones would total {} of an escrow of {}", display(sum.unwrap_or_default() + new.amount, &e.currency), display(e.amount_total, &e.currency)
-        )));
+        return Err(refuse(
+            ErrorCode::MilestoneSumExceedsTotal,
+            format!(
+                "milestones would total {} of an escrow of {}",
+                display(sum.unwrap_or_default() + new.amount, &e.currency),
+                display(e.amount_total, &e.currency)
+            ),
+        ));
     }
     let g = new.geofence;
     let m: Milestone = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -282,8 +339,23 @@ pub async fn add_milestone(conn: &mut PgConnection, who: &Principal, escrow: Esc
     .fetch_one(&mut *conn)
     .await
     .on_constraint("milestones_escrow_idx_key", ErrorCode::ValidationError, "this milestone index is taken")?;
-    event(conn, escrow, "MILESTONE_ADDED", &who.actor(), serde_json::json!({"milestone_id": m.id, "idx": m.idx, "amount": display(m.amount, &e.currency)})).await?;
-    audit::write(conn, &who.actor(), "MILESTONE_CREATED", "milestone", m.id, serde_json::json!({"escrow_id": escrow, "idx": m.idx})).await?;
+    event(
+        conn,
+        escrow,
+        "MILESTONE_ADDED",
+        &who.actor(),
+        serde_json::json!({"milestone_id": m.id, "idx": m.idx, "amount": display(m.amount, &e.currency)}),
+    )
+    .await?;
+    audit::write(
+        conn,
+        &who.actor(),
+        "MILESTONE_CREATED",
+        "milestone",
+        m.id,
+        serde_json::json!({"escrow_id": escrow, "idx": m.idx}),
+    )
+    .await?;
     Ok(m.out(&e.currency))
 }
 
@@ -296,9 +368,19 @@ pub struct EscrowDepositV1 {
 }
 
 /// A deposit: never over-funds; reaching the total makes a DRAFT `FUNDED`.
-pub async fn deposit(conn: &mut PgConnection, who: &Principal, job_id: Option<JobId>, event_id: Option<&str>, cmd: &EscrowDepositV1) -> Result<Escrow> {
+pub async fn deposit(
+    conn: &mut PgConnection,
+    who: &Principal,
+    job_id: Option<JobId>,
+    event_id: Option<&str>,
+    cmd: &EscrowDepositV1,
+) -> Result<Escrow> {
     // A verified PSP event (`funding.succeeded`) names any escrow.
-    let e = if event_id.is_some() { load(conn, cmd.escrow_id).await? } else { load_for(conn, cmd.escrow_id, who, true).await? };
+    let e = if event_id.is_some() {
+        load(conn, cmd.escrow_id).await?
+    } else {
+        load_for(conn, cmd.escrow_id, who, true).await?
+    };
     if !(who.is_admin() || who.role == Role::Psp || (who.role == Role::Sender && who.user_id == e.client_id)) {
         return Err(refuse(ErrorCode::Forbidden, "only the escrow's client or an admin deposits"));
     }
@@ -307,7 +389,10 @@ pub async fn deposit(conn: &mut PgConnection, who: &Principal, job_id: Option<Jo
     }
     let decimals = crate::money::currencies().decimals(&e.currency);
     if cmd.amount <= Decimal::ZERO || cmd.amount.normalize().scale() > decimals {
-        return Err(refuse(ErrorCode::AmountInvalid, format!("a deposit must be positive with at most {decimals} decimals")));
+        return Err(refuse(
+            ErrorCode::AmountInvalid,
+            format!("a deposit must be positive with at most {decimals} decimals"),
+        ));
     }
     let after: Option<Escrow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE escrows SET funded_amount = funded_amount + $2,
@@ -319,20 +404,27 @@ pub async fn deposit(conn: &mut PgConnection, who: &Principal, job_id: Option<Jo
     .fetch_optional(&mut *conn)
     .await?;
     let Some(after) = after else {
-        return Err(refuse(ErrorCode::EscrowOverfunded, format!(
-            "a deposit of {} would take the escrow past its total of {} (funded {})",
-            display(cmd.amount, &e.currency), display(e.amount_total, &e.currency), display(e.funded_amount, &e.currency)
-        )));
+        return Err(refuse(
+            ErrorCode::EscrowOverfunded,
+            format!(
+                "a deposit of {} would take the escrow past its total of {} (funded {})",
+                display(cmd.amount, &e.currency),
+                display(e.amount_total, &e.currency),
+                display(e.funded_amount, &e.currency)
+            ),
+        ));
     };
-    sqlx::query("INSERT INTO escrow_deposits (id, escrow_id, amount, source, job_id, event_id) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(uuid::Uuid::now_v7())
-        .bind(e.id)
-        .bind(cmd.amount)
-        .bind(if event_id.is_some() { "psp" } else { "api" })
-        .bind(job_id)
-        .bind(event_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO escrow_deposits (id, escrow_id, amount, source, job_id, event_id) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(e.id)
+    .bind(cmd.amount)
+    .bind(if event_id.is_some() { "psp" } else { "api" })
+    .bind(job_id)
+    .bind(event_id)
+    .execute(&mut *conn)
+    .await?;
     let actor = who.actor();
     event(conn, e.id, "DEPOSITED", &actor, serde_json::json!({"amount": display(cmd.amount, &e.currency), "funded_amount": display(after.funded_amount, &e.currency), "event_id": event_id})).await?;
     if e.status == "DRAFT" && after.status == "FUNDED" {
@@ -368,10 +460,17 @@ async fn set_status(conn: &mut PgConnection, e: &Escrow, from: &[&str], to: &str
     .bind(to)
     .fetch_optional(conn)
     .await?;
-    after.ok_or_else(|| refuse(ErrorCode::EscrowInvalidTransition, format!("an escrow in {} cannot become {to}", e.status)))
+    after.ok_or_else(|| {
+        refuse(ErrorCode::EscrowInvalidTransition, format!("an escrow in {} cannot become {to}", e.status))
+    })
 }
 
-pub async fn transition(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: &EscrowTransitionV1) -> Result<Outcome> {
+pub async fn transition(
+    conn: &mut PgConnection,
+    who: &Principal,
+    job: &JobRow,
+    cmd: &EscrowTransitionV1,
+) -> Result<Outcome> {
     let e = load_for(conn, cmd.escrow_id, who, true).await?;
     let actor = who.actor();
     let note = serde_json::json!({"note": cmd.note});
@@ -423,10 +522,12 @@ async fn deadline_due(conn: &mut PgConnection, e: &Escrow) -> Result<bool> {
     if !matches!(e.status.as_str(), "FUNDED" | "RELEASABLE") || e.deadline_at > Utc::now() {
         return Ok(false);
     }
-    let in_review: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM milestones WHERE escrow_id = $1 AND status = 'PENDING_REVIEW')")
-        .bind(e.id)
-        .fetch_one(conn)
-        .await?;
+    let in_review: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM milestones WHERE escrow_id = $1 AND status = 'PENDING_REVIEW')",
+    )
+    .bind(e.id)
+    .fetch_one(conn)
+    .await?;
     Ok(!in_review)
 }
 
@@ -460,9 +561,11 @@ async fn refund_balance(conn: &mut PgConnection, e: &Escrow, job: &JobRow) -> Re
 /// The `escrow_deadlines` cron job: releases every escrow past its deadline
 /// with nothing in review. Returns how many.
 pub async fn release_due(conn: &mut PgConnection, job: &JobRow) -> Result<i64> {
-    let due: Vec<EscrowId> = sqlx::query_scalar("SELECT id FROM escrows WHERE status IN ('FUNDED', 'RELEASABLE') AND deadline_at <= now() ORDER BY id")
-        .fetch_all(&mut *conn)
-        .await?;
+    let due: Vec<EscrowId> = sqlx::query_scalar(
+        "SELECT id FROM escrows WHERE status IN ('FUNDED', 'RELEASABLE') AND deadline_at <= now() ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let mut released = 0;
     for id in due {
         let e = load(conn, id).await?;
@@ -476,10 +579,11 @@ pub async fn release_due(conn: &mut PgConnection, job: &JobRow) -> Result<i64> {
 
 /// After a settlement: when every milestone is PAID, the escrow is RELEASED.
 pub async fn close_if_done(conn: &mut PgConnection, escrow: EscrowId, actor: &str) -> Result<()> {
-    let (total, paid): (i64, i64) = sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'PAID') FROM milestones WHERE escrow_id = $1")
-        .bind(escrow)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (total, paid): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'PAID') FROM milestones WHERE escrow_id = $1")
+            .bind(escrow)
+            .fetch_one(&mut *conn)
+            .await?;
     if total > 0 && total == paid {
         let done = sqlx::query("UPDATE escrows SET status = 'RELEASED', updated_at = now() WHERE id = $1 AND status IN ('FUNDED', 'RELEASABLE')")
             .bind(escrow)

@@ -105,10 +105,18 @@ pub async fn create(conn: &mut PgConnection, by: &Principal, new: &NewMandate) -
     .fetch_one(&mut *conn)
     .await
     .on_constraint("mandates_one_active_per_pair", ErrorCode::ActiveMandateExists, "an ACTIVE mandate already exists for this sender, beneficiary and currency")?;
-    audit::write(conn, &by.actor(), "MANDATE_CREATED", "mandate", m.id, serde_json::json!({
-        "sender_id": m.sender_id, "beneficiary_id": m.beneficiary_id,
-        "total_amount": display(m.total_amount, &m.currency), "currency": m.currency, "expires_at": m.expires_at,
-    })).await?;
+    audit::write(
+        conn,
+        &by.actor(),
+        "MANDATE_CREATED",
+        "mandate",
+        m.id,
+        serde_json::json!({
+            "sender_id": m.sender_id, "beneficiary_id": m.beneficiary_id,
+            "total_amount": display(m.total_amount, &m.currency), "currency": m.currency, "expires_at": m.expires_at,
+        }),
+    )
+    .await?;
     Ok(m.into())
 }
 
@@ -133,7 +141,12 @@ pub struct MandateFilter {
     pub status: Option<String>,
 }
 
-pub async fn list_for(conn: &mut PgConnection, who: &Principal, f: &MandateFilter, page: &PageRequest) -> Result<Page<MandateOut>> {
+pub async fn list_for(
+    conn: &mut PgConnection,
+    who: &Principal,
+    f: &MandateFilter,
+    page: &PageRequest,
+) -> Result<Page<MandateOut>> {
     let rows: Vec<Mandate> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM mandates
           WHERE ($1 OR sender_id = $2 OR beneficiary_id = $2)
@@ -177,9 +190,17 @@ pub async fn revoke(conn: &mut PgConnection, who: &Principal, id: MandateId) -> 
     .bind(id)
     .fetch_one(&mut *conn)
     .await?;
-    audit::write(conn, &who.actor(), "MANDATE_REVOKED", "mandate", m.id, serde_json::json!({
-        "released_amount": display(m.total_amount - m.spent_amount, &m.currency), "currency": m.currency,
-    })).await?;
+    audit::write(
+        conn,
+        &who.actor(),
+        "MANDATE_REVOKED",
+        "mandate",
+        m.id,
+        serde_json::json!({
+            "released_amount": display(m.total_amount - m.spent_amount, &m.currency), "currency": m.currency,
+        }),
+    )
+    .await?;
     Ok(m.into())
 }
 

@@ -22,10 +22,8 @@ use sqlx::PgConnection;
 
 /// Refuses with `USER_NOT_FOUND` unless the user exists.
 pub(crate) async fn require_user(conn: &mut PgConnection, id: UserId) -> Result<bool, Error> {
-    let active: Option<bool> = sqlx::query_scalar("SELECT is_active FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let active: Option<bool> =
+        sqlx::query_scalar("SELECT is_active FROM users WHERE id = $1").bind(id).fetch_optional(conn).await?;
     active.ok_or_else(|| Error::not_found(ErrorCode::UserNotFound, "user"))
 }
 

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
+use crate::domain::audit;
 use crate::domain::escrows::{self};
 use crate::domain::payouts::{self, PaymentKind};
-use crate::domain::audit;
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{EscrowId, PayeeId};
 use crate::jobs::{JobRow, Outcome};
@@ -96,7 +96,15 @@ pub async fn allow(conn: &mut PgConnection, who: &Principal, new: &NewPayee) -> 
     .fetch_one(&mut *conn)
     .await
     .on_constraint("allowed_payees_ref_key", ErrorCode::PayeeAlreadyAllowed, "this payee is already allowed on the escrow")?;
-    audit::write(conn, &who.actor(), "PAYEE_ALLOWED", "escrow", e.id, serde_json::json!({"payee_id": p.id, "payee_ref": p.payee_ref})).await?;
+    audit::write(
+        conn,
+        &who.actor(),
+        "PAYEE_ALLOWED",
+        "escrow",
+        e.id,
+        serde_json::json!({"payee_id": p.id, "payee_ref": p.payee_ref}),
+    )
+    .await?;
     Ok(p.out(&e.currency))
 }
 
@@ -120,13 +128,18 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: 
     }
     let decimals = crate::money::currencies().decimals(&e.currency);
     if cmd.amount <= Decimal::ZERO || cmd.amount.normalize().scale() > decimals {
-        return Err(refuse(ErrorCode::AmountInvalid, format!("the amount must be positive with at most {decimals} decimals")));
+        return Err(refuse(
+            ErrorCode::AmountInvalid,
+            format!("the amount must be positive with at most {decimals} decimals"),
+        ));
     }
-    let payee: Option<Payee> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM allowed_payees WHERE escrow_id = $1 AND payee_ref = $2 FOR UPDATE")))
-        .bind(e.id)
-        .bind(&cmd.payee_ref)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let payee: Option<Payee> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM allowed_payees WHERE escrow_id = $1 AND payee_ref = $2 FOR UPDATE"
+    )))
+    .bind(e.id)
+    .bind(&cmd.payee_ref)
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(payee) = payee else {
         return Err(refuse(ErrorCode::PayeeNotAllowed, "this payee is not allowed on the escrow"));
     };
@@ -155,7 +168,16 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: 
     if done.rows_affected() == 0 {
         return Err(refuse(ErrorCode::DailyLimitReached, "this spend would pass the payee's limits"));
     }
-    let p = payouts::create_reserved(conn, &e, PaymentKind::Usage, None, Some((payee.id, &payee.payee_ref)), cmd.amount, &format!("usage:{}", job.id)).await?;
+    let p = payouts::create_reserved(
+        conn,
+        &e,
+        PaymentKind::Usage,
+        None,
+        Some((payee.id, &payee.payee_ref)),
+        cmd.amount,
+        &format!("usage:{}", job.id),
+    )
+    .await?;
     payouts::enqueue_payout(conn, job, &p).await?;
     audit::write(conn, &who.actor(), "USAGE_SPENT", "escrow", e.id, serde_json::json!({
         "payment_id": p.id, "payee_ref": payee.payee_ref, "amount": display(cmd.amount, &e.currency), "note": cmd.note,

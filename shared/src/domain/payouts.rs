@@ -107,15 +107,19 @@ fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
 }
 
 pub async fn list_for_escrow(conn: &mut PgConnection, escrow: EscrowId) -> Result<Vec<PaymentOut>> {
-    let rows: Vec<Payment> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE escrow_id = $1 ORDER BY id")))
-        .bind(escrow)
-        .fetch_all(conn)
-        .await?;
+    let rows: Vec<Payment> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE escrow_id = $1 ORDER BY id")))
+            .bind(escrow)
+            .fetch_all(conn)
+            .await?;
     Ok(rows.iter().map(Into::into).collect())
 }
 
 pub async fn load(conn: &mut PgConnection, id: PaymentId) -> Result<Option<Payment>> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"))).bind(id).fetch_optional(conn).await?)
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE")))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
 }
 
 /// Parties of the escrow, support and admin see a payment.
@@ -164,10 +168,12 @@ pub async fn create_reserved(
     amount: Decimal,
     key: &str,
 ) -> Result<Payment> {
-    if let Some(existing) = sqlx::query_as::<_, Payment>(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = $1 FOR UPDATE")))
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?
+    if let Some(existing) = sqlx::query_as::<_, Payment>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM payments WHERE idempotency_key = $1 FOR UPDATE"
+    )))
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?
     {
         return Ok(existing);
     }
@@ -192,15 +198,30 @@ pub async fn create_reserved(
     .bind(key)
     .fetch_one(&mut *conn)
     .await?;
-    audit::write(conn, "system", "PAYMENT_CREATED", "payment", p.id, serde_json::json!({
-        "escrow_id": e.id, "kind": p.kind, "amount": display(amount, &e.currency), "milestone_id": p.milestone_id,
-    })).await?;
+    audit::write(
+        conn,
+        "system",
+        "PAYMENT_CREATED",
+        "payment",
+        p.id,
+        serde_json::json!({
+            "escrow_id": e.id, "kind": p.kind, "amount": display(amount, &e.currency), "milestone_id": p.milestone_id,
+        }),
+    )
+    .await?;
     Ok(p)
 }
 
 /// Creates the payment (phase 1) and its payout job inside the caller's
 /// transaction; the job is pushed when the caller commits.
-pub async fn enqueue(conn: &mut PgConnection, parent: &JobRow, e: &Escrow, kind: PaymentKind, milestone: Option<&Milestone>, amount: Decimal) -> Result<Payment> {
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    parent: &JobRow,
+    e: &Escrow,
+    kind: PaymentKind,
+    milestone: Option<&Milestone>,
+    amount: Decimal,
+) -> Result<Payment> {
     let key = match (kind, milestone) {
         (PaymentKind::Milestone, Some(m)) => format!("milestone:{}", m.id),
         (PaymentKind::Release, _) => format!("release:{}", e.id),
@@ -214,7 +235,14 @@ pub async fn enqueue(conn: &mut PgConnection, parent: &JobRow, e: &Escrow, kind:
 
 /// A payout job for an existing payment, created by `parent`.
 pub async fn enqueue_payout(conn: &mut PgConnection, parent: &JobRow, p: &Payment) -> Result<()> {
-    record::insert_child(conn, parent, JobKind::Payout, &PayoutV1 { payment_id: p.id }, format!("payout:{}:{}", p.id, p.attempts)).await?;
+    record::insert_child(
+        conn,
+        parent,
+        JobKind::Payout,
+        &PayoutV1 { payment_id: p.id },
+        format!("payout:{}:{}", p.id, p.attempts),
+    )
+    .await?;
     Ok(())
 }
 
@@ -256,10 +284,12 @@ pub async fn prepare(conn: &mut PgConnection, cmd: &PayoutV1) -> Result<Outcome>
         }
         _ => {}
     }
-    let redrives: i32 = sqlx::query_scalar("UPDATE payments SET attempts = attempts + 1, updated_at = now() WHERE id = $1 RETURNING redrives")
-        .bind(p.id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let redrives: i32 = sqlx::query_scalar(
+        "UPDATE payments SET attempts = attempts + 1, updated_at = now() WHERE id = $1 RETURNING redrives",
+    )
+    .bind(p.id)
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(Outcome::Continue(serde_json::to_value(CallState {
         idempotency_key: if redrives == 0 { p.id.to_string() } else { format!("{}-r{redrives}", p.id) },
         payment_id: p.id,
@@ -271,7 +301,12 @@ pub async fn prepare(conn: &mut PgConnection, cmd: &PayoutV1) -> Result<Outcome>
 }
 
 /// Phase 3: record the PSP's answer.
-pub async fn record_reply(conn: &mut PgConnection, who: &Principal, state: &CallState, reply: &CallReply) -> Result<Outcome> {
+pub async fn record_reply(
+    conn: &mut PgConnection,
+    who: &Principal,
+    state: &CallState,
+    reply: &CallReply,
+) -> Result<Outcome> {
     let Some(p) = load(conn, state.payment_id).await? else {
         return Err(Error::not_found(ErrorCode::NotFound, "payment"));
     };
@@ -281,14 +316,19 @@ pub async fn record_reply(conn: &mut PgConnection, who: &Principal, state: &Call
     }
     match reply {
         CallReply::Accepted { psp_ref } => {
-            sqlx::query("UPDATE payments SET status = 'SENT', psp_ref = $2, updated_at = now() WHERE id = $1").bind(p.id).bind(psp_ref).execute(&mut *conn).await?;
+            sqlx::query("UPDATE payments SET status = 'SENT', psp_ref = $2, updated_at = now() WHERE id = $1")
+                .bind(p.id)
+                .bind(psp_ref)
+                .execute(&mut *conn)
+                .await?;
             if let Some(m) = p.milestone_id {
                 sqlx::query("UPDATE milestones SET status = 'PAYING', updated_at = now() WHERE id = $1 AND status IN ('WAITING', 'PENDING_REVIEW', 'APPROVED')")
                     .bind(m)
                     .execute(&mut *conn)
                     .await?;
             }
-            audit::write(conn, &who.actor(), "PAYMENT_SENT", "payment", p.id, serde_json::json!({"psp_ref": psp_ref})).await?;
+            audit::write(conn, &who.actor(), "PAYMENT_SENT", "payment", p.id, serde_json::json!({"psp_ref": psp_ref}))
+                .await?;
             let p = load(conn, p.id).await?.ok_or_else(|| Error::internal("payment vanished"))?;
             Ok(Outcome::Succeeded(serde_json::to_value(PaymentOut::from(&p))?))
         }
@@ -340,15 +380,24 @@ pub async fn settle(conn: &mut PgConnection, p: &Payment, psp_ref: Option<&str>,
         "ERROR" => reserve(conn, p.escrow_id, p.amount).await?,
         _ => {}
     }
-    sqlx::query("UPDATE payments SET status = 'SETTLED', psp_ref = coalesce(psp_ref, $2), updated_at = now() WHERE id = $1")
-        .bind(p.id)
-        .bind(psp_ref)
+    sqlx::query(
+        "UPDATE payments SET status = 'SETTLED', psp_ref = coalesce(psp_ref, $2), updated_at = now() WHERE id = $1",
+    )
+    .bind(p.id)
+    .bind(psp_ref)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE escrows SET paid_amount = paid_amount + $2, updated_at = now() WHERE id = $1")
+        .bind(p.escrow_id)
+        .bind(p.amount)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("UPDATE escrows SET paid_amount = paid_amount + $2, updated_at = now() WHERE id = $1").bind(p.escrow_id).bind(p.amount).execute(&mut *conn).await?;
     audit::write(conn, actor, "PAYMENT_SETTLED", "payment", p.id, serde_json::json!({"psp_ref": psp_ref})).await?;
     if let Some(m) = p.milestone_id {
-        sqlx::query("UPDATE milestones SET status = 'PAID', updated_at = now() WHERE id = $1").bind(m).execute(&mut *conn).await?;
+        sqlx::query("UPDATE milestones SET status = 'PAID', updated_at = now() WHERE id = $1")
+            .bind(m)
+            .execute(&mut *conn)
+            .await?;
         audit::write(conn, actor, "MILESTONE_PAID", "milestone", m, serde_json::json!({"payment_id": p.id})).await?;
         escrows::close_if_done(conn, p.escrow_id, actor).await?;
     }
@@ -360,7 +409,10 @@ pub async fn settle(conn: &mut PgConnection, p: &Payment, psp_ref: Option<&str>,
 pub async fn redrive(conn: &mut PgConnection, id: PaymentId) -> Result<Payment> {
     let p = load(conn, id).await?.ok_or_else(|| Error::not_found(ErrorCode::NotFound, "payment"))?;
     if !matches!(p.status.as_str(), "PENDING" | "ERROR") {
-        return Err(refuse(ErrorCode::PaymentNotRedrivable, format!("a {} payment cannot be executed again", p.status)));
+        return Err(refuse(
+            ErrorCode::PaymentNotRedrivable,
+            format!("a {} payment cannot be executed again", p.status),
+        ));
     }
     Ok(p)
 }

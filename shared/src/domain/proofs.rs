@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
+use crate::domain::audit;
 use crate::domain::escrows::{self, Escrow, MILESTONE_COLUMNS, Milestone};
 use crate::domain::payouts::{self, PaymentKind};
-use crate::domain::audit;
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{EscrowId, JobId, MilestoneId, ProofId, UserId};
 use crate::jobs::{JobKind, JobRow, NewJob, Outcome, record};
@@ -118,31 +118,41 @@ fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
 }
 
 async fn milestone_by_idx(conn: &mut PgConnection, escrow: EscrowId, idx: i32) -> Result<Milestone> {
-    let m: Option<Milestone> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {MILESTONE_COLUMNS} FROM milestones WHERE escrow_id = $1 AND idx = $2 FOR UPDATE")))
-        .bind(escrow)
-        .bind(idx)
-        .fetch_optional(conn)
-        .await?;
+    let m: Option<Milestone> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MILESTONE_COLUMNS} FROM milestones WHERE escrow_id = $1 AND idx = $2 FOR UPDATE"
+    )))
+    .bind(escrow)
+    .bind(idx)
+    .fetch_optional(conn)
+    .await?;
     m.ok_or_else(|| Error::not_found(ErrorCode::MilestoneNotFound, "milestone"))
 }
 
 async fn milestone(conn: &mut PgConnection, id: MilestoneId) -> Result<Milestone> {
-    let m: Option<Milestone> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {MILESTONE_COLUMNS} FROM milestones WHERE id = $1 FOR UPDATE")))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let m: Option<Milestone> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MILESTONE_COLUMNS} FROM milestones WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
     m.ok_or_else(|| Error::not_found(ErrorCode::MilestoneNotFound, "milestone"))
 }
 
 /// The upload's checks (DOMAIN.md order after the file is stored), the
 /// proof row and its job, in the caller's transaction. The same
 /// idempotency key with the same file answers the first job.
-pub async fn submit(conn: &mut PgConnection, who: &Principal, new: &NewProof, idempotency_key: &str) -> Result<(ProofId, JobRow, bool)> {
-    let existing: Option<JobId> = sqlx::query_scalar("SELECT id FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2")
-        .bind(who.user_id)
-        .bind(idempotency_key)
-        .fetch_optional(&mut *conn)
-        .await?;
+pub async fn submit(
+    conn: &mut PgConnection,
+    who: &Principal,
+    new: &NewProof,
+    idempotency_key: &str,
+) -> Result<(ProofId, JobRow, bool)> {
+    let existing: Option<JobId> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2")
+            .bind(who.user_id)
+            .bind(idempotency_key)
+            .fetch_optional(&mut *conn)
+            .await?;
     let existing = match existing {
         Some(id) => record::get(conn, id).await?,
         None => None,
@@ -151,7 +161,10 @@ pub async fn submit(conn: &mut PgConnection, who: &Principal, new: &NewProof, id
         let same = matches!(job.payload::<ProofValidationV1>(), Ok(ProofValidationV1::Validate { ref sha256, escrow_id, milestone_idx, .. })
             if *sha256 == new.sha256 && escrow_id == new.escrow_id && milestone_idx == new.milestone_idx);
         if !same {
-            return Err(refuse(ErrorCode::IdempotencyKeyReused, "this Idempotency-Key was already used with another request"));
+            return Err(refuse(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was already used with another request",
+            ));
         }
         let id = match job.payload::<ProofValidationV1>()? {
             ProofValidationV1::Validate { proof_id, .. } => proof_id,
@@ -164,28 +177,40 @@ pub async fn submit(conn: &mut PgConnection, who: &Principal, new: &NewProof, id
         return Err(refuse(ErrorCode::Forbidden, "only the escrow's provider or an admin uploads proofs"));
     }
     // DOMAIN.md's order: the file first (a file already used), then the milestone.
-    let used: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM proofs WHERE sha256 = $1)").bind(&new.sha256).fetch_one(&mut *conn).await?;
+    let used: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM proofs WHERE sha256 = $1)")
+        .bind(&new.sha256)
+        .fetch_one(&mut *conn)
+        .await?;
     if used {
         return Err(refuse(ErrorCode::ProofDuplicate, "this file was already used as a proof"));
     }
     if !matches!(e.status.as_str(), "FUNDED" | "RELEASABLE") {
-        return Err(refuse(ErrorCode::EscrowNotActive, format!("proofs are taken for a FUNDED or RELEASABLE escrow, not {}", e.status)));
+        return Err(refuse(
+            ErrorCode::EscrowNotActive,
+            format!("proofs are taken for a FUNDED or RELEASABLE escrow, not {}", e.status),
+        ));
     }
     let m = milestone_by_idx(conn, e.id, new.milestone_idx).await?;
-    let unpaid_before: i64 = sqlx::query_scalar("SELECT count(*) FROM milestones WHERE escrow_id = $1 AND idx < $2 AND status <> 'PAID'")
-        .bind(e.id)
-        .bind(m.idx)
-        .fetch_one(&mut *conn)
-        .await?;
+    let unpaid_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM milestones WHERE escrow_id = $1 AND idx < $2 AND status <> 'PAID'")
+            .bind(e.id)
+            .bind(m.idx)
+            .fetch_one(&mut *conn)
+            .await?;
     if unpaid_before > 0 {
         return Err(refuse(ErrorCode::SequenceError, format!("{unpaid_before} earlier milestone(s) are not paid yet")));
     }
-    let in_flight: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM proofs WHERE milestone_id = $1 AND status IN ('PENDING', 'PENDING_REVIEW'))")
-        .bind(m.id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let in_flight: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM proofs WHERE milestone_id = $1 AND status IN ('PENDING', 'PENDING_REVIEW'))",
+    )
+    .bind(m.id)
+    .fetch_one(&mut *conn)
+    .await?;
     if m.status != "WAITING" || in_flight {
-        return Err(refuse(ErrorCode::MilestoneNotWaiting, format!("the milestone is {} and not waiting for a proof", m.status)));
+        return Err(refuse(
+            ErrorCode::MilestoneNotWaiting,
+            format!("the milestone is {} and not waiting for a proof", m.status),
+        ));
     }
     let p: Proof = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO proofs (id, escrow_id, milestone_id, sha256, storage_key, content_type, size_bytes, source, uploaded_by)
@@ -203,17 +228,36 @@ pub async fn submit(conn: &mut PgConnection, who: &Principal, new: &NewProof, id
     .fetch_one(&mut *conn)
     .await
     .on_constraint("proofs_sha256_key", ErrorCode::ProofDuplicate, "this file was already used as a proof")?;
-    let payload = ProofValidationV1::Validate { proof_id: p.id, escrow_id: e.id, milestone_idx: m.idx, sha256: p.sha256.clone(), source: p.source.clone() };
-    let (job, _) = record::insert(&mut *conn, &NewJob::new(JobKind::ProofValidation, &payload, who, Some(idempotency_key.to_string()))?).await?;
-    audit::write(conn, &who.actor(), "PROOF_SUBMITTED", "proof", p.id, serde_json::json!({"milestone_id": m.id, "sha256": p.sha256, "source": p.source, "job_id": job.id})).await?;
+    let payload = ProofValidationV1::Validate {
+        proof_id: p.id,
+        escrow_id: e.id,
+        milestone_idx: m.idx,
+        sha256: p.sha256.clone(),
+        source: p.source.clone(),
+    };
+    let (job, _) = record::insert(
+        &mut *conn,
+        &NewJob::new(JobKind::ProofValidation, &payload, who, Some(idempotency_key.to_string()))?,
+    )
+    .await?;
+    audit::write(
+        conn,
+        &who.actor(),
+        "PROOF_SUBMITTED",
+        "proof",
+        p.id,
+        serde_json::json!({"milestone_id": m.id, "sha256": p.sha256, "source": p.source, "job_id": job.id}),
+    )
+    .await?;
     Ok((p.id, job, true))
 }
 
 async fn load(conn: &mut PgConnection, id: ProofId) -> Result<Proof> {
-    let p: Option<Proof> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM proofs WHERE id = $1 FOR UPDATE")))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let p: Option<Proof> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM proofs WHERE id = $1 FOR UPDATE")))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
     p.ok_or_else(|| Error::not_found(ErrorCode::NotFound, "proof"))
 }
 
@@ -231,14 +275,22 @@ pub async fn get_for(conn: &mut PgConnection, id: ProofId, who: &Principal) -> R
 }
 
 async fn approve(conn: &mut PgConnection, job: &JobRow, e: &Escrow, m: &Milestone, actor: &str) -> Result<()> {
-    sqlx::query("UPDATE milestones SET status = 'APPROVED', updated_at = now() WHERE id = $1").bind(m.id).execute(&mut *conn).await?;
+    sqlx::query("UPDATE milestones SET status = 'APPROVED', updated_at = now() WHERE id = $1")
+        .bind(m.id)
+        .execute(&mut *conn)
+        .await?;
     audit::write(conn, actor, "MILESTONE_APPROVED", "milestone", m.id, serde_json::json!({"escrow_id": e.id})).await?;
     payouts::enqueue(conn, job, e, PaymentKind::Milestone, Some(m), m.amount).await?;
     Ok(())
 }
 
 /// The `proof_validation` job for an upload.
-pub async fn validate(conn: &mut PgConnection, store: &dyn ProofStore, job: &JobRow, proof_id: ProofId) -> Result<Outcome> {
+pub async fn validate(
+    conn: &mut PgConnection,
+    store: &dyn ProofStore,
+    job: &JobRow,
+    proof_id: ProofId,
+) -> Result<Outcome> {
     let p = load(conn, proof_id).await?;
     if p.status != "PENDING" {
         return Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?));
@@ -277,7 +329,10 @@ pub async fn validate(conn: &mut PgConnection, store: &dyn ProofStore, job: &Job
             return Ok(Outcome::Refused(Problem::new(code, format!("the proof was rejected: {}", code.title()))));
         }
         Verdict::Review(_) => {
-            sqlx::query("UPDATE milestones SET status = 'PENDING_REVIEW', updated_at = now() WHERE id = $1").bind(m.id).execute(&mut *conn).await?;
+            sqlx::query("UPDATE milestones SET status = 'PENDING_REVIEW', updated_at = now() WHERE id = $1")
+                .bind(m.id)
+                .execute(&mut *conn)
+                .await?;
             audit::write(conn, &actor, "PROOF_SENT_TO_REVIEW", "proof", p.id, facts).await?;
         }
         Verdict::Approved => {
@@ -290,7 +345,14 @@ pub async fn validate(conn: &mut PgConnection, store: &dyn ProofStore, job: &Job
 }
 
 /// A person's decision on a proof in review (support, admin, the client).
-pub async fn decide(conn: &mut PgConnection, who: &Principal, job: &JobRow, proof_id: ProofId, decision: Decision, note: Option<&str>) -> Result<Outcome> {
+pub async fn decide(
+    conn: &mut PgConnection,
+    who: &Principal,
+    job: &JobRow,
+    proof_id: ProofId,
+    decision: Decision,
+    note: Option<&str>,
+) -> Result<Outcome> {
     let p = load(conn, proof_id).await?;
     let e = escrows::load(conn, p.escrow_id).await?;
     if !(who.reads_all() || e.is_party(who)) {
@@ -315,11 +377,22 @@ pub async fn decide(conn: &mut PgConnection, who: &Principal, job: &JobRow, proo
         .bind(note)
         .execute(&mut *conn)
         .await?;
-    audit::write(conn, &actor, action, "proof", p.id, serde_json::json!({"decision": decision, "note": note, "job_id": job.id})).await?;
+    audit::write(
+        conn,
+        &actor,
+        action,
+        "proof",
+        p.id,
+        serde_json::json!({"decision": decision, "note": note, "job_id": job.id}),
+    )
+    .await?;
     match decision {
         Decision::Approve => approve(conn, job, &e, &m, &actor).await?,
         Decision::Reject => {
-            sqlx::query("UPDATE milestones SET status = 'WAITING', updated_at = now() WHERE id = $1").bind(m.id).execute(&mut *conn).await?;
+            sqlx::query("UPDATE milestones SET status = 'WAITING', updated_at = now() WHERE id = $1")
+                .bind(m.id)
+                .execute(&mut *conn)
+                .await?;
         }
     }
     let p = load(conn, proof_id).await?;
@@ -330,6 +403,8 @@ pub async fn decide(conn: &mut PgConnection, who: &Principal, job: &JobRow, proo
 pub async fn run(conn: &mut PgConnection, store: &dyn ProofStore, job: &JobRow) -> Result<Outcome> {
     match job.payload::<ProofValidationV1>()? {
         ProofValidationV1::Validate { proof_id, .. } => validate(conn, store, job, proof_id).await,
-        ProofValidationV1::Decide { proof_id, decision, note } => decide(conn, &job.principal(), job, proof_id, decision, note.as_deref()).await,
+        ProofValidationV1::Decide { proof_id, decision, note } => {
+            decide(conn, &job.principal(), job, proof_id, decision, note.as_deref()).await
+        }
     }
 }

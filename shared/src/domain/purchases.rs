@@ -75,7 +75,8 @@ impl From<Purchase> for PurchaseOut {
     }
 }
 
-const COLUMNS: &str = "id, sender_id, beneficiary_id, merchant_id, category_id, mandate_id, amount, currency, status, created_at";
+const COLUMNS: &str =
+    "id, sender_id, beneficiary_id, merchant_id, category_id, mandate_id, amount, currency, status, created_at";
 
 fn refuse(code: ErrorCode, detail: &str) -> Error {
     Error::Problem(Problem::new(code, detail))
@@ -84,10 +85,11 @@ fn refuse(code: ErrorCode, detail: &str) -> Error {
 /// Applies DOMAIN.md's purchase rules in order; the first that fails decides.
 pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cmd: &PurchaseV1) -> Result<Outcome> {
     // 1. The merchant exists.
-    let merchant: Option<(Option<CategoryId>, bool)> = sqlx::query_as("SELECT category_id, is_certified FROM merchants WHERE id = $1")
-        .bind(cmd.merchant_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let merchant: Option<(Option<CategoryId>, bool)> =
+        sqlx::query_as("SELECT category_id, is_certified FROM merchants WHERE id = $1")
+            .bind(cmd.merchant_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     let Some((merchant_category, certified)) = merchant else {
         return Err(refuse(ErrorCode::MerchantNotFound, "merchant not found"));
     };
@@ -122,20 +124,41 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
         }
         Some(m) if m.status == "EXPIRED" => return Err(refuse(ErrorCode::MandateExpired, "the mandate has expired")),
         _ => {
-            return Err(refuse(ErrorCode::MandateRequired, "no active mandate from this sender to this beneficiary in this currency"));
+            return Err(refuse(
+                ErrorCode::MandateRequired,
+                "no active mandate from this sender to this beneficiary in this currency",
+            ));
         }
     };
     if mandate.expires_at <= Utc::now() {
         // Expired in this same transaction, kept although the purchase is refused.
-        sqlx::query("UPDATE mandates SET status = 'EXPIRED', updated_at = now() WHERE id = $1 AND (status || '') = 'ACTIVE'")
-            .bind(mandate.id)
-            .execute(&mut *conn)
-            .await?;
-        audit::write(conn, &who.actor(), "MANDATE_EXPIRED", "mandate", mandate.id, serde_json::json!({"by": "purchase", "job_id": job_id})).await?;
+        sqlx::query(
+            "UPDATE mandates SET status = 'EXPIRED', updated_at = now() WHERE id = $1 AND (status || '') = 'ACTIVE'",
+        )
+        .bind(mandate.id)
+        .execute(&mut *conn)
+        .await?;
+        audit::write(
+            conn,
+            &who.actor(),
+            "MANDATE_EXPIRED",
+            "mandate",
+            mandate.id,
+            serde_json::json!({"by": "purchase", "job_id": job_id}),
+        )
+        .await?;
         let refusal = Problem::new(ErrorCode::MandateExpired, "the mandate has expired");
-        audit::write(conn, &who.actor(), "PURCHASE_REFUSED", "purchase", job_id, serde_json::json!({
-            "job_id": job_id, "code": refusal.code.as_str(), "detail": refusal.detail, "mandate_id": mandate.id,
-        })).await?;
+        audit::write(
+            conn,
+            &who.actor(),
+            "PURCHASE_REFUSED",
+            "purchase",
+            job_id,
+            serde_json::json!({
+                "job_id": job_id, "code": refusal.code.as_str(), "detail": refusal.detail, "mandate_id": mandate.id,
+            }),
+        )
+        .await?;
         return Ok(Outcome::Refused(refusal));
     }
     // 4. The mandate's own restrictions.
@@ -194,10 +217,18 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     audit::write(conn, &actor, "PURCHASE_COMPLETED", "purchase", purchase.id, serde_json::json!({
         "mandate_id": mandate.id, "merchant_id": cmd.merchant_id, "amount": amount, "currency": cmd.currency, "job_id": job_id,
     })).await?;
-    audit::write(conn, &actor, "MANDATE_CONSUMED", "mandate", mandate.id, serde_json::json!({
-        "purchase_id": purchase.id, "amount": amount, "spent_amount": display(spent, &cmd.currency),
-        "remaining_amount": display(total - spent, &cmd.currency), "status": status,
-    })).await?;
+    audit::write(
+        conn,
+        &actor,
+        "MANDATE_CONSUMED",
+        "mandate",
+        mandate.id,
+        serde_json::json!({
+            "purchase_id": purchase.id, "amount": amount, "spent_amount": display(spent, &cmd.currency),
+            "remaining_amount": display(total - spent, &cmd.currency), "status": status,
+        }),
+    )
+    .await?;
     Ok(Outcome::Succeeded(serde_json::to_value(PurchaseOut::from(purchase))?))
 }
 

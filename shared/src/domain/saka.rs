@@ -77,10 +77,7 @@ impl HarvestReason {
     }
 
     pub fn parse(text: &str) -> Option<HarvestReason> {
-        HarvestReason::ALL
-            .iter()
-            .copied()
-            .find(|r| r.as_str() == text)
+        HarvestReason::ALL.iter().copied().find(|r| r.as_str() == text)
     }
 
     /// The fixed reward; a client never chooses it.
@@ -266,14 +263,7 @@ fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
 }
 
 fn invalid(errors: Vec<FieldError>) -> Result<()> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Problem(Problem::fields(
-            ErrorCode::ValidationError,
-            errors,
-        )))
-    }
+    if errors.is_empty() { Ok(()) } else { Err(Error::Problem(Problem::fields(ErrorCode::ValidationError, errors))) }
 }
 
 /// Creates the user's wallet on first use, empty (the database refuses any
@@ -372,11 +362,7 @@ pub async fn harvest(
 ) -> Result<Outcome> {
     who.require(&[Role::Admin, Role::Support])?;
     let Some(reason) = HarvestReason::parse(&cmd.reason) else {
-        let known = HarvestReason::ALL
-            .iter()
-            .map(|r| r.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let known = HarvestReason::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
         return Err(refuse(
             ErrorCode::SakaReasonUnknown,
             format!("unknown harvest reason `{}` (known: {known})", cmd.reason),
@@ -385,11 +371,7 @@ pub async fn harvest(
     if cmd.amount.is_some() {
         return Err(refuse(
             ErrorCode::SakaAmountNotAllowed,
-            format!(
-                "the reward for {} is fixed at {} grains; send no amount",
-                reason.as_str(),
-                reason.reward()
-            ),
+            format!("the reward for {} is fixed at {} grains; send no amount", reason.as_str(), reason.reward()),
         ));
     }
     require_active_user(conn, cmd.user_id, "user_id").await?;
@@ -410,61 +392,42 @@ pub async fn harvest(
     .await?;
     let actor = who.actor();
     let Some(count) = count else {
-        audit::write(conn, &actor, "SAKA_HARVESTED", WALLET_ENTITY, cmd.user_id, serde_json::json!({
-            "reason": reason.as_str(), "credited": 0, "limited": "DAILY_LIMIT", "daily_limit": reason.daily_limit(),
-            "day": day, "job_id": job_id,
-        }))
+        audit::write(
+            conn,
+            &actor,
+            "SAKA_HARVESTED",
+            WALLET_ENTITY,
+            cmd.user_id,
+            serde_json::json!({
+                "reason": reason.as_str(), "credited": 0, "limited": "DAILY_LIMIT", "daily_limit": reason.daily_limit(),
+                "day": day, "job_id": job_id,
+            }),
+        )
         .await?;
-        return Ok(Outcome::Succeeded(
-            serde_json::json!({"credited": 0, "reason": "DAILY_LIMIT"}),
-        ));
+        return Ok(Outcome::Succeeded(serde_json::json!({"credited": 0, "reason": "DAILY_LIMIT"})));
     };
-    let entry = credit(
-        conn,
-        cmd.user_id,
-        reason.as_str(),
-        reason.reward(),
-        job_id,
-        None,
-    )
-    .await?;
+    let entry = credit(conn, cmd.user_id, reason.as_str(), reason.reward(), job_id, None).await?;
     audit::write(conn, &actor, "SAKA_HARVESTED", WALLET_ENTITY, cmd.user_id, serde_json::json!({
         "ledger_id": entry.id, "reason": reason.as_str(), "credited": entry.amount, "balance_after": entry.balance_after,
         "count_today": count, "daily_limit": reason.daily_limit(), "day": day, "job_id": job_id,
     }))
     .await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(SakaTxOut::from(
-        entry,
-    ))?))
+    Ok(Outcome::Succeeded(serde_json::to_value(SakaTxOut::from(entry))?))
 }
 
 /// Spend (job `saka_spend`): the user (or an admin) spends at most the
 /// balance. The debit is one guarded INSERT into the ledger; the database's
 /// `balance_after >= 0` CHECK backs it up under any isolation level.
 #[tracing::instrument(skip_all, fields(job_id = %job_id, user_id = %cmd.user_id))]
-pub async fn spend(
-    conn: &mut PgConnection,
-    who: &Principal,
-    job_id: JobId,
-    cmd: &SakaSpendV1,
-) -> Result<Outcome> {
-    who.require_self_or_admin(
-        cmd.user_id,
-        &[Role::Sender, Role::Beneficiary, Role::Support],
-    )?;
+pub async fn spend(conn: &mut PgConnection, who: &Principal, job_id: JobId, cmd: &SakaSpendV1) -> Result<Outcome> {
+    who.require_self_or_admin(cmd.user_id, &[Role::Sender, Role::Beneficiary, Role::Support])?;
     let reason = cmd.reason.trim();
     let mut errors = Vec::new();
     if !cmd.amount.is_positive() {
-        errors.push(FieldError::new(
-            "amount",
-            "must be a whole number of grains greater than zero",
-        ));
+        errors.push(FieldError::new("amount", "must be a whole number of grains greater than zero"));
     }
     if reason.is_empty() || reason.chars().count() > SPEND_REASON_MAX_CHARS {
-        errors.push(FieldError::new(
-            "reason",
-            format!("must be 1 to {SPEND_REASON_MAX_CHARS} characters"),
-        ));
+        errors.push(FieldError::new("reason", format!("must be 1 to {SPEND_REASON_MAX_CHARS} characters")));
     }
     invalid(errors)?;
     require_active_user(conn, cmd.user_id, "user_id").await?;
@@ -483,24 +446,18 @@ pub async fn spend(
     .await
     .on_constraint("saka_ledger_balance_after_nonneg", ErrorCode::SakaInsufficient, "not enough SAKA grains")?;
     let Some(entry) = entry else {
-        let balance: Grains =
-            sqlx::query_scalar("SELECT balance FROM saka_wallets WHERE user_id = $1")
-                .bind(cmd.user_id)
-                .fetch_optional(&mut *conn)
-                .await?
-                .unwrap_or(Grains::ZERO);
-        return Err(refuse(
-            ErrorCode::SakaInsufficient,
-            format!("balance is {balance} grains, {} asked", cmd.amount),
-        ));
+        let balance: Grains = sqlx::query_scalar("SELECT balance FROM saka_wallets WHERE user_id = $1")
+            .bind(cmd.user_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or(Grains::ZERO);
+        return Err(refuse(ErrorCode::SakaInsufficient, format!("balance is {balance} grains, {} asked", cmd.amount)));
     };
     audit::write(conn, &who.actor(), "SAKA_SPENT", WALLET_ENTITY, cmd.user_id, serde_json::json!({
         "ledger_id": entry.id, "reason": entry.reason, "amount": entry.amount, "balance_after": entry.balance_after, "job_id": job_id,
     }))
     .await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(SakaTxOut::from(
-        entry,
-    ))?))
+    Ok(Outcome::Succeeded(serde_json::to_value(SakaTxOut::from(entry))?))
 }
 
 /// Runs a `saka_adjustment` job: a request or an approval.
@@ -540,24 +497,15 @@ pub async fn request_adjustment(
     // Otherwise an admin could grant themselves 500 grains a day with no
     // second pair of eyes: SAKA is never minted freely.
     if who.user_id == cmd.user_id {
-        return Err(refuse(
-            ErrorCode::Forbidden,
-            "an admin may not adjust their own SAKA wallet",
-        ));
+        return Err(refuse(ErrorCode::Forbidden, "an admin may not adjust their own SAKA wallet"));
     }
     let note = cmd.note.trim();
     let mut errors = Vec::new();
     if !(Grains(1)..=ADJUSTMENT_MAX).contains(&cmd.amount) {
-        errors.push(FieldError::new(
-            "amount",
-            format!("must be a whole number of grains from 1 to {ADJUSTMENT_MAX}"),
-        ));
+        errors.push(FieldError::new("amount", format!("must be a whole number of grains from 1 to {ADJUSTMENT_MAX}")));
     }
     if note.is_empty() || note.chars().count() > NOTE_MAX_CHARS {
-        errors.push(FieldError::new(
-            "note",
-            format!("must say why, in 1 to {NOTE_MAX_CHARS} characters"),
-        ));
+        errors.push(FieldError::new("note", format!("must say why, in 1 to {NOTE_MAX_CHARS} characters")));
     }
     invalid(errors)?;
     require_active_user(conn, cmd.user_id, "user_id").await?;
@@ -580,14 +528,19 @@ pub async fn request_adjustment(
         .bind(expires_at)
         .fetch_one(&mut *conn)
         .await?;
-        audit::write(conn, &actor, "SAKA_ADJUSTMENT_REQUESTED", ADJUSTMENT_ENTITY, id, serde_json::json!({
-            "user_id": cmd.user_id, "amount": cmd.amount, "note": note, "status": status::PENDING_APPROVAL,
-            "expires_at": expires_at, "job_id": job_id,
-        }))
+        audit::write(
+            conn,
+            &actor,
+            "SAKA_ADJUSTMENT_REQUESTED",
+            ADJUSTMENT_ENTITY,
+            id,
+            serde_json::json!({
+                "user_id": cmd.user_id, "amount": cmd.amount, "note": note, "status": status::PENDING_APPROVAL,
+                "expires_at": expires_at, "job_id": job_id,
+            }),
+        )
         .await?;
-        return Ok(Outcome::Succeeded(serde_json::to_value(
-            AdjustmentOut::from(adj),
-        )?));
+        return Ok(Outcome::Succeeded(serde_json::to_value(AdjustmentOut::from(adj))?));
     }
 
     ensure_wallet(conn, cmd.user_id).await?;
@@ -596,10 +549,17 @@ pub async fn request_adjustment(
         let problem = cap_problem(used_today(conn, cmd.user_id, day).await?, cmd.amount, day);
         // No adjustment row: a request that is applied at once either is
         // APPLIED or never existed. The refusal is on the wallet's trail.
-        audit::write(conn, &actor, "SAKA_ADJUSTMENT_REFUSED", WALLET_ENTITY, cmd.user_id, serde_json::json!({
-            "amount": cmd.amount, "note": note, "code": problem.code.as_str(), "detail": problem.detail,
-            "day": day, "job_id": job_id,
-        }))
+        audit::write(
+            conn,
+            &actor,
+            "SAKA_ADJUSTMENT_REFUSED",
+            WALLET_ENTITY,
+            cmd.user_id,
+            serde_json::json!({
+                "amount": cmd.amount, "note": note, "code": problem.code.as_str(), "detail": problem.detail,
+                "day": day, "job_id": job_id,
+            }),
+        )
         .await?;
         return Ok(Outcome::Refused(problem));
     };
@@ -616,27 +576,31 @@ pub async fn request_adjustment(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    let entry = credit(
+    let entry = credit(conn, cmd.user_id, MANUAL_ADJUST, cmd.amount, job_id, Some(id)).await?;
+    audit::write(
         conn,
-        cmd.user_id,
-        MANUAL_ADJUST,
-        cmd.amount,
-        job_id,
-        Some(id),
+        &actor,
+        "SAKA_ADJUSTMENT_REQUESTED",
+        ADJUSTMENT_ENTITY,
+        id,
+        serde_json::json!({
+            "user_id": cmd.user_id, "amount": cmd.amount, "note": note, "status": status::APPLIED, "job_id": job_id,
+        }),
     )
     .await?;
-    audit::write(conn, &actor, "SAKA_ADJUSTMENT_REQUESTED", ADJUSTMENT_ENTITY, id, serde_json::json!({
-        "user_id": cmd.user_id, "amount": cmd.amount, "note": note, "status": status::APPLIED, "job_id": job_id,
-    }))
+    audit::write(
+        conn,
+        &actor,
+        "SAKA_ADJUSTMENT_APPLIED",
+        ADJUSTMENT_ENTITY,
+        id,
+        serde_json::json!({
+            "user_id": cmd.user_id, "amount": cmd.amount, "ledger_id": entry.id, "balance_after": entry.balance_after,
+            "manual_adjust_today": used, "day": day, "job_id": job_id,
+        }),
+    )
     .await?;
-    audit::write(conn, &actor, "SAKA_ADJUSTMENT_APPLIED", ADJUSTMENT_ENTITY, id, serde_json::json!({
-        "user_id": cmd.user_id, "amount": cmd.amount, "ledger_id": entry.id, "balance_after": entry.balance_after,
-        "manual_adjust_today": used, "day": day, "job_id": job_id,
-    }))
-    .await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(
-        AdjustmentOut::from(adj),
-    )?))
+    Ok(Outcome::Succeeded(serde_json::to_value(AdjustmentOut::from(adj))?))
 }
 
 async fn lock_adjustment(conn: &mut PgConnection, id: SakaAdjustmentId) -> Result<Adjustment> {
@@ -652,11 +616,7 @@ async fn lock_adjustment(conn: &mut PgConnection, id: SakaAdjustmentId) -> Resul
 fn not_pending(adj: &Adjustment) -> Error {
     refuse(
         ErrorCode::SakaAdjustmentNotPending,
-        format!(
-            "the adjustment is {}, not {}",
-            adj.status,
-            status::PENDING_APPROVAL
-        ),
+        format!("the adjustment is {}, not {}", adj.status, status::PENDING_APPROVAL),
     )
 }
 
@@ -683,10 +643,7 @@ pub async fn approve_adjustment(
         ));
     }
     if adj.user_id == who.user_id {
-        return Err(refuse(
-            ErrorCode::Forbidden,
-            "an admin may not approve an adjustment of their own SAKA wallet",
-        ));
+        return Err(refuse(ErrorCode::Forbidden, "an admin may not approve an adjustment of their own SAKA wallet"));
     }
     if adj.status != status::PENDING_APPROVAL {
         return Err(not_pending(&adj));
@@ -704,10 +661,17 @@ pub async fn approve_adjustment(
     let day = saka_day(now, tz);
     let Some(used) = take_daily_cap(conn, adj.user_id, adj.amount, day).await? else {
         let problem = cap_problem(used_today(conn, adj.user_id, day).await?, adj.amount, day);
-        audit::write(conn, &actor, "SAKA_ADJUSTMENT_REFUSED", ADJUSTMENT_ENTITY, adj.id, serde_json::json!({
-            "user_id": adj.user_id, "amount": adj.amount, "code": problem.code.as_str(), "detail": problem.detail,
-            "status": status::PENDING_APPROVAL, "day": day, "job_id": job_id,
-        }))
+        audit::write(
+            conn,
+            &actor,
+            "SAKA_ADJUSTMENT_REFUSED",
+            ADJUSTMENT_ENTITY,
+            adj.id,
+            serde_json::json!({
+                "user_id": adj.user_id, "amount": adj.amount, "code": problem.code.as_str(), "detail": problem.detail,
+                "status": status::PENDING_APPROVAL, "day": day, "job_id": job_id,
+            }),
+        )
         .await?;
         return Ok(Outcome::Refused(problem));
     };
@@ -724,27 +688,24 @@ pub async fn approve_adjustment(
     let Some(applied) = applied else {
         return Err(not_pending(&adj));
     };
-    let entry = credit(
-        conn,
-        adj.user_id,
-        MANUAL_ADJUST,
-        adj.amount,
-        job_id,
-        Some(adj.id),
-    )
-    .await?;
+    let entry = credit(conn, adj.user_id, MANUAL_ADJUST, adj.amount, job_id, Some(adj.id)).await?;
     audit::write(conn, &actor, "SAKA_ADJUSTMENT_APPROVED", ADJUSTMENT_ENTITY, adj.id, serde_json::json!({
         "user_id": adj.user_id, "amount": adj.amount, "requested_by": adj.requested_by, "approved_by": who.user_id, "job_id": job_id,
     }))
     .await?;
-    audit::write(conn, &actor, "SAKA_ADJUSTMENT_APPLIED", ADJUSTMENT_ENTITY, adj.id, serde_json::json!({
-        "user_id": adj.user_id, "amount": adj.amount, "ledger_id": entry.id, "balance_after": entry.balance_after,
-        "manual_adjust_today": used, "day": day, "job_id": job_id,
-    }))
+    audit::write(
+        conn,
+        &actor,
+        "SAKA_ADJUSTMENT_APPLIED",
+        ADJUSTMENT_ENTITY,
+        adj.id,
+        serde_json::json!({
+            "user_id": adj.user_id, "amount": adj.amount, "ledger_id": entry.id, "balance_after": entry.balance_after,
+            "manual_adjust_today": used, "day": day, "job_id": job_id,
+        }),
+    )
     .await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(
-        AdjustmentOut::from(applied),
-    )?))
+    Ok(Outcome::Succeeded(serde_json::to_value(AdjustmentOut::from(applied))?))
 }
 
 /// Rejects a pending adjustment (admin; the requester may withdraw their
@@ -760,20 +721,14 @@ pub async fn reject_adjustment(
     who.require(&[Role::Admin])?;
     let note = note.map(str::trim).filter(|n| !n.is_empty());
     if note.is_some_and(|n| n.chars().count() > NOTE_MAX_CHARS) {
-        invalid(vec![FieldError::new(
-            "note",
-            format!("must be at most {NOTE_MAX_CHARS} characters"),
-        )])?;
+        invalid(vec![FieldError::new("note", format!("must be at most {NOTE_MAX_CHARS} characters"))])?;
     }
     let adj = lock_adjustment(conn, id).await?;
     if adj.status != status::PENDING_APPROVAL {
         return Err(not_pending(&adj));
     }
     if adj.expires_at.is_some_and(|at| at <= now) {
-        return Err(refuse(
-            ErrorCode::SakaAdjustmentNotPending,
-            "the adjustment has expired",
-        ));
+        return Err(refuse(ErrorCode::SakaAdjustmentNotPending, "the adjustment has expired"));
     }
     let rejected: Option<Adjustment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE saka_adjustments SET status = 'REJECTED', rejected_by = $2, decision_note = $3, decided_at = $4
@@ -788,9 +743,16 @@ pub async fn reject_adjustment(
     let Some(rejected) = rejected else {
         return Err(not_pending(&adj));
     };
-    audit::write(conn, &who.actor(), "SAKA_ADJUSTMENT_REJECTED", ADJUSTMENT_ENTITY, id, serde_json::json!({
-        "user_id": adj.user_id, "amount": adj.amount, "requested_by": adj.requested_by, "note": note,
-    }))
+    audit::write(
+        conn,
+        &who.actor(),
+        "SAKA_ADJUSTMENT_REJECTED",
+        ADJUSTMENT_ENTITY,
+        id,
+        serde_json::json!({
+            "user_id": adj.user_id, "amount": adj.amount, "requested_by": adj.requested_by, "note": note,
+        }),
+    )
     .await?;
     Ok(rejected.into())
 }
@@ -802,11 +764,13 @@ async fn expire_one(
     now: DateTime<Utc>,
     job_id: Option<JobId>,
 ) -> Result<()> {
-    sqlx::query("UPDATE saka_adjustments SET status = 'EXPIRED', decided_at = $2 WHERE id = $1 AND status = 'PENDING_APPROVAL'")
-        .bind(adj.id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE saka_adjustments SET status = 'EXPIRED', decided_at = $2 WHERE id = $1 AND status = 'PENDING_APPROVAL'",
+    )
+    .bind(adj.id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     audit::write(conn, actor, "SAKA_ADJUSTMENT_EXPIRED", ADJUSTMENT_ENTITY, adj.id, serde_json::json!({
         "user_id": adj.user_id, "amount": adj.amount, "requested_by": adj.requested_by, "expires_at": adj.expires_at,
         "job_id": job_id,
@@ -836,20 +800,14 @@ pub async fn expire_pending(conn: &mut PgConnection, now: DateTime<Utc>) -> Resu
 }
 
 /// An adjustment, for admin and support.
-pub async fn get_adjustment(
-    conn: &mut PgConnection,
-    who: &Principal,
-    id: SakaAdjustmentId,
-) -> Result<AdjustmentOut> {
+pub async fn get_adjustment(conn: &mut PgConnection, who: &Principal, id: SakaAdjustmentId) -> Result<AdjustmentOut> {
     who.require(&[Role::Admin, Role::Support])?;
-    let adj: Option<Adjustment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ADJUSTMENT_COLUMNS} FROM saka_adjustments WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    adj.map(Into::into)
-        .ok_or_else(|| Error::not_found(ErrorCode::SakaAdjustmentNotFound, "SAKA adjustment"))
+    let adj: Option<Adjustment> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {ADJUSTMENT_COLUMNS} FROM saka_adjustments WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    adj.map(Into::into).ok_or_else(|| Error::not_found(ErrorCode::SakaAdjustmentNotFound, "SAKA adjustment"))
 }
 
 /// A user's wallet as of `now`'s SAKA day, for the user, support and admin;
@@ -877,14 +835,7 @@ pub async fn get_wallet_for(
     .await?;
     let (user_id, balance, total_harvested, total_spent, manual_adjust_today) =
         row.ok_or_else(|| Error::not_found(ErrorCode::UserNotFound, "user"))?;
-    Ok(WalletOut {
-        user_id,
-        balance,
-        total_harvested,
-        total_spent,
-        manual_adjust_today,
-        day,
-    })
+    Ok(WalletOut { user_id, balance, total_harvested, total_spent, manual_adjust_today, day })
 }
 
 /// The day roll-over (cron `saka_day_rollover`, 00:00 in `SAKA_TIMEZONE`):
@@ -909,9 +860,16 @@ pub async fn rollover(conn: &mut PgConnection, now: DateTime<Utc>, tz: Tz) -> Re
         .execute(&mut *conn)
         .await?
         .rows_affected();
-    audit::write(conn, &Principal::system().actor(), "SAKA_DAY_ROLLOVER", WALLET_ENTITY, day, serde_json::json!({
-        "day": day, "timezone": tz.name(), "wallets_reset": reset, "harvest_counters_pruned": pruned,
-    }))
+    audit::write(
+        conn,
+        &Principal::system().actor(),
+        "SAKA_DAY_ROLLOVER",
+        WALLET_ENTITY,
+        day,
+        serde_json::json!({
+            "day": day, "timezone": tz.name(), "wallets_reset": reset, "harvest_counters_pruned": pruned,
+        }),
+    )
     .await?;
     Ok(reset)
 }
@@ -934,18 +892,9 @@ mod tests {
 
     #[test]
     fn the_saka_day_is_the_calendar_date_in_the_zone() {
-        let now = Utc
-            .with_ymd_and_hms(2025, 3, 10, 23, 30, 0)
-            .single()
-            .expect("valid");
-        assert_eq!(
-            saka_day(now, chrono_tz::UTC),
-            NaiveDate::from_ymd_opt(2025, 3, 10).expect("valid")
-        );
-        assert_eq!(
-            saka_day(now, chrono_tz::Africa::Kinshasa),
-            NaiveDate::from_ymd_opt(2025, 3, 11).expect("valid")
-        );
+        let now = Utc.with_ymd_and_hms(2025, 3, 10, 23, 30, 0).single().expect("valid");
+        assert_eq!(saka_day(now, chrono_tz::UTC), NaiveDate::from_ymd_opt(2025, 3, 10).expect("valid"));
+        assert_eq!(saka_day(now, chrono_tz::Africa::Kinshasa), NaiveDate::from_ymd_opt(2025, 3, 11).expect("valid"));
     }
 
     #[test]

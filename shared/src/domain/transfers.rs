@@ -79,9 +79,27 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     let amount = display(cmd.amount, &cmd.currency);
     if !allowed {
         let payload = serde_json::json!({"sender_id": cmd.sender_id, "receiver_id": cmd.receiver_id, "amount": amount, "currency": cmd.currency, "job_id": job_id});
-        alerts::raise(conn, "UNAUTHORIZED_TRANSFER_ATTEMPT", "transfer to a recipient neither allow-listed nor certified", Some(cmd.sender_id), payload.clone()).await?;
-        let refusal = Problem::new(ErrorCode::UnauthorizedTransfer, "the receiver is neither on the sender's allowlist nor certified");
-        audit::write(conn, &who.actor(), "TRANSFER_REFUSED", "transfer", job_id, serde_json::json!({"code": refusal.code.as_str(), "request": payload})).await?;
+        alerts::raise(
+            conn,
+            "UNAUTHORIZED_TRANSFER_ATTEMPT",
+            "transfer to a recipient neither allow-listed nor certified",
+            Some(cmd.sender_id),
+            payload.clone(),
+        )
+        .await?;
+        let refusal = Problem::new(
+            ErrorCode::UnauthorizedTransfer,
+            "the receiver is neither on the sender's allowlist nor certified",
+        );
+        audit::write(
+            conn,
+            &who.actor(),
+            "TRANSFER_REFUSED",
+            "transfer",
+            job_id,
+            serde_json::json!({"code": refusal.code.as_str(), "request": payload}),
+        )
+        .await?;
         return Ok(Outcome::Refused(refusal));
     }
     let t: Transfer = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -95,7 +113,15 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     .bind(&cmd.currency)
     .fetch_one(&mut *conn)
     .await?;
-    audit::write(conn, &who.actor(), "TRANSFER_COMPLETED", "transfer", t.id, serde_json::json!({"receiver_id": t.receiver_id, "amount": amount, "currency": t.currency})).await?;
+    audit::write(
+        conn,
+        &who.actor(),
+        "TRANSFER_COMPLETED",
+        "transfer",
+        t.id,
+        serde_json::json!({"receiver_id": t.receiver_id, "amount": amount, "currency": t.currency}),
+    )
+    .await?;
     Ok(Outcome::Succeeded(serde_json::to_value(TransferOut::from(t))?))
 }
 

@@ -39,7 +39,8 @@ pub async fn create(conn: &mut PgConnection, by: &Principal, new: &NewUser) -> R
     .await
     .on_constraint("users_username_key", ErrorCode::UserExists, "a user with this username exists")
     .on_constraint("users_email_key", ErrorCode::UserExists, "a user with this e-mail exists")?;
-    audit::write(conn, &by.actor(), "USER_CREATED", "user", user.id, serde_json::json!({"username": user.username})).await?;
+    audit::write(conn, &by.actor(), "USER_CREATED", "user", user.id, serde_json::json!({"username": user.username}))
+        .await?;
     Ok(user)
 }
 

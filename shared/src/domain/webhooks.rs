@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
+use crate::domain::audit;
 use crate::domain::escrows::{self, EscrowDepositV1};
 use crate::domain::payouts::{self, Payment};
-use crate::domain::audit;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{EscrowId, PaymentId, WebhookEventId};
 use crate::jobs::{JobKind, Outcome};
@@ -37,7 +37,13 @@ pub struct Received {
 
 /// Stores a verified event and its job, once per event id, in one
 /// statement (atomic on its own, one round trip): a replay inserts nothing.
-pub async fn receive(pool: &sqlx::PgPool, event_id: &str, event_type: &str, payload: &serde_json::Value, raw: &str) -> Result<Received> {
+pub async fn receive(
+    pool: &sqlx::PgPool,
+    event_id: &str,
+    event_type: &str,
+    payload: &serde_json::Value,
+    raw: &str,
+) -> Result<Received> {
     let job_id = crate::ids::JobId::new();
     let p = psp_principal();
     let job_payload = serde_json::to_value(PspWebhookV1 { event_id: event_id.to_string() })?;
@@ -71,7 +77,12 @@ pub async fn receive(pool: &sqlx::PgPool, event_id: &str, event_type: &str, payl
     .fetch_optional(pool)
     .await?;
     Ok(match stored {
-        Some(id) => Received { received: true, event_id: event_id.to_string(), duplicate: false, job: Some((id, JobKind::PspWebhook)) },
+        Some(id) => Received {
+            received: true,
+            event_id: event_id.to_string(),
+            duplicate: false,
+            job: Some((id, JobKind::PspWebhook)),
+        },
         None => Received { received: true, event_id: event_id.to_string(), duplicate: true, job: None },
     })
 }
@@ -83,7 +94,10 @@ async fn find_payment(conn: &mut PgConnection, data: &serde_json::Value) -> Resu
         return Ok(Some(p));
     }
     if let Some(psp_ref) = data.get("psp_ref").and_then(|v| v.as_str()) {
-        let id: Option<PaymentId> = sqlx::query_scalar("SELECT id FROM payments WHERE psp_ref = $1").bind(psp_ref).fetch_optional(&mut *conn).await?;
+        let id: Option<PaymentId> = sqlx::query_scalar("SELECT id FROM payments WHERE psp_ref = $1")
+            .bind(psp_ref)
+            .fetch_optional(&mut *conn)
+            .await?;
         if let Some(id) = id {
             return payouts::load(conn, id).await;
         }
@@ -93,10 +107,11 @@ async fn find_payment(conn: &mut PgConnection, data: &serde_json::Value) -> Resu
 
 /// Applies a stored event (the `psp_webhook` job).
 pub async fn apply(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Result<Outcome> {
-    let row: Option<(String, serde_json::Value)> = sqlx::query_as("SELECT type, payload FROM psp_webhook_events WHERE event_id = $1")
-        .bind(&cmd.event_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row: Option<(String, serde_json::Value)> =
+        sqlx::query_as("SELECT type, payload FROM psp_webhook_events WHERE event_id = $1")
+            .bind(&cmd.event_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     let Some((event_type, payload)) = row else {
         return Err(Error::internal(format!("webhook event {} is not stored", cmd.event_id)));
     };
@@ -127,9 +142,19 @@ pub async fn apply(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Result<Outcom
                 _ => None,
             });
             let (Some(escrow_id), Some(amount)) = (escrow, amount) else {
-                return Err(Error::problem(ErrorCode::WebhookPayloadInvalid, "funding.succeeded needs data.escrow_id and data.amount"));
+                return Err(Error::problem(
+                    ErrorCode::WebhookPayloadInvalid,
+                    "funding.succeeded needs data.escrow_id and data.amount",
+                ));
             };
-            let e = escrows::deposit(conn, &psp_principal(), None, Some(&cmd.event_id), &EscrowDepositV1 { escrow_id, amount }).await?;
+            let e = escrows::deposit(
+                conn,
+                &psp_principal(),
+                None,
+                Some(&cmd.event_id),
+                &EscrowDepositV1 { escrow_id, amount },
+            )
+            .await?;
             serde_json::json!({"event_id": cmd.event_id, "type": event_type, "escrow_id": e.id, "status": e.status})
         }
         _ => serde_json::json!({"event_id": cmd.event_id, "type": event_type, "ignored": true}),
@@ -139,6 +164,13 @@ pub async fn apply(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Result<Outcom
 }
 
 async fn unknown_payment(conn: &mut PgConnection, cmd: &PspWebhookV1, event_type: &str) -> Result<serde_json::Value> {
-    crate::domain::alerts::raise(conn, "PSP_UNKNOWN_PAYMENT", &format!("{event_type} for a payment we do not know"), None, serde_json::json!({"event_id": cmd.event_id})).await?;
+    crate::domain::alerts::raise(
+        conn,
+        "PSP_UNKNOWN_PAYMENT",
+        &format!("{event_type} for a payment we do not know"),
+        None,
+        serde_json::json!({"event_id": cmd.event_id}),
+    )
+    .await?;
     Ok(serde_json::json!({"event_id": cmd.event_id, "type": event_type, "ignored": true, "reason": "unknown payment"}))
 }

@@ -66,7 +66,10 @@ pub enum Report {
     Succeeded,
     Failed(String),
     /// Infrastructure error, recorded; `status` is `queued` (retry) or `dead`.
-    Errored { status: String, message: String },
+    Errored {
+        status: String,
+        message: String,
+    },
     /// Another worker took the job over while this one ran.
     Superseded,
 }
@@ -114,7 +117,8 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
             Ok(TxEnd::Superseded) | Ok(TxEnd::Continue(_)) => (Report::Superseded, "superseded"),
             Err(e) => {
                 let message = e.to_string();
-                let status = record::record_failure(self.pool, job.id, job.attempts, self.max_attempts, &message).await?;
+                let status =
+                    record::record_failure(self.pool, job.id, job.attempts, self.max_attempts, &message).await?;
                 warn!(error = %message, new_status = %status, "job attempt failed");
                 let outcome = if status == "dead" { "dead" } else { "retry" };
                 (Report::Errored { status, message }, outcome)
@@ -141,7 +145,11 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
         self.transaction(job, Some((&state, &reply))).await
     }
 
-    async fn transaction(&self, job: &JobRow, second: Option<(&serde_json::Value, &serde_json::Value)>) -> Result<TxEnd> {
+    async fn transaction(
+        &self,
+        job: &JobRow,
+        second: Option<(&serde_json::Value, &serde_json::Value)>,
+    ) -> Result<TxEnd> {
         let ctx = (job, self.runner, second);
         db::serializable(self.pool, &ctx, |tx, (job, runner, second)| {
             Box::pin(async move {
@@ -201,6 +209,7 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
 /// The audit row of a refusal the rule did not keep anything for.
 pub async fn audit_refusal(conn: &mut PgConnection, job: &JobRow, p: &Problem) -> Result<()> {
     let (entity, action) = job.job_kind().map(|k| k.refusal_audit()).unwrap_or(("job", "JOB_REFUSED"));
-    let data = serde_json::json!({"job_id": job.id, "code": p.code.as_str(), "detail": p.detail, "request": job.payload});
+    let data =
+        serde_json::json!({"job_id": job.id, "code": p.code.as_str(), "detail": p.detail, "request": job.payload});
     audit::write(conn, &job.principal().actor(), action, entity, job.id, data).await
 }

@@ -53,7 +53,11 @@ impl JobKind {
     pub fn spawns_jobs(self) -> bool {
         matches!(
             self,
-            JobKind::EscrowTransition | JobKind::EscrowDeadlines | JobKind::ProofValidation | JobKind::UsageSpend | JobKind::PspWebhook
+            JobKind::EscrowTransition
+                | JobKind::EscrowDeadlines
+                | JobKind::ProofValidation
+                | JobKind::UsageSpend
+                | JobKind::PspWebhook
         )
     }
 }

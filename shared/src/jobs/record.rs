@@ -52,7 +52,8 @@ impl JobRow {
 
     /// The payload as the command type of its kind.
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.payload.clone()).map_err(|e| Error::internal(format!("job {} payload: {e}", self.id)))
+        serde_json::from_value(self.payload.clone())
+            .map_err(|e| Error::internal(format!("job {} payload: {e}", self.id)))
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -96,7 +97,12 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    pub fn new(kind: JobKind, payload: &impl Serialize, principal: &Principal, idempotency_key: Option<String>) -> Result<Self> {
+    pub fn new(
+        kind: JobKind,
+        payload: &impl Serialize,
+        principal: &Principal,
+        idempotency_key: Option<String>,
+    ) -> Result<Self> {
         Ok(Self { kind, payload: serde_json::to_value(payload)?, principal: *principal, idempotency_key })
     }
 
@@ -157,21 +163,32 @@ pub async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<(JobRow, bo
 
 /// Creates a follow-up job inside the parent's transaction, under the
 /// parent's principal, keyed so a re-run of the parent finds the same child.
-pub async fn insert_child(conn: &mut PgConnection, parent: &JobRow, kind: JobKind, payload: &impl Serialize, key: String) -> Result<JobRow> {
+pub async fn insert_child(
+    conn: &mut PgConnection,
+    parent: &JobRow,
+    kind: JobKind,
+    payload: &impl Serialize,
+    key: String,
+) -> Result<JobRow> {
     let new = NewJob::new(kind, payload, &parent.principal(), Some(key))?;
     let (row, created) = insert(&mut *conn, &new).await?;
     if created {
-        sqlx::query("UPDATE jobs SET parent_job_id = $2 WHERE id = $1").bind(row.id).bind(parent.id).execute(conn).await?;
+        sqlx::query("UPDATE jobs SET parent_job_id = $2 WHERE id = $1")
+            .bind(row.id)
+            .bind(parent.id)
+            .execute(conn)
+            .await?;
     }
     Ok(row)
 }
 
 /// The queued children of a job, to push after the parent commits.
 pub async fn queued_children(pool: &PgPool, parent: JobId) -> Result<Vec<(JobId, JobKind)>> {
-    let rows: Vec<(JobId, String)> = sqlx::query_as("SELECT id, kind FROM jobs WHERE parent_job_id = $1 AND status = 'queued'")
-        .bind(parent)
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<(JobId, String)> =
+        sqlx::query_as("SELECT id, kind FROM jobs WHERE parent_job_id = $1 AND status = 'queued'")
+            .bind(parent)
+            .fetch_all(pool)
+            .await?;
     Ok(rows.into_iter().filter_map(|(id, k)| JobKind::parse(&k).map(|k| (id, k))).collect())
 }
 
@@ -196,7 +213,12 @@ pub async fn get_for(conn: &mut PgConnection, id: JobId, who: &Principal) -> Res
     row.ok_or_else(|| Error::not_found(ErrorCode::NotFound, "job"))
 }
 
-pub async fn list(conn: &mut PgConnection, status: Option<&str>, kind: Option<&str>, page: &PageRequest) -> Result<Page<JobRow>> {
+pub async fn list(
+    conn: &mut PgConnection,
+    status: Option<&str>,
+    kind: Option<&str>,
+    page: &PageRequest,
+) -> Result<Page<JobRow>> {
     let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM jobs WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
            AND id < $3 ORDER BY id DESC LIMIT $4"
@@ -241,15 +263,30 @@ pub async fn claim(pool: &PgPool, id: JobId, worker: &str, lease: std::time::Dur
 /// row) finds nothing and reads as "not owned".
 pub async fn still_owned(conn: &mut PgConnection, job: &JobRow) -> Result<bool> {
     let row: Option<(String, i32)> = match &job.ctid {
-        Some(ctid) => sqlx::query_as("SELECT status, attempts FROM jobs WHERE ctid = $1::tid AND id = $2 FOR UPDATE").bind(ctid).bind(job.id).fetch_optional(conn).await?,
-        None => sqlx::query_as("SELECT status, attempts FROM jobs WHERE id = $1 FOR UPDATE").bind(job.id).fetch_optional(conn).await?,
+        Some(ctid) => {
+            sqlx::query_as("SELECT status, attempts FROM jobs WHERE ctid = $1::tid AND id = $2 FOR UPDATE")
+                .bind(ctid)
+                .bind(job.id)
+                .fetch_optional(conn)
+                .await?
+        }
+        None => {
+            sqlx::query_as("SELECT status, attempts FROM jobs WHERE id = $1 FOR UPDATE")
+                .bind(job.id)
+                .fetch_optional(conn)
+                .await?
+        }
     };
     Ok(matches!(row, Some((status, attempts)) if status == "running" && attempts == job.attempts))
 }
 
 /// Ends a job inside its transaction and wakes receipt waiters (one
 /// statement; by address, like [`still_owned`]).
-pub async fn finish(conn: &mut PgConnection, job: &JobRow, result: std::result::Result<&serde_json::Value, &Problem>) -> Result<()> {
+pub async fn finish(
+    conn: &mut PgConnection,
+    job: &JobRow,
+    result: std::result::Result<&serde_json::Value, &Problem>,
+) -> Result<()> {
     let (status, result, error) = match result {
         Ok(v) => ("succeeded", Some(v.clone()), None),
         Err(p) => ("failed", None, Some(p.to_json())),
@@ -283,7 +320,13 @@ pub async fn finish(conn: &mut PgConnection, job: &JobRow, result: std::result::
 /// After an infrastructure error: back to `queued` with a later
 /// `next_attempt_at` (exponential back-off, the relay pushes it when due), or
 /// `dead` past the last attempt. Returns the new status.
-pub async fn record_failure(pool: &PgPool, id: JobId, attempt: i32, max_attempts: i32, message: &str) -> Result<String> {
+pub async fn record_failure(
+    pool: &PgPool,
+    id: JobId,
+    attempt: i32,
+    max_attempts: i32,
+    message: &str,
+) -> Result<String> {
     let backoff_secs = 2f64.powi(attempt.clamp(1, 10)) * (0.75 + rand::random::<f64>() * 0.5);
     let status: Option<String> = sqlx::query_scalar(
         "UPDATE jobs SET

@@ -29,10 +29,7 @@ pub fn read_photo(bytes: &[u8]) -> Result<PhotoFacts, ErrorCode> {
     let Some(exif) = tiff.and_then(parse_tiff) else {
         return Ok(PhotoFacts::default());
     };
-    Ok(PhotoFacts {
-        captured_at: capture_time(&exif),
-        gps: gps_point(&exif),
-    })
+    Ok(PhotoFacts { captured_at: capture_time(&exif), gps: gps_point(&exif) })
 }
 
 // JPEG markers (ITU T.81, table B.1).
@@ -221,9 +218,7 @@ fn digits(text: &[u8]) -> Option<u32> {
     if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    text.iter().try_fold(0u32, |n, d| {
-        n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
-    })
+    text.iter().try_fold(0u32, |n, d| n.checked_mul(10)?.checked_add(u32::from(d - b'0')))
 }
 
 /// `YYYY:MM:DD`.
@@ -294,11 +289,7 @@ pub(crate) mod testing {
     ];
 
     pub fn field(tag: Tag, value: Value) -> Field {
-        Field {
-            tag,
-            ifd_num: In::PRIMARY,
-            value,
-        }
+        Field { tag, ifd_num: In::PRIMARY, value }
     }
 
     pub fn ascii(tag: Tag, text: &str) -> Field {
@@ -306,10 +297,7 @@ pub(crate) mod testing {
     }
 
     pub fn rationals(tag: Tag, parts: &[(u32, u32)]) -> Field {
-        field(
-            tag,
-            Value::Rational(parts.iter().map(|&p| Rational::from(p)).collect()),
-        )
+        field(tag, Value::Rational(parts.iter().map(|&p| Rational::from(p)).collect()))
     }
 
     /// |degrees| as D/1, M/1, S/10000, computed in whole units of 1/10000
@@ -319,11 +307,7 @@ pub(crate) mod testing {
         let units = (value.abs() * 36_000_000.0).round() as u64;
         let (d, rest) = (units / 36_000_000, units % 36_000_000);
         let part = |n: u64| u32::try_from(n).expect("a part fits in u32");
-        vec![
-            (part(d), 1),
-            (part(rest / 600_000), 1),
-            (part(rest % 600_000), 10_000),
-        ]
+        vec![(part(d), 1), (part(rest / 600_000), 1), (part(rest % 600_000), 10_000)]
     }
 
     /// GPS position fields with N/S and E/W references.
@@ -339,14 +323,8 @@ pub(crate) mod testing {
     /// GPS date and time stamp fields for `at` (whole seconds).
     pub fn gps_time(at: DateTime<Utc>) -> Vec<Field> {
         vec![
-            ascii(
-                Tag::GPSDateStamp,
-                &format!("{:04}:{:02}:{:02}", at.year(), at.month(), at.day()),
-            ),
-            rationals(
-                Tag::GPSTimeStamp,
-                &[(at.hour(), 1), (at.minute(), 1), (at.second(), 1)],
-            ),
+            ascii(Tag::GPSDateStamp, &format!("{:04}:{:02}:{:02}", at.year(), at.month(), at.day())),
+            rationals(Tag::GPSTimeStamp, &[(at.hour(), 1), (at.minute(), 1), (at.second(), 1)]),
         ]
     }
 
@@ -386,16 +364,12 @@ pub(crate) mod testing {
 mod tests {
     // Named imports: the helpers share names with this module's readers,
     // and a named import wins over the glob.
-    use super::testing::{
-        GREY_8X8, ascii, field, gps, gps_time, jpeg_with, jpeg_with_tiff, rationals,
-    };
+    use super::testing::{GREY_8X8, ascii, field, gps, gps_time, jpeg_with, jpeg_with_tiff, rationals};
     use super::*;
     use chrono::TimeZone;
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
-            .single()
-            .expect("valid test time")
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().expect("valid test time")
     }
 
     fn read(fields: &[::exif::Field]) -> PhotoFacts {
@@ -420,19 +394,15 @@ mod tests {
             b"\xFF\xD8",
             b"%PDF-1.7\n",
             b"\x89PNG\r\n\x1a\n",
-            b"\xFF\xD8\xFF\xD9",                 // SOI, EOI: no image
-            b"\xFF\xD8\xFF\xD8",                 // two SOIs
-            b"\xFF\xD8\x00\xFF\xDA\x00\x08",     // garbage between segments
-            b"\xFF\xD8\xFF\xE0\x00\x01",         // length below 2
-            b"\xFF\xD8\xFF\xE0\x00\x10JFIF\x00", // segment longer than the file
+            b"\xFF\xD8\xFF\xD9",                                 // SOI, EOI: no image
+            b"\xFF\xD8\xFF\xD8",                                 // two SOIs
+            b"\xFF\xD8\x00\xFF\xDA\x00\x08",                     // garbage between segments
+            b"\xFF\xD8\xFF\xE0\x00\x01",                         // length below 2
+            b"\xFF\xD8\xFF\xE0\x00\x10JFIF\x00",                 // segment longer than the file
             b"\xFF\xD8\xFF\xDA\x00\x08\x01\x01\x00\x00\x3F\x00", // scan without frame
         ];
         for case in cases {
-            assert_eq!(
-                read_photo(case),
-                Err(ErrorCode::ProofUnreadable),
-                "{case:02X?}"
-            );
+            assert_eq!(read_photo(case), Err(ErrorCode::ProofUnreadable), "{case:02X?}");
         }
     }
 
@@ -460,18 +430,10 @@ mod tests {
 
     #[test]
     fn gps_position_is_read_in_all_four_hemispheres() {
-        for (lat, lng) in [
-            (48.8566, 2.3522),
-            (-33.8688, 151.2093),
-            (40.7128, -74.006),
-            (-22.9068, -43.1729),
-        ] {
+        for (lat, lng) in [(48.8566, 2.3522), (-33.8688, 151.2093), (40.7128, -74.006), (-22.9068, -43.1729)] {
             let facts = read(&gps(lat, lng));
             let point = facts.gps.expect("gps");
-            assert!(
-                close(point.lat, lat) && close(point.lng, lng),
-                "{point:?} vs {lat},{lng}"
-            );
+            assert!(close(point.lat, lat) && close(point.lng, lng), "{point:?} vs {lat},{lng}");
         }
     }
 
@@ -494,15 +456,11 @@ mod tests {
 
     #[test]
     fn date_time_original_with_its_offset_is_converted_to_utc() {
-        let facts = read(&[
-            ascii(Tag::DateTimeOriginal, "2030:01:01 00:30:00"),
-            ascii(Tag::OffsetTimeOriginal, "+01:00"),
-        ]);
+        let facts =
+            read(&[ascii(Tag::DateTimeOriginal, "2030:01:01 00:30:00"), ascii(Tag::OffsetTimeOriginal, "+01:00")]);
         assert_eq!(facts.captured_at, Some(at(2029, 12, 31, 23, 30, 0)));
-        let facts = read(&[
-            ascii(Tag::DateTimeOriginal, "2030:06:15 20:00:00"),
-            ascii(Tag::OffsetTimeOriginal, "-05:30"),
-        ]);
+        let facts =
+            read(&[ascii(Tag::DateTimeOriginal, "2030:06:15 20:00:00"), ascii(Tag::OffsetTimeOriginal, "-05:30")]);
         assert_eq!(facts.captured_at, Some(at(2030, 6, 16, 1, 30, 0)));
     }
 
@@ -522,70 +480,30 @@ mod tests {
 
     #[test]
     fn an_invalid_gps_time_falls_back_to_date_time_original() {
-        let original = [
-            ascii(Tag::DateTimeOriginal, "2030:01:01 09:00:00"),
-            ascii(Tag::OffsetTimeOriginal, "+02:00"),
-        ];
+        let original = [ascii(Tag::DateTimeOriginal, "2030:01:01 09:00:00"), ascii(Tag::OffsetTimeOriginal, "+02:00")];
         let bad_gps_times: Vec<Vec<::exif::Field>> = vec![
             // date without time, time without date
             vec![ascii(Tag::GPSDateStamp, "2030:01:01")],
             vec![rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)])],
             // impossible values
-            vec![
-                ascii(Tag::GPSDateStamp, "2030:02:30"),
-                rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)]),
-            ],
-            vec![
-                ascii(Tag::GPSDateStamp, "2030:01:01"),
-                rationals(Tag::GPSTimeStamp, &[(24, 1), (0, 1), (0, 1)]),
-            ],
-            vec![
-                ascii(Tag::GPSDateStamp, "2030:01:01"),
-                rationals(Tag::GPSTimeStamp, &[(1, 1), (60, 1), (0, 1)]),
-            ],
-            vec![
-                ascii(Tag::GPSDateStamp, "2030:01:01"),
-                rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (60, 1)]),
-            ],
+            vec![ascii(Tag::GPSDateStamp, "2030:02:30"), rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)])],
+            vec![ascii(Tag::GPSDateStamp, "2030:01:01"), rationals(Tag::GPSTimeStamp, &[(24, 1), (0, 1), (0, 1)])],
+            vec![ascii(Tag::GPSDateStamp, "2030:01:01"), rationals(Tag::GPSTimeStamp, &[(1, 1), (60, 1), (0, 1)])],
+            vec![ascii(Tag::GPSDateStamp, "2030:01:01"), rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (60, 1)])],
             // zero denominators, a fractional hour, two parts only
-            vec![
-                ascii(Tag::GPSDateStamp, "2030:01:01"),
-                rationals(Tag::GPSTimeStamp, &[(1, 0), (2, 1), (3, 1)]),
-            ],
-            vec![
-                ascii(Tag::GPSDateStamp, "2030:01:01"),
-                rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 0)]),
-            ],
-            vec![
-                ascii(Tag::GPSDateStamp, "2030:01:01"),
-                rationals(Tag::GPSTimeStamp, &[(3, 2), (2, 1), (3, 1)]),
-            ],
-            vec![
-                ascii(Tag::GPSDateStamp, "2030:01:01"),
-                rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1)]),
-            ],
+            vec![ascii(Tag::GPSDateStamp, "2030:01:01"), rationals(Tag::GPSTimeStamp, &[(1, 0), (2, 1), (3, 1)])],
+            vec![ascii(Tag::GPSDateStamp, "2030:01:01"), rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 0)])],
+            vec![ascii(Tag::GPSDateStamp, "2030:01:01"), rationals(Tag::GPSTimeStamp, &[(3, 2), (2, 1), (3, 1)])],
+            vec![ascii(Tag::GPSDateStamp, "2030:01:01"), rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1)])],
             // malformed date text
-            vec![
-                ascii(Tag::GPSDateStamp, "2030-01-01"),
-                rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)]),
-            ],
-            vec![
-                ascii(Tag::GPSDateStamp, "+030:01:01"),
-                rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)]),
-            ],
-            vec![
-                ascii(Tag::GPSDateStamp, "    :  :  "),
-                rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)]),
-            ],
+            vec![ascii(Tag::GPSDateStamp, "2030-01-01"), rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)])],
+            vec![ascii(Tag::GPSDateStamp, "+030:01:01"), rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)])],
+            vec![ascii(Tag::GPSDateStamp, "    :  :  "), rationals(Tag::GPSTimeStamp, &[(1, 1), (2, 1), (3, 1)])],
         ];
         for bad in bad_gps_times {
             let mut fields = bad.clone();
             fields.extend(original.iter().cloned());
-            assert_eq!(
-                read(&fields).captured_at,
-                Some(at(2030, 1, 1, 7, 0, 0)),
-                "{bad:?}"
-            );
+            assert_eq!(read(&fields).captured_at, Some(at(2030, 1, 1, 7, 0, 0)), "{bad:?}");
             assert_eq!(read(&bad).captured_at, None, "{bad:?}");
         }
     }
@@ -606,10 +524,7 @@ mod tests {
             ("2030:01:01 12:00", "+01:00"),
         ];
         for (original, offset) in cases {
-            let facts = read(&[
-                ascii(Tag::DateTimeOriginal, original),
-                ascii(Tag::OffsetTimeOriginal, offset),
-            ]);
+            let facts = read(&[ascii(Tag::DateTimeOriginal, original), ascii(Tag::OffsetTimeOriginal, offset)]);
             assert_eq!(facts.captured_at, None, "{original} {offset}");
         }
     }
@@ -618,55 +533,17 @@ mod tests {
     fn malformed_gps_positions_are_no_gps() {
         let lat = |parts: &[(u32, u32)]| rationals(Tag::GPSLatitude, parts);
         let lng = rationals(Tag::GPSLongitude, &[(2, 1), (21, 1), (0, 1)]);
-        let (n, e) = (
-            ascii(Tag::GPSLatitudeRef, "N"),
-            ascii(Tag::GPSLongitudeRef, "E"),
-        );
+        let (n, e) = (ascii(Tag::GPSLatitudeRef, "N"), ascii(Tag::GPSLongitudeRef, "E"));
         let cases: Vec<Vec<::exif::Field>> = vec![
-            vec![
-                lat(&[(48, 0), (51, 1), (0, 1)]),
-                n.clone(),
-                lng.clone(),
-                e.clone(),
-            ],
-            vec![
-                lat(&[(48, 1), (51, 1), (0, 0)]),
-                n.clone(),
-                lng.clone(),
-                e.clone(),
-            ],
-            vec![
-                lat(&[(91, 1), (0, 1), (0, 1)]),
-                n.clone(),
-                lng.clone(),
-                e.clone(),
-            ],
-            vec![
-                lat(&[(90, 1), (1, 1), (0, 1)]),
-                n.clone(),
-                lng.clone(),
-                e.clone(),
-            ],
-            vec![
-                lat(&[(48, 1), (60, 1), (0, 1)]),
-                n.clone(),
-                lng.clone(),
-                e.clone(),
-            ],
-            vec![
-                lat(&[(48, 1), (51, 1), (60, 1)]),
-                n.clone(),
-                lng.clone(),
-                e.clone(),
-            ],
+            vec![lat(&[(48, 0), (51, 1), (0, 1)]), n.clone(), lng.clone(), e.clone()],
+            vec![lat(&[(48, 1), (51, 1), (0, 0)]), n.clone(), lng.clone(), e.clone()],
+            vec![lat(&[(91, 1), (0, 1), (0, 1)]), n.clone(), lng.clone(), e.clone()],
+            vec![lat(&[(90, 1), (1, 1), (0, 1)]), n.clone(), lng.clone(), e.clone()],
+            vec![lat(&[(48, 1), (60, 1), (0, 1)]), n.clone(), lng.clone(), e.clone()],
+            vec![lat(&[(48, 1), (51, 1), (60, 1)]), n.clone(), lng.clone(), e.clone()],
             vec![lat(&[(48, 1), (51, 1)]), n.clone(), lng.clone(), e.clone()],
             vec![lat(&[(48, 1), (51, 1), (0, 1)]), lng.clone(), e.clone()],
-            vec![
-                lat(&[(48, 1), (51, 1), (0, 1)]),
-                ascii(Tag::GPSLatitudeRef, "X"),
-                lng.clone(),
-                e.clone(),
-            ],
+            vec![lat(&[(48, 1), (51, 1), (0, 1)]), ascii(Tag::GPSLatitudeRef, "X"), lng.clone(), e.clone()],
             vec![lat(&[(48, 1), (51, 1), (0, 1)]), n.clone(), lng.clone()],
             vec![
                 lat(&[(48, 1), (51, 1), (0, 1)]),
@@ -675,36 +552,20 @@ mod tests {
                 e.clone(),
             ],
             vec![lat(&[(48, 1), (51, 1), (0, 1)]), n.clone(), e.clone()],
-            vec![
-                field(Tag::GPSLatitude, Value::Short(vec![48, 51, 0])),
-                n.clone(),
-                lng.clone(),
-                e.clone(),
-            ],
+            vec![field(Tag::GPSLatitude, Value::Short(vec![48, 51, 0])), n.clone(), lng.clone(), e.clone()],
         ];
         for case in cases {
             assert_eq!(read(&case).gps, None, "{case:?}");
         }
         // The same fields, well formed, do give a position.
-        let ok = read(&[lat(&[(48, 1), (51, 1), (0, 1)]), n, lng, e])
-            .gps
-            .expect("gps");
+        let ok = read(&[lat(&[(48, 1), (51, 1), (0, 1)]), n, lng, e]).gps.expect("gps");
         assert!(close(ok.lat, 48.85) && close(ok.lng, 2.35), "{ok:?}");
     }
 
     #[test]
     fn broken_exif_in_a_good_jpeg_is_no_exif_not_unreadable() {
-        for tiff in [
-            &b""[..],
-            b"MM\0*",
-            b"II*\0\xFF\xFF\xFF\xFF",
-            b"MM\0*\0\0\0\x08\xFF\xFF",
-        ] {
-            assert_eq!(
-                read_photo(&jpeg_with_tiff(tiff)),
-                Ok(PhotoFacts::default()),
-                "{tiff:02X?}"
-            );
+        for tiff in [&b""[..], b"MM\0*", b"II*\0\xFF\xFF\xFF\xFF", b"MM\0*\0\0\0\x08\xFF\xFF"] {
+            assert_eq!(read_photo(&jpeg_with_tiff(tiff)), Ok(PhotoFacts::default()), "{tiff:02X?}");
         }
     }
 
@@ -713,12 +574,7 @@ mod tests {
         // IFD at 8 claiming 65535 entries, then one entry with a count of
         // 0xFFFFFFFF rationals at an offset past the end.
         let mut tiff = b"MM\0*\0\0\0\x08\xFF\xFF".to_vec();
-        tiff.extend_from_slice(&[
-            0x00, 0x02, 0x00, 0x05, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x20,
-        ]);
-        assert_eq!(
-            read_photo(&jpeg_with_tiff(&tiff)),
-            Ok(PhotoFacts::default())
-        );
+        tiff.extend_from_slice(&[0x00, 0x02, 0x00, 0x05, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x20]);
+        assert_eq!(read_photo(&jpeg_with_tiff(&tiff)), Ok(PhotoFacts::default()));
     }
 }

@@ -20,10 +20,8 @@ impl GpsPoint {
     /// The point if both coordinates are finite and on the globe, else
     /// `None`: a NaN or a latitude of 91° is not a place to measure from.
     pub fn new(lat: f64, lng: f64) -> Option<GpsPoint> {
-        let valid = lat.is_finite()
-            && lng.is_finite()
-            && (-90.0..=90.0).contains(&lat)
-            && (-180.0..=180.0).contains(&lng);
+        let valid =
+            lat.is_finite() && lng.is_finite() && (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng);
         valid.then_some(GpsPoint { lat, lng })
     }
 }
@@ -38,10 +36,7 @@ pub struct Geofence {
 
 impl Geofence {
     pub fn centre(&self) -> GpsPoint {
-        GpsPoint {
-            lat: self.lat,
-            lng: self.lng,
-        }
+        GpsPoint { lat: self.lat, lng: self.lng }
     }
 
     /// Whether `distance_m` is inside the fence. Exactly on the radius is
@@ -98,27 +93,17 @@ mod tests {
         let (a, b) = (p(12.5, -7.25), p(-33.9, 151.2));
         assert_eq!(haversine_m(a, b), haversine_m(b, a));
         let half = haversine_m(p(0.0, 0.0), p(0.0, 180.0));
-        assert!(
-            (half - EARTH_RADIUS_M * std::f64::consts::PI).abs() < 1e-3,
-            "{half}"
-        );
+        assert!((half - EARTH_RADIUS_M * std::f64::consts::PI).abs() < 1e-3, "{half}");
     }
 
     #[test]
     fn exactly_on_the_radius_is_inside_and_nan_is_outside() {
-        let fence = Geofence {
-            lat: 0.0,
-            lng: 0.0,
-            radius_m: 100.0,
-        };
+        let fence = Geofence { lat: 0.0, lng: 0.0, radius_m: 100.0 };
         assert!(fence.contains_distance(100.0));
         assert!(fence.contains_distance(99.999));
         assert!(!fence.contains_distance(100.001));
         assert!(!fence.contains_distance(f64::NAN));
-        let nan_fence = Geofence {
-            radius_m: f64::NAN,
-            ..fence
-        };
+        let nan_fence = Geofence { radius_m: f64::NAN, ..fence };
         assert!(!nan_fence.contains_distance(0.0));
     }
 

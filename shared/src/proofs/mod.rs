@@ -99,21 +99,13 @@ pub fn evaluate(
         ProofType::Document => {
             let mut reasons = vec![DOCUMENT_PROOF.to_string()];
             reasons.extend(soft_reasons(source));
-            Evaluation {
-                verdict: Verdict::Review(reasons),
-                captured_at: None,
-                gps: None,
-                distance_m: None,
-            }
+            Evaluation { verdict: Verdict::Review(reasons), captured_at: None, gps: None, distance_m: None }
         }
         ProofType::Photo => match read_photo(bytes) {
             Ok(facts) => judge_photo(&facts, geofence, source, uploaded_at),
-            Err(code) => Evaluation {
-                verdict: Verdict::Rejected(code),
-                captured_at: None,
-                gps: None,
-                distance_m: None,
-            },
+            Err(code) => {
+                Evaluation { verdict: Verdict::Rejected(code), captured_at: None, gps: None, distance_m: None }
+            }
         },
     }
 }
@@ -134,19 +126,10 @@ pub fn judge_photo(
         Some(code) => Verdict::Rejected(code),
         None => {
             let reasons = soft_reasons(source);
-            if reasons.is_empty() {
-                Verdict::Approved
-            } else {
-                Verdict::Review(reasons)
-            }
+            if reasons.is_empty() { Verdict::Approved } else { Verdict::Review(reasons) }
         }
     };
-    Evaluation {
-        verdict,
-        captured_at: facts.captured_at,
-        gps: facts.gps,
-        distance_m,
-    }
+    Evaluation { verdict, captured_at: facts.captured_at, gps: facts.gps, distance_m }
 }
 
 fn hard_failure(
@@ -178,11 +161,7 @@ fn hard_failure(
 }
 
 fn soft_reasons(source: &str) -> Vec<String> {
-    if TRUSTED_SOURCES.contains(&source) {
-        Vec::new()
-    } else {
-        vec![UNTRUSTED_SOURCE.to_string()]
-    }
+    if TRUSTED_SOURCES.contains(&source) { Vec::new() } else { vec![UNTRUSTED_SOURCE.to_string()] }
 }
 
 #[cfg(test)]
@@ -194,9 +173,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn upload() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2030, 5, 17, 12, 0, 0)
-            .single()
-            .expect("valid test time")
+        Utc.with_ymd_and_hms(2030, 5, 17, 12, 0, 0).single().expect("valid test time")
     }
 
     /// Paris, Notre-Dame; a fence of 100 m around it.
@@ -204,11 +181,7 @@ mod tests {
     const LNG: f64 = 2.3499;
 
     fn fence(radius_m: f64) -> Geofence {
-        Geofence {
-            lat: LAT,
-            lng: LNG,
-            radius_m,
-        }
+        Geofence { lat: LAT, lng: LNG, radius_m }
     }
 
     fn facts(captured_at: Option<DateTime<Utc>>, gps: Option<GpsPoint>) -> PhotoFacts {
@@ -231,10 +204,7 @@ mod tests {
     fn proof_types_round_trip_through_their_strings() {
         for t in [ProofType::Photo, ProofType::Document] {
             assert_eq!(ProofType::parse(t.as_str()), Some(t));
-            assert_eq!(
-                serde_json::to_value(t).ok(),
-                Some(serde_json::json!(t.as_str()))
-            );
+            assert_eq!(serde_json::to_value(t).ok(), Some(serde_json::json!(t.as_str())));
         }
         assert_eq!(ProofType::parse("photo"), None);
     }
@@ -243,10 +213,7 @@ mod tests {
     fn a_fresh_photo_inside_the_fence_from_the_app_is_approved() {
         let f = facts(Some(upload()), here());
         assert_eq!(verdict(&f, Some(&fence(100.0)), "app"), Verdict::Approved);
-        assert_eq!(
-            verdict(&f, Some(&fence(100.0)), "camera"),
-            Verdict::Approved
-        );
+        assert_eq!(verdict(&f, Some(&fence(100.0)), "camera"), Verdict::Approved);
         assert_eq!(verdict(&f, None, "app"), Verdict::Approved);
     }
 
@@ -254,13 +221,7 @@ mod tests {
     fn a_real_jpeg_with_gps_time_and_position_is_approved_end_to_end() {
         let mut fields = gps(LAT, LNG);
         fields.extend(gps_time(upload() - TimeDelta::minutes(30)));
-        let e = evaluate(
-            &jpeg_with(&fields),
-            ProofType::Photo,
-            Some(&fence(100.0)),
-            "app",
-            upload(),
-        );
+        let e = evaluate(&jpeg_with(&fields), ProofType::Photo, Some(&fence(100.0)), "app", upload());
         assert_eq!(e.verdict, Verdict::Approved);
         assert_eq!(e.captured_at, Some(upload() - TimeDelta::minutes(30)));
         let gps = e.gps.expect("gps");
@@ -270,13 +231,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_photo_is_rejected_before_anything_else() {
-        let e = evaluate(
-            b"%PDF-1.7",
-            ProofType::Photo,
-            Some(&fence(100.0)),
-            "email",
-            upload(),
-        );
+        let e = evaluate(b"%PDF-1.7", ProofType::Photo, Some(&fence(100.0)), "email", upload());
         assert_eq!(e.verdict, rejected(ErrorCode::ProofUnreadable));
         assert_eq!((e.captured_at, e.gps, e.distance_m), (None, None, None));
     }
@@ -287,47 +242,26 @@ mod tests {
         assert_eq!(e.verdict, rejected(ErrorCode::MissingExifTimestamp));
         // The timestamp comes before the geofence: no time and no GPS is
         // reported as the time.
-        let e = evaluate(
-            GREY_8X8,
-            ProofType::Photo,
-            Some(&fence(100.0)),
-            "app",
-            upload(),
-        );
+        let e = evaluate(GREY_8X8, ProofType::Photo, Some(&fence(100.0)), "app", upload());
         assert_eq!(e.verdict, rejected(ErrorCode::MissingExifTimestamp));
     }
 
     #[test]
     fn exactly_120_minutes_old_passes_and_one_second_more_is_stale() {
         let edge = upload() - TimeDelta::minutes(120);
-        assert_eq!(
-            verdict(&facts(Some(edge), None), None, "app"),
-            Verdict::Approved
-        );
+        assert_eq!(verdict(&facts(Some(edge), None), None, "app"), Verdict::Approved);
         let stale = edge - TimeDelta::seconds(1);
-        assert_eq!(
-            verdict(&facts(Some(stale), None), None, "app"),
-            rejected(ErrorCode::StaleTimestamp)
-        );
+        assert_eq!(verdict(&facts(Some(stale), None), None, "app"), rejected(ErrorCode::StaleTimestamp));
         let ancient = upload() - TimeDelta::days(400);
-        assert_eq!(
-            verdict(&facts(Some(ancient), None), None, "app"),
-            rejected(ErrorCode::StaleTimestamp)
-        );
+        assert_eq!(verdict(&facts(Some(ancient), None), None, "app"), rejected(ErrorCode::StaleTimestamp));
     }
 
     #[test]
     fn exactly_2_minutes_ahead_passes_and_one_second_more_is_future() {
         let edge = upload() + TimeDelta::minutes(2);
-        assert_eq!(
-            verdict(&facts(Some(edge), None), None, "app"),
-            Verdict::Approved
-        );
+        assert_eq!(verdict(&facts(Some(edge), None), None, "app"), Verdict::Approved);
         let future = edge + TimeDelta::seconds(1);
-        assert_eq!(
-            verdict(&facts(Some(future), None), None, "app"),
-            rejected(ErrorCode::FutureTimestamp)
-        );
+        assert_eq!(verdict(&facts(Some(future), None), None, "app"), rejected(ErrorCode::FutureTimestamp));
     }
 
     #[test]
@@ -335,89 +269,45 @@ mod tests {
         let file = |at: DateTime<Utc>| jpeg_with(&gps_time(at));
         let judge = |at| evaluate(&file(at), ProofType::Photo, None, "app", upload()).verdict;
         assert_eq!(judge(upload() - TimeDelta::minutes(120)), Verdict::Approved);
-        assert_eq!(
-            judge(upload() - TimeDelta::seconds(7201)),
-            rejected(ErrorCode::StaleTimestamp)
-        );
+        assert_eq!(judge(upload() - TimeDelta::seconds(7201)), rejected(ErrorCode::StaleTimestamp));
         assert_eq!(judge(upload() + TimeDelta::minutes(2)), Verdict::Approved);
-        assert_eq!(
-            judge(upload() + TimeDelta::seconds(121)),
-            rejected(ErrorCode::FutureTimestamp)
-        );
+        assert_eq!(judge(upload() + TimeDelta::seconds(121)), rejected(ErrorCode::FutureTimestamp));
     }
 
     #[test]
     fn a_geofence_without_gps_is_missing_gps_and_no_fence_needs_no_gps() {
         let f = facts(Some(upload()), None);
-        assert_eq!(
-            verdict(&f, Some(&fence(100.0)), "app"),
-            rejected(ErrorCode::MissingGps)
-        );
+        assert_eq!(verdict(&f, Some(&fence(100.0)), "app"), rejected(ErrorCode::MissingGps));
         assert_eq!(verdict(&f, None, "app"), Verdict::Approved);
     }
 
     #[test]
     fn the_time_rules_come_before_the_gps_rules() {
         let stale = facts(Some(upload() - TimeDelta::hours(3)), None);
-        assert_eq!(
-            verdict(&stale, Some(&fence(100.0)), "app"),
-            rejected(ErrorCode::StaleTimestamp)
-        );
-        let far_and_future = facts(
-            Some(upload() + TimeDelta::hours(1)),
-            Some(GpsPoint { lat: 0.0, lng: 0.0 }),
-        );
-        assert_eq!(
-            verdict(&far_and_future, Some(&fence(100.0)), "app"),
-            rejected(ErrorCode::FutureTimestamp)
-        );
+        assert_eq!(verdict(&stale, Some(&fence(100.0)), "app"), rejected(ErrorCode::StaleTimestamp));
+        let far_and_future = facts(Some(upload() + TimeDelta::hours(1)), Some(GpsPoint { lat: 0.0, lng: 0.0 }));
+        assert_eq!(verdict(&far_and_future, Some(&fence(100.0)), "app"), rejected(ErrorCode::FutureTimestamp));
     }
 
     #[test]
     fn just_inside_the_radius_passes_and_just_outside_is_a_violation() {
         // A point due north of the centre, with the fence sized to the
         // measured distance so the boundary is exact.
-        let point = GpsPoint {
-            lat: LAT + 0.001,
-            lng: LNG,
-        };
+        let point = GpsPoint { lat: LAT + 0.001, lng: LNG };
         let d = haversine_m(fence(0.0).centre(), point);
         assert!((d - 111.19).abs() < 0.01, "{d}");
         let f = facts(Some(upload()), Some(point));
-        assert_eq!(
-            verdict(&f, Some(&fence(d)), "app"),
-            Verdict::Approved,
-            "on the radius is inside"
-        );
-        assert_eq!(
-            verdict(&f, Some(&fence(d + 0.01)), "app"),
-            Verdict::Approved
-        );
-        assert_eq!(
-            verdict(&f, Some(&fence(d - 0.01)), "app"),
-            rejected(ErrorCode::GeofenceViolation)
-        );
+        assert_eq!(verdict(&f, Some(&fence(d)), "app"), Verdict::Approved, "on the radius is inside");
+        assert_eq!(verdict(&f, Some(&fence(d + 0.01)), "app"), Verdict::Approved);
+        assert_eq!(verdict(&f, Some(&fence(d - 0.01)), "app"), rejected(ErrorCode::GeofenceViolation));
         let e = judge_photo(&f, Some(&fence(d - 0.01)), "app", upload());
-        assert_eq!(
-            e.distance_m,
-            Some(d),
-            "the distance is kept for the reviewer"
-        );
+        assert_eq!(e.distance_m, Some(d), "the distance is kept for the reviewer");
     }
 
     #[test]
     fn a_photo_far_away_is_a_geofence_violation_even_from_an_untrusted_source() {
-        let f = facts(
-            Some(upload()),
-            Some(GpsPoint {
-                lat: 51.5074,
-                lng: -0.1278,
-            }),
-        );
-        assert_eq!(
-            verdict(&f, Some(&fence(500.0)), "email"),
-            rejected(ErrorCode::GeofenceViolation)
-        );
+        let f = facts(Some(upload()), Some(GpsPoint { lat: 51.5074, lng: -0.1278 }));
+        assert_eq!(verdict(&f, Some(&fence(500.0)), "email"), rejected(ErrorCode::GeofenceViolation));
     }
 
     #[test]
@@ -434,23 +324,11 @@ mod tests {
 
     #[test]
     fn documents_are_always_reviewed_and_never_read() {
-        let e = evaluate(
-            b"%PDF-1.7 not a jpeg",
-            ProofType::Document,
-            Some(&fence(1.0)),
-            "app",
-            upload(),
-        );
+        let e = evaluate(b"%PDF-1.7 not a jpeg", ProofType::Document, Some(&fence(1.0)), "app", upload());
         assert_eq!(e.verdict, Verdict::Review(vec![DOCUMENT_PROOF.to_string()]));
         assert_eq!((e.captured_at, e.gps, e.distance_m), (None, None, None));
         let e = evaluate(b"", ProofType::Document, None, "email", upload());
-        assert_eq!(
-            e.verdict,
-            Verdict::Review(vec![
-                DOCUMENT_PROOF.to_string(),
-                UNTRUSTED_SOURCE.to_string()
-            ])
-        );
+        assert_eq!(e.verdict, Verdict::Review(vec![DOCUMENT_PROOF.to_string(), UNTRUSTED_SOURCE.to_string()]));
     }
 
     /// Arbitrary bytes and mutations of a valid EXIF JPEG never panic, and
@@ -461,14 +339,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0x6b6f_6261_7465_6c61);
         let mut fields = gps(-33.8688, 151.2093);
         fields.extend(gps_time(upload()));
-        fields.push(super::exif::testing::ascii(
-            ::exif::Tag::DateTimeOriginal,
-            "2030:05:17 14:00:00",
-        ));
-        fields.push(super::exif::testing::ascii(
-            ::exif::Tag::OffsetTimeOriginal,
-            "+02:00",
-        ));
+        fields.push(super::exif::testing::ascii(::exif::Tag::DateTimeOriginal, "2030:05:17 14:00:00"));
+        fields.push(super::exif::testing::ascii(::exif::Tag::OffsetTimeOriginal, "+02:00"));
         let valid = jpeg_with(&fields);
         assert_eq!(
             evaluate(&valid, ProofType::Photo, None, "app", upload()).verdict,

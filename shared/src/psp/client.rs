@@ -53,10 +53,7 @@ impl PspError {
 
 /// Object safe so the runner can hold an `Arc<dyn PspClient>`.
 pub trait PspClient: Send + Sync {
-    fn payout<'a>(
-        &'a self,
-        req: &'a PayoutRequest,
-    ) -> BoxFuture<'a, Result<PayoutResponse, PspError>>;
+    fn payout<'a>(&'a self, req: &'a PayoutRequest) -> BoxFuture<'a, Result<PayoutResponse, PspError>>;
 }
 
 /// Tries per call, and the pause before each retry.
@@ -88,10 +85,7 @@ impl HttpPspClient {
         let base_url = base_url.into();
         // Without TLS the builder has nothing that can fail; the per-request
         // timeout below still applies if we ever fall back to the default.
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .build()
-            .unwrap_or_default();
+        let http = reqwest::Client::builder().connect_timeout(timeout).build().unwrap_or_default();
         Self {
             http,
             payouts_url: format!("{}/payouts", base_url.trim_end_matches('/')),
@@ -122,29 +116,23 @@ impl HttpPspClient {
             .http
             .post(&self.payouts_url)
             .timeout(self.timeout)
-            .header("Idempotency-Key", if req.idempotency_key.is_empty() { &req.payment_id } else { &req.idempotency_key })
+            .header(
+                "Idempotency-Key",
+                if req.idempotency_key.is_empty() { &req.payment_id } else { &req.idempotency_key },
+            )
             .json(req);
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
-        let resp = call
-            .send()
-            .await
-            .map_err(|e| PspError::Transport(describe(&e)))?;
+        let resp = call.send().await.map_err(|e| PspError::Transport(describe(&e)))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| PspError::Transport(describe(&e)))?;
+        let body = resp.bytes().await.map_err(|e| PspError::Transport(describe(&e)))?;
         classify(status.as_u16(), &body)
     }
 }
 
 impl PspClient for HttpPspClient {
-    fn payout<'a>(
-        &'a self,
-        req: &'a PayoutRequest,
-    ) -> BoxFuture<'a, Result<PayoutResponse, PspError>> {
+    fn payout<'a>(&'a self, req: &'a PayoutRequest) -> BoxFuture<'a, Result<PayoutResponse, PspError>> {
         self.send_payout(req).boxed()
     }
 }
@@ -165,19 +153,11 @@ fn classify(status: u16, body: &[u8]) -> Result<PayoutResponse, PspError> {
                 message: Option<String>,
             }
             let refusal = serde_json::from_slice::<RefusalIn>(body).ok();
-            let code = refusal
-                .as_ref()
-                .and_then(|r| r.code.clone())
-                .unwrap_or_else(|| format!("PSP_HTTP_{status}"));
-            let message = refusal
-                .and_then(|r| r.message)
-                .unwrap_or_else(|| snippet(body));
+            let code = refusal.as_ref().and_then(|r| r.code.clone()).unwrap_or_else(|| format!("PSP_HTTP_{status}"));
+            let message = refusal.and_then(|r| r.message).unwrap_or_else(|| snippet(body));
             Err(PspError::Refused { code, message })
         }
-        _ => Err(PspError::Transport(format!(
-            "PSP answered {status}: {}",
-            snippet(body)
-        ))),
+        _ => Err(PspError::Transport(format!("PSP answered {status}: {}", snippet(body)))),
     }
 }
 
@@ -234,9 +214,7 @@ mod tests {
                         let len = text[..end]
                             .lines()
                             .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().to_string())
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
                             })
                             .and_then(|v| v.parse::<usize>().ok())
                             .unwrap_or(0);
@@ -245,9 +223,7 @@ mod tests {
                         }
                     }
                 }
-                log.lock()
-                    .expect("lock")
-                    .push(String::from_utf8_lossy(&buf).to_string());
+                log.lock().expect("lock").push(String::from_utf8_lossy(&buf).to_string());
                 let answer = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -275,19 +251,9 @@ mod tests {
     #[tokio::test]
     async fn a_payout_posts_json_with_the_idempotency_key_and_bearer_key() {
         let psp = fake_psp(vec![(200, ACCEPTED)]).await;
-        let client = HttpPspClient::new(
-            format!("{}/", psp.base_url),
-            Some("psp-key-1".into()),
-            Duration::from_secs(5),
-        );
+        let client = HttpPspClient::new(format!("{}/", psp.base_url), Some("psp-key-1".into()), Duration::from_secs(5));
         let resp = client.payout(&request()).await.expect("accepted");
-        assert_eq!(
-            resp,
-            PayoutResponse {
-                psp_ref: "sim_1".into(),
-                status: "accepted".into()
-            }
-        );
+        assert_eq!(resp, PayoutResponse { psp_ref: "sim_1".into(), status: "accepted".into() });
         let seen = psp.seen.lock().expect("lock").clone();
         assert_eq!(seen.len(), 1);
         let raw = seen[0].to_ascii_lowercase();
@@ -314,10 +280,7 @@ mod tests {
         assert_eq!(resp.psp_ref, "sim_1");
         let seen = psp.seen.lock().expect("lock").clone();
         assert_eq!(seen.len(), 3);
-        assert!(
-            seen.iter()
-                .all(|r| r.contains("3f1c0a4e-0000-4000-8000-000000000001"))
-        );
+        assert!(seen.iter().all(|r| r.contains("3f1c0a4e-0000-4000-8000-000000000001")));
     }
 
     #[tokio::test]
@@ -331,20 +294,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_refusal_is_final_and_keeps_the_psp_code() {
-        let psp = fake_psp(vec![
-            (422, r#"{"code":"PSP_REFUSED","message":"amount refused"}"#),
-            (200, ACCEPTED),
-        ])
-        .await;
+        let psp = fake_psp(vec![(422, r#"{"code":"PSP_REFUSED","message":"amount refused"}"#), (200, ACCEPTED)]).await;
         let client = HttpPspClient::new(psp.base_url.clone(), None, Duration::from_secs(5));
         let err = client.payout(&request()).await.expect_err("refused");
-        assert_eq!(
-            err,
-            PspError::Refused {
-                code: "PSP_REFUSED".into(),
-                message: "amount refused".into()
-            }
-        );
+        assert_eq!(err, PspError::Refused { code: "PSP_REFUSED".into(), message: "amount refused".into() });
         assert!(!err.is_retryable());
         assert_eq!(psp.seen.lock().expect("lock").len(), 1);
     }
@@ -362,18 +315,12 @@ mod tests {
     #[test]
     fn answers_are_classified_by_status() {
         assert!(classify(200, ACCEPTED.as_bytes()).is_ok());
-        assert!(matches!(
-            classify(200, b"not json"),
-            Err(PspError::Transport(_))
-        ));
+        assert!(matches!(classify(200, b"not json"), Err(PspError::Transport(_))));
         assert!(matches!(classify(429, b""), Err(PspError::Transport(_))));
         assert!(matches!(classify(504, b""), Err(PspError::Transport(_))));
         assert_eq!(
             classify(400, b"bad request"),
-            Err(PspError::Refused {
-                code: "PSP_HTTP_400".into(),
-                message: "bad request".into()
-            })
+            Err(PspError::Refused { code: "PSP_HTTP_400".into(), message: "bad request".into() })
         );
     }
 }

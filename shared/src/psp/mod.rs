@@ -6,6 +6,4 @@ pub mod client;
 pub mod signature;
 
 pub use client::{HttpPspClient, PayoutRequest, PayoutResponse, PspClient, PspError};
-pub use signature::{
-    EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, TOLERANCE_SECS, sign, verify,
-};
+pub use signature::{EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, TOLERANCE_SECS, sign, verify};

@@ -25,8 +25,7 @@ fn present(header: Option<&str>) -> Option<&str> {
 
 fn mac(secret: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
     // HMAC hashes a long key and pads a short one, so no key length is refused.
-    let mut mac =
-        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts a key of any length");
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts a key of any length");
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -53,9 +52,7 @@ pub fn verify(
     let (Some(signature), Some(timestamp)) = (present(signature), present(timestamp)) else {
         return Err(ErrorCode::WebhookSignatureMissing);
     };
-    let ts: i64 = timestamp
-        .parse()
-        .map_err(|_| ErrorCode::WebhookTimestampInvalid)?;
+    let ts: i64 = timestamp.parse().map_err(|_| ErrorCode::WebhookTimestampInvalid)?;
     // `abs_diff` cannot overflow, whatever integer the sender chose.
     if now_unix.abs_diff(ts) > TOLERANCE_SECS {
         return Err(ErrorCode::WebhookTimestampSkew);
@@ -66,14 +63,10 @@ pub fn verify(
     // Every secret is tried (no early exit) so the timing does not tell an
     // attacker which of the secrets is the live one; `verify_slice` compares
     // in constant time.
-    let matched = secrets.iter().fold(false, |found, secret| {
-        mac(secret, timestamp, body).verify_slice(&expected).is_ok() | found
-    });
-    if matched {
-        Ok(())
-    } else {
-        Err(ErrorCode::WebhookSignatureInvalid)
-    }
+    let matched = secrets
+        .iter()
+        .fold(false, |found, secret| mac(secret, timestamp, body).verify_slice(&expected).is_ok() | found);
+    if matched { Ok(()) } else { Err(ErrorCode::WebhookSignatureInvalid) }
 }
 
 #[cfg(test)]
@@ -86,10 +79,7 @@ mod tests {
     const BODY: &[u8] = br#"{"id":"evt_1","type":"payment.settled"}"#;
 
     fn secrets() -> Vec<String> {
-        vec![
-            "old-secret-0123456789".to_string(),
-            "new-secret-0123456789".to_string(),
-        ]
+        vec!["old-secret-0123456789".to_string(), "new-secret-0123456789".to_string()]
     }
 
     fn check(sig: Option<&str>, ts: Option<&str>, body: &[u8], now: i64) -> Result<(), ErrorCode> {
@@ -100,10 +90,7 @@ mod tests {
     fn signature_is_lower_case_hex_of_sha256() {
         let sig = sign("k", "1", b"x");
         assert_eq!(sig.len(), 64);
-        assert!(
-            sig.chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-        );
+        assert!(sig.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
     }
 
     #[test]
@@ -135,43 +122,18 @@ mod tests {
     fn a_missing_or_empty_header_is_signature_missing() {
         let ts = NOW.to_string();
         let sig = sign(&secrets()[0], &ts, BODY);
-        assert_eq!(
-            check(None, Some(&ts), BODY, NOW),
-            Err(ErrorCode::WebhookSignatureMissing)
-        );
-        assert_eq!(
-            check(Some(&sig), None, BODY, NOW),
-            Err(ErrorCode::WebhookSignatureMissing)
-        );
-        assert_eq!(
-            check(None, None, BODY, NOW),
-            Err(ErrorCode::WebhookSignatureMissing)
-        );
-        assert_eq!(
-            check(Some(""), Some(&ts), BODY, NOW),
-            Err(ErrorCode::WebhookSignatureMissing)
-        );
-        assert_eq!(
-            check(Some(&sig), Some("  "), BODY, NOW),
-            Err(ErrorCode::WebhookSignatureMissing)
-        );
+        assert_eq!(check(None, Some(&ts), BODY, NOW), Err(ErrorCode::WebhookSignatureMissing));
+        assert_eq!(check(Some(&sig), None, BODY, NOW), Err(ErrorCode::WebhookSignatureMissing));
+        assert_eq!(check(None, None, BODY, NOW), Err(ErrorCode::WebhookSignatureMissing));
+        assert_eq!(check(Some(""), Some(&ts), BODY, NOW), Err(ErrorCode::WebhookSignatureMissing));
+        assert_eq!(check(Some(&sig), Some("  "), BODY, NOW), Err(ErrorCode::WebhookSignatureMissing));
     }
 
     #[test]
     fn a_timestamp_that_is_not_an_integer_is_invalid() {
         let sig = sign(&secrets()[0], "abc", BODY);
-        for ts in [
-            "abc",
-            "1790000000.5",
-            "1e9",
-            "99999999999999999999999",
-            "0x10",
-        ] {
-            assert_eq!(
-                check(Some(&sig), Some(ts), BODY, NOW),
-                Err(ErrorCode::WebhookTimestampInvalid),
-                "{ts}"
-            );
+        for ts in ["abc", "1790000000.5", "1e9", "99999999999999999999999", "0x10"] {
+            assert_eq!(check(Some(&sig), Some(ts), BODY, NOW), Err(ErrorCode::WebhookTimestampInvalid), "{ts}");
         }
     }
 
@@ -180,18 +142,11 @@ mod tests {
         for offset in [-301, 301, -100_000, 100_000] {
             let ts = (NOW + offset).to_string();
             let sig = sign(&secrets()[0], &ts, BODY);
-            assert_eq!(
-                check(Some(&sig), Some(&ts), BODY, NOW),
-                Err(ErrorCode::WebhookTimestampSkew),
-                "{offset}"
-            );
+            assert_eq!(check(Some(&sig), Some(&ts), BODY, NOW), Err(ErrorCode::WebhookTimestampSkew), "{offset}");
         }
         for extreme in [i64::MIN, i64::MAX] {
             let ts = extreme.to_string();
-            assert_eq!(
-                check(Some("00"), Some(&ts), BODY, NOW),
-                Err(ErrorCode::WebhookTimestampSkew)
-            );
+            assert_eq!(check(Some("00"), Some(&ts), BODY, NOW), Err(ErrorCode::WebhookTimestampSkew));
         }
     }
 
@@ -208,24 +163,15 @@ mod tests {
     fn an_unknown_secret_a_changed_body_or_a_changed_timestamp_is_invalid() {
         let ts = NOW.to_string();
         let foreign = sign("not-a-configured-secret", &ts, BODY);
-        assert_eq!(
-            check(Some(&foreign), Some(&ts), BODY, NOW),
-            Err(ErrorCode::WebhookSignatureInvalid)
-        );
+        assert_eq!(check(Some(&foreign), Some(&ts), BODY, NOW), Err(ErrorCode::WebhookSignatureInvalid));
 
         let sig = sign(&secrets()[0], &ts, BODY);
         let tampered = br#"{"id":"evt_1","type":"payment.failed"}"#;
-        assert_eq!(
-            check(Some(&sig), Some(&ts), tampered, NOW),
-            Err(ErrorCode::WebhookSignatureInvalid)
-        );
+        assert_eq!(check(Some(&sig), Some(&ts), tampered, NOW), Err(ErrorCode::WebhookSignatureInvalid));
 
         // The timestamp is signed too, so it cannot be refreshed to replay an old body.
         let later = (NOW + 1).to_string();
-        assert_eq!(
-            check(Some(&sig), Some(&later), BODY, NOW),
-            Err(ErrorCode::WebhookSignatureInvalid)
-        );
+        assert_eq!(check(Some(&sig), Some(&later), BODY, NOW), Err(ErrorCode::WebhookSignatureInvalid));
     }
 
     #[test]
@@ -233,11 +179,7 @@ mod tests {
         let ts = NOW.to_string();
         let sig = sign(&secrets()[0], &ts, BODY);
         for bad in ["zz", "abc", &sig[..62], &format!("{sig}00"), "sha256=00"] {
-            assert_eq!(
-                check(Some(bad), Some(&ts), BODY, NOW),
-                Err(ErrorCode::WebhookSignatureInvalid),
-                "{bad}"
-            );
+            assert_eq!(check(Some(bad), Some(&ts), BODY, NOW), Err(ErrorCode::WebhookSignatureInvalid), "{bad}");
         }
     }
 
@@ -245,10 +187,7 @@ mod tests {
     fn no_configured_secret_accepts_nothing() {
         let ts = NOW.to_string();
         let sig = sign("whatever-secret-123", &ts, BODY);
-        assert_eq!(
-            verify(&[], Some(&sig), Some(&ts), BODY, NOW),
-            Err(ErrorCode::WebhookSignatureInvalid)
-        );
+        assert_eq!(verify(&[], Some(&sig), Some(&ts), BODY, NOW), Err(ErrorCode::WebhookSignatureInvalid));
     }
 
     fn random_bytes(rng: &mut StdRng, max: usize) -> Vec<u8> {
@@ -278,17 +217,9 @@ mod tests {
             let result = verify(&secrets, sig_header, ts_header, &body, NOW);
             if result.is_ok() {
                 // Only a real signature with a timestamp in tolerance may pass.
-                let ts_ok = ts
-                    .trim()
-                    .parse::<i64>()
-                    .is_ok_and(|t| NOW.abs_diff(t) <= TOLERANCE_SECS);
-                let sig_ok = secrets
-                    .iter()
-                    .any(|s| sign(s, ts.trim(), &body).eq_ignore_ascii_case(sig.trim()));
-                assert!(
-                    ts_ok && sig_ok,
-                    "iteration {i} passed without a valid signature"
-                );
+                let ts_ok = ts.trim().parse::<i64>().is_ok_and(|t| NOW.abs_diff(t) <= TOLERANCE_SECS);
+                let sig_ok = secrets.iter().any(|s| sign(s, ts.trim(), &body).eq_ignore_ascii_case(sig.trim()));
+                assert!(ts_ok && sig_ok, "iteration {i} passed without a valid signature");
             }
             // Flipping any body byte must break a signature that passed.
             if result.is_ok() && !body.is_empty() {

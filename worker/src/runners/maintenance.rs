@@ -33,7 +33,10 @@ pub async fn relay(r: &Runners, _conn: &mut PgConnection) -> Result<Outcome> {
 /// relay every few seconds) go after a day, those of the other scheduled
 /// jobs after 30 days; jobs that move value are the record and stay.
 pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
-    let ticks = sqlx::query("DELETE FROM cron_ticks WHERE claimed_at < now() - interval '2 days'").execute(&mut *conn).await?.rows_affected();
+    let ticks = sqlx::query("DELETE FROM cron_ticks WHERE claimed_at < now() - interval '2 days'")
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     let relays = sqlx::query("DELETE FROM jobs WHERE kind IN ('job_relay', 'retention') AND status IN ('succeeded', 'failed') AND finished_at < now() - interval '1 day'")
         .execute(&mut *conn)
         .await?

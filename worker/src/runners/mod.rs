@@ -40,9 +40,13 @@ impl Runner for Runners {
                     let expired = mandates::expire_due(conn, &who.actor()).await?;
                     Ok(Outcome::Succeeded(serde_json::json!({"expired": expired})))
                 }
-                JobKind::SakaHarvest => saka::harvest(conn, &who, job.id, &job.payload()?, now(), self.config.saka_timezone).await,
+                JobKind::SakaHarvest => {
+                    saka::harvest(conn, &who, job.id, &job.payload()?, now(), self.config.saka_timezone).await
+                }
                 JobKind::SakaSpend => saka::spend(conn, &who, job.id, &job.payload()?).await,
-                JobKind::SakaAdjustment => saka::run_adjustment(conn, &who, job.id, &job.payload()?, now(), self.config.saka_timezone).await,
+                JobKind::SakaAdjustment => {
+                    saka::run_adjustment(conn, &who, job.id, &job.payload()?, now(), self.config.saka_timezone).await
+                }
                 JobKind::SakaDayRollover => {
                     let reset = saka::rollover(conn, now(), self.config.saka_timezone).await?;
                     Ok(Outcome::Succeeded(serde_json::json!({"reset": reset})))
