@@ -93,6 +93,55 @@ where
     outcome
 }
 
+/// Like [`cargo`], with cargo's standard output read line by line: each
+/// line is printed as it comes and handed to `on_line`.
+pub async fn cargo_lines<I, S>(
+    layout: &Layout,
+    args: I,
+    envs: &[(String, String)],
+    signals: &mut Signals,
+    mut on_line: impl FnMut(&str),
+) -> Result<ExitStatus>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = Command::new(cargo_program())
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .current_dir(&layout.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting cargo")?;
+    let group = child.id().context("cargo has no process id")?;
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let outcome = loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => {
+                    println!("{line}");
+                    on_line(&line);
+                }
+                Ok(None) | Err(_) => break child.wait().await.context("waiting for cargo"),
+            },
+            name = signals.recv() => {
+                signal_group(group, "INT").await.ok();
+                if timeout(STOP_GRACE, child.wait()).await.is_err() {
+                    child.kill().await.ok();
+                }
+                break Err(anyhow!("interrupted by {name}"));
+            }
+        }
+    };
+    signal_group(group, "KILL").await.ok();
+    outcome
+}
+
 /// A long-lived child process writing to its own log file.
 pub struct Proc {
     name: String,

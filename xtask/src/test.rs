@@ -37,9 +37,13 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
         let shown = reqwest::Url::parse(value).map(|url| redact(&url)).unwrap_or_else(|_| value.clone());
         println!("  {name}={shown}");
     }
-    let status = procs::cargo(layout, &args, &envs, signals).await?;
+    let mut tally = Tally::default();
+    let status = procs::cargo_lines(layout, &args, &envs, signals, |line| tally.read(line)).await?;
     let code = status.code().unwrap_or(1);
     println!("cargo test exited with code {code}\n{}", services.describe());
+    // The last line: every test binary's results added up (doc tests, which
+    // we have none of, close cargo's own output with "0 passed").
+    println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
@@ -58,4 +62,43 @@ fn test_env(services: &Services, binaries: &Binaries) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// Adds up cargo test's `test result:` lines.
+#[derive(Debug, Default, PartialEq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn read(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_adds_up_every_test_result_line() {
+        let mut t = Tally::default();
+        t.read("test result: ok. 13 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 11.47s");
+        t.read("test result: FAILED. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 4.24s");
+        t.read("running 3 tests");
+        assert_eq!(t, Tally { passed: 19, failed: 1, ignored: 2 });
+    }
 }
