@@ -44,8 +44,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -57,7 +55,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::procs::{self, Proc};
-use crate::services::{Origin, Psql, Services, redact, with_database};
+use crate::services::{Origin, Services, redact};
 use crate::{Layout, Signals};
 
 const DATABASE: &str = "kobatela_bench";
@@ -131,7 +129,7 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, op
     let out = layout.target.join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let binaries = build_release(layout, signals).await?;
-    let database = fresh_database(&services.postgres).await?;
+    let database = crate::services::fresh_database(&services.postgres, DATABASE).await?;
     let logs = layout.logs();
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let setup = Setup::new(&database, services)?;
@@ -395,22 +393,6 @@ async fn build_release(layout: &Layout, signals: &mut Signals) -> Result<Binarie
     Ok(Binaries { api: binary("api")?, worker: binary("worker")? })
 }
 
-/// Drops and creates the bench database on the server; its URL.
-async fn fresh_database(server: &Url) -> Result<Url> {
-    let psql = Psql::find()?;
-    // FORCE (Postgres 13+) ends sessions a killed earlier bench left behind.
-    let forced = psql.exec(server, &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).await;
-    if forced.is_err() {
-        psql.exec(server, &format!("DROP DATABASE IF EXISTS {DATABASE}"))
-            .await
-            .with_context(|| format!("dropping the database {DATABASE}"))?;
-    }
-    psql.exec(server, &format!("CREATE DATABASE {DATABASE}"))
-        .await
-        .with_context(|| format!("creating the database {DATABASE}"))?;
-    Ok(with_database(server, DATABASE))
-}
-
 /// Ports, secrets and environments of one bench run.
 struct Setup {
     api_base: String,
@@ -423,9 +405,9 @@ struct Setup {
 impl Setup {
     fn new(database: &Url, services: &Services) -> Result<Self> {
         let api_port = procs::free_port()?;
-        let queue_prefix = format!("bench-{}", random_text(8).to_lowercase());
-        let admin_key = random_text(40);
-        let webhook_secret = random_text(32);
+        let queue_prefix = format!("bench-{}", crate::services::random_text(8).to_lowercase());
+        let admin_key = crate::services::random_text(40);
+        let webhook_secret = crate::services::random_text(32);
         let common = [
             ("DATABASE_URL", database.to_string()),
             ("REDIS_URL", services.redis.to_string()),
@@ -465,10 +447,6 @@ impl Setup {
         );
         env
     }
-}
-
-fn random_text(len: usize) -> String {
-    rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// Starts worker `n` with its metrics endpoint and waits until it answers
@@ -1376,7 +1354,7 @@ async fn run_pgbench(ctx: &Ctx<'_>, clients: u32, secs: u64, name: &str, per_sta
     }
     command.arg(target.as_str());
     if let Some(password) = password {
-        command.env("PGPASSWORD", percent_decode(&password));
+        command.env("PGPASSWORD", crate::services::percent_decode(&password));
     }
     let output = tokio::time::timeout(Duration::from_secs(secs + 60), command.output())
         .await
@@ -1405,29 +1383,6 @@ async fn run_pgbench(ctx: &Ctx<'_>, clients: u32, secs: u64, name: &str, per_sta
 
 fn pgbench_major(version: &str) -> Option<u32> {
     version.split_whitespace().find_map(|word| word.split('.').next()?.parse().ok())
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()),
-            _ => None,
-        };
-        match decoded {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The numbers of pgbench's summary.

@@ -20,14 +20,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use reqwest::{Method, Url};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::procs::{self, Binaries, Proc};
-use crate::services::{Origin, Psql, Services, redact, with_database};
+use crate::services::{Origin, Services, redact};
 use crate::{Layout, Signals};
 
 const DATABASE: &str = "kobatela_demo";
@@ -462,7 +460,7 @@ impl Step {
 /// Runs the demo; everything it started is stopped before it returns.
 pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals) -> Result<()> {
     let binaries = procs::build_binaries(layout, signals).await?;
-    let database = fresh_database(&services.postgres).await?;
+    let database = crate::services::fresh_database(&services.postgres, DATABASE).await?;
     let logs = layout.logs();
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let setup = Setup::new(&database, services)?;
@@ -510,9 +508,9 @@ impl Setup {
     fn new(database: &Url, services: &Services) -> Result<Self> {
         let api_port = procs::free_port()?;
         let psp_port = procs::free_port()?;
-        let queue_prefix = format!("demo-{}", random_text(8).to_lowercase());
-        let admin_key = random_text(40);
-        let webhook_secret = random_text(32);
+        let queue_prefix = format!("demo-{}", crate::services::random_text(8).to_lowercase());
+        let admin_key = crate::services::random_text(40);
+        let webhook_secret = crate::services::random_text(32);
         let common = [
             ("DATABASE_URL", database.to_string()),
             ("REDIS_URL", services.redis.to_string()),
@@ -560,26 +558,6 @@ impl Setup {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
-}
-
-fn random_text(len: usize) -> String {
-    rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
-}
-
-/// Drops and creates the demo database on the server; its URL.
-async fn fresh_database(server: &Url) -> Result<Url> {
-    let psql = Psql::find()?;
-    // FORCE (Postgres 13+) ends sessions a killed earlier demo left behind.
-    let forced = psql.exec(server, &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).await;
-    if forced.is_err() {
-        psql.exec(server, &format!("DROP DATABASE IF EXISTS {DATABASE}"))
-            .await
-            .with_context(|| format!("dropping the database {DATABASE}"))?;
-    }
-    psql.exec(server, &format!("CREATE DATABASE {DATABASE}"))
-        .await
-        .with_context(|| format!("creating the database {DATABASE}"))?;
-    Ok(with_database(server, DATABASE))
 }
 
 /// Starts api, psp-sim and two workers into `fleet`, waits until they are
