@@ -727,6 +727,29 @@ async fn start_redis(bin: &Path, dir: &Path) -> Result<(Url, Proc)> {
     }
 }
 
+/// Drops and creates `name` on the server (ending sessions a killed earlier
+/// run left behind); its URL.
+pub(crate) async fn fresh_database(server: &Url, name: &str) -> Result<Url> {
+    let psql = Psql::find()?;
+    // FORCE (Postgres 13+) ends the sessions of a run that was killed.
+    let forced = psql.exec(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    if forced.is_err() {
+        psql.exec(server, &format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .with_context(|| format!("dropping the database {name}"))?;
+    }
+    psql.exec(server, &format!("CREATE DATABASE {name}"))
+        .await
+        .with_context(|| format!("creating the database {name}"))?;
+    Ok(with_database(server, name))
+}
+
+/// A random alphanumeric string (keys, secrets, prefixes).
+pub(crate) fn random_text(len: usize) -> String {
+    use rand::Rng;
+    rand::rng().sample_iter(rand::distr::Alphanumeric).take(len).map(char::from).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,27 +773,4 @@ mod tests {
         assert_eq!(percent_decode("s%40cret%2F"), "s@cret/");
         assert_eq!(percent_decode("100%"), "100%");
     }
-}
-
-/// Drops and creates `name` on the server (ending sessions a killed earlier
-/// run left behind); its URL.
-pub(crate) async fn fresh_database(server: &Url, name: &str) -> Result<Url> {
-    let psql = Psql::find()?;
-    // FORCE (Postgres 13+) ends the sessions of a run that was killed.
-    let forced = psql.exec(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-    if forced.is_err() {
-        psql.exec(server, &format!("DROP DATABASE IF EXISTS {name}"))
-            .await
-            .with_context(|| format!("dropping the database {name}"))?;
-    }
-    psql.exec(server, &format!("CREATE DATABASE {name}"))
-        .await
-        .with_context(|| format!("creating the database {name}"))?;
-    Ok(with_database(server, name))
-}
-
-/// A random alphanumeric string (keys, secrets, prefixes).
-pub(crate) fn random_text(len: usize) -> String {
-    use rand::Rng;
-    rand::rng().sample_iter(rand::distr::Alphanumeric).take(len).map(char::from).collect()
 }
