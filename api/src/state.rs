@@ -11,6 +11,7 @@ use shared::jobs::Queue;
 use shared::storage::{LocalDirStore, ProofStore};
 use sqlx::PgPool;
 
+use crate::pusher::Pusher;
 use crate::waiter::JobWaiter;
 
 #[derive(Clone)]
@@ -24,6 +25,7 @@ pub struct Inner {
     pub limiter: DefaultKeyedRateLimiter<ApiKeyId>,
     pub waiter: JobWaiter,
     pub store: Arc<dyn ProofStore>,
+    pub pusher: Pusher,
 }
 
 impl std::ops::Deref for AppState {
@@ -38,6 +40,7 @@ impl AppState {
         let per_sec = NonZeroU32::new(config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::keyed(Quota::per_second(per_sec));
         let store: Arc<dyn ProofStore> = Arc::new(LocalDirStore::new(config.storage_dir.clone()));
-        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter, store }))
+        let pusher = Pusher::start(queue.clone());
+        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter, store, pusher }))
     }
 }

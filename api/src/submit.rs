@@ -48,16 +48,10 @@ pub async fn submit_new(
     Ok(receipt_response(&row, extra))
 }
 
-/// Pushes a committed job to Redis without holding the answer: the row is
-/// the receipt, and a push that fails or never happens is delivered by the
-/// relay a few seconds later.
+/// Pushes a committed job to Redis without holding the answer (see
+/// [`crate::pusher`]).
 pub fn push_soon(state: &AppState, kind: shared::jobs::JobKind, id: shared::ids::JobId) {
-    let queue = state.queue.clone();
-    tokio::spawn(async move {
-        if let Err(e) = queue.push(kind, id).await {
-            tracing::warn!(job_id = %id, error = %e, "push to Redis failed; the relay will deliver the job");
-        }
-    });
+    state.pusher.push(kind, id);
 }
 
 pub fn receipt_response(row: &record::JobRow, extra: serde_json::Map<String, serde_json::Value>) -> Response {

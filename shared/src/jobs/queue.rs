@@ -76,6 +76,24 @@ impl Queue {
         Ok(())
     }
 
+    /// Pushes several jobs of one kind in one batch, then one wake-up.
+    pub async fn push_many(&self, kind: JobKind, ids: &[JobId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut storage = self.storage(kind);
+        let msgs = ids.iter().map(|id| JobMsg { v: 1, job_id: *id }).collect();
+        storage.push_bulk(msgs).await.map_err(|e| Error::Queue(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(Self::wake_channel(&self.queue_name(kind)))
+            .arg(1)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| Error::Queue(e.to_string()))?;
+        Ok(())
+    }
+
     /// Messages waiting in a kind's queue (active list and due-later set).
     pub async fn depth(&self, kind: JobKind) -> Result<i64> {
         let storage = self.storage(kind);
