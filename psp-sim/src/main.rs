@@ -402,7 +402,11 @@ async fn set_config(
         match a.trim().parse::<Decimal>() {
             Ok(d) => list.push(d),
             Err(_) => {
-                return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", format!("`{a}` is not a decimal"));
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "VALIDATION_ERROR",
+                    format!("`{a}` is not a decimal"),
+                );
             }
         }
     }
