@@ -23,17 +23,6 @@ pub async fn submit(
     wait: Option<Duration>,
 ) -> ApiResult<Response> {
     let new = NewJob::new(kind, payload, who, idempotency_key)?;
-    submit_new(state, who, new, wait, serde_json::Map::new()).await
-}
-
-/// Like [`submit`], with extra fields placed beside the receipt's (e.g. `proof_id`).
-pub async fn submit_new(
-    state: &AppState,
-    who: &Principal,
-    new: NewJob,
-    wait: Option<Duration>,
-    extra: serde_json::Map<String, serde_json::Value>,
-) -> ApiResult<Response> {
     let mut conn = state.pool.acquire().await?;
     let (row, created) = record::insert(&mut conn, &new).await?;
     drop(conn);
@@ -45,7 +34,7 @@ pub async fn submit_new(
         Some(max) if !row.is_terminal() => state.waiter.wait(&state.pool, row.id, who, max).await?,
         _ => row,
     };
-    Ok(receipt_response(&row, extra))
+    Ok(receipt_response(&row, serde_json::Map::new()))
 }
 
 /// Pushes a committed job to Redis without holding the answer (see

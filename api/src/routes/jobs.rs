@@ -66,10 +66,8 @@ async fn retry(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<Jo
     let mut conn = s.pool.acquire().await?;
     let row = record::retry_dead(&mut conn, id).await?;
     drop(conn);
-    if let Some(kind) = row.job_kind()
-        && let Err(e) = s.queue.push(kind, row.id).await
-    {
-        tracing::warn!(job_id = %row.id, error = %e, "push failed; the relay will deliver the job");
+    if let Some(kind) = row.job_kind() {
+        crate::submit::push_soon(&s, kind, row.id);
     }
     shared::domain::audit::write(
         &mut *s.pool.acquire().await?,

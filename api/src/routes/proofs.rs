@@ -118,8 +118,8 @@ async fn upload(
     let (proof_id, job, created) =
         db::serializable(&s.pool, &(who, new, key), |tx, (who, new, key)| Box::pin(proofs::submit(tx, who, new, key)))
             .await?;
-    if created && let Err(e) = s.queue.push(JobKind::ProofValidation, job.id).await {
-        tracing::warn!(job_id = %job.id, error = %e, "push to Redis failed; the relay will deliver the job");
+    if created {
+        crate::submit::push_soon(&s, JobKind::ProofValidation, job.id);
     }
     let job = match wait {
         Some(max) if !job.is_terminal() => s.waiter.wait(&s.pool, job.id, &who, max).await?,

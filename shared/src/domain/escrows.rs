@@ -156,10 +156,6 @@ pub struct NewEscrow {
     pub deadline_at: DateTime<Utc>,
 }
 
-fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
-    Error::Problem(Problem::new(code, detail))
-}
-
 pub async fn event(
     conn: &mut PgConnection,
     escrow: EscrowId,
@@ -281,10 +277,10 @@ pub async fn add_milestone(
 ) -> Result<MilestoneOut> {
     let e = load_for(conn, escrow, who, true).await?;
     if !(who.is_admin() || (who.role == Role::Sender && who.user_id == e.client_id)) {
-        return Err(refuse(ErrorCode::Forbidden, "only the escrow's client or an admin adds milestones"));
+        return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's client or an admin adds milestones"));
     }
     if !matches!(e.status.as_str(), "DRAFT" | "FUNDED") {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::EscrowNotActive,
             format!("milestones can be added to a DRAFT or FUNDED escrow, not {}", e.status),
         ));
@@ -313,7 +309,7 @@ pub async fn add_milestone(
         .into());
     }
     if sum.unwrap_or_default() + new.amount > e.amount_total {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::MilestoneSumExceedsTotal,
             format!(
                 "milestones would total {} of an escrow of {}",
@@ -382,14 +378,14 @@ pub async fn deposit(
         load_for(conn, cmd.escrow_id, who, true).await?
     };
     if !(who.is_admin() || who.role == Role::Psp || (who.role == Role::Sender && who.user_id == e.client_id)) {
-        return Err(refuse(ErrorCode::Forbidden, "only the escrow's client or an admin deposits"));
+        return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's client or an admin deposits"));
     }
     if !matches!(e.status.as_str(), "DRAFT" | "FUNDED") {
-        return Err(refuse(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
+        return Err(Error::problem(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
     }
     let decimals = crate::money::currencies().decimals(&e.currency);
     if cmd.amount <= Decimal::ZERO || cmd.amount.normalize().scale() > decimals {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::AmountInvalid,
             format!("a deposit must be positive with at most {decimals} decimals"),
         ));
@@ -404,7 +400,7 @@ pub async fn deposit(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(after) = after else {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::EscrowOverfunded,
             format!(
                 "a deposit of {} would take the escrow past its total of {} (funded {})",
@@ -461,7 +457,7 @@ async fn set_status(conn: &mut PgConnection, e: &Escrow, from: &[&str], to: &str
     .fetch_optional(conn)
     .await?;
     after.ok_or_else(|| {
-        refuse(ErrorCode::EscrowInvalidTransition, format!("an escrow in {} cannot become {to}", e.status))
+        Error::problem(ErrorCode::EscrowInvalidTransition, format!("an escrow in {} cannot become {to}", e.status))
     })
 }
 
@@ -477,7 +473,10 @@ pub async fn transition(
     let after = match cmd.action {
         TransitionAction::MarkDelivered => {
             if !(who.is_admin() || who.user_id == e.provider_id) {
-                return Err(refuse(ErrorCode::Forbidden, "only the provider or an admin marks an escrow delivered"));
+                return Err(Error::problem(
+                    ErrorCode::Forbidden,
+                    "only the provider or an admin marks an escrow delivered",
+                ));
             }
             let after = set_status(conn, &e, &["FUNDED"], "RELEASABLE").await?;
             event(conn, e.id, "RELEASABLE", &actor, note).await?;
@@ -485,13 +484,13 @@ pub async fn transition(
         }
         TransitionAction::ClientApprove => {
             if !(who.is_admin() || who.user_id == e.client_id) {
-                return Err(refuse(ErrorCode::Forbidden, "only the client or an admin approves"));
+                return Err(Error::problem(ErrorCode::Forbidden, "only the client or an admin approves"));
             }
             release(conn, &e, job, &actor, "client_approve").await?
         }
         TransitionAction::ClientReject => {
             if !(who.is_admin() || who.user_id == e.client_id) {
-                return Err(refuse(ErrorCode::Forbidden, "only the client or an admin rejects"));
+                return Err(Error::problem(ErrorCode::Forbidden, "only the client or an admin rejects"));
             }
             if e.status == "DRAFT" {
                 let after = set_status(conn, &e, &["DRAFT"], "CANCELLED").await?;

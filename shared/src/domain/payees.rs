@@ -12,7 +12,7 @@ use crate::db::OnConstraint;
 use crate::domain::audit;
 use crate::domain::escrows::{self};
 use crate::domain::payouts::{self, PaymentKind};
-use crate::error::{Error, ErrorCode, Problem, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{EscrowId, PayeeId};
 use crate::jobs::{JobRow, Outcome};
 use crate::money::display;
@@ -75,14 +75,10 @@ pub struct NewPayee {
     pub total_limit: Option<Decimal>,
 }
 
-fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
-    Error::Problem(Problem::new(code, detail))
-}
-
 pub async fn allow(conn: &mut PgConnection, who: &Principal, new: &NewPayee) -> Result<PayeeOut> {
     let e = escrows::load_for(conn, new.escrow_id, who, true).await?;
     if !(who.is_admin() || who.user_id == e.client_id) {
-        return Err(refuse(ErrorCode::Forbidden, "only the escrow's client or an admin allows payees"));
+        return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's client or an admin allows payees"));
     }
     let p: Payee = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO allowed_payees (id, escrow_id, payee_ref, label, daily_limit, total_limit) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
@@ -121,14 +117,14 @@ pub struct UsageSpendV1 {
 pub async fn spend(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: &UsageSpendV1) -> Result<Outcome> {
     let e = escrows::load_for(conn, cmd.escrow_id, who, true).await?;
     if !(who.is_admin() || (who.role == Role::Sender && who.user_id == e.client_id)) {
-        return Err(refuse(ErrorCode::Forbidden, "only the escrow's client or an admin spends"));
+        return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's client or an admin spends"));
     }
     if !matches!(e.status.as_str(), "FUNDED" | "RELEASABLE") {
-        return Err(refuse(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
+        return Err(Error::problem(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
     }
     let decimals = crate::money::currencies().decimals(&e.currency);
     if cmd.amount <= Decimal::ZERO || cmd.amount.normalize().scale() > decimals {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::AmountInvalid,
             format!("the amount must be positive with at most {decimals} decimals"),
         ));
@@ -141,14 +137,14 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: 
     .fetch_optional(&mut *conn)
     .await?;
     let Some(payee) = payee else {
-        return Err(refuse(ErrorCode::PayeeNotAllowed, "this payee is not allowed on the escrow"));
+        return Err(Error::problem(ErrorCode::PayeeNotAllowed, "this payee is not allowed on the escrow"));
     };
     let today = Utc::now().date_naive();
     if payee.daily_limit.is_some_and(|limit| payee.spent_on(today) + cmd.amount > limit) {
-        return Err(refuse(ErrorCode::DailyLimitReached, "this spend would pass the payee's daily limit"));
+        return Err(Error::problem(ErrorCode::DailyLimitReached, "this spend would pass the payee's daily limit"));
     }
     if payee.total_limit.is_some_and(|limit| payee.spent_total + cmd.amount > limit) {
-        return Err(refuse(ErrorCode::TotalLimitReached, "this spend would pass the payee's total limit"));
+        return Err(Error::problem(ErrorCode::TotalLimitReached, "this spend would pass the payee's total limit"));
     }
     // The guard repeats the checks in the statement itself: a counter from an
     // earlier day counts as zero, and CHECKs on the table back it up.
@@ -166,7 +162,7 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: 
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(refuse(ErrorCode::DailyLimitReached, "this spend would pass the payee's limits"));
+        return Err(Error::problem(ErrorCode::DailyLimitReached, "this spend would pass the payee's limits"));
     }
     let p = payouts::create_reserved(
         conn,

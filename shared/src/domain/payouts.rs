@@ -102,10 +102,6 @@ pub struct PayoutV1 {
     pub payment_id: PaymentId,
 }
 
-fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
-    Error::Problem(Problem::new(code, detail))
-}
-
 pub async fn list_for_escrow(conn: &mut PgConnection, escrow: EscrowId) -> Result<Vec<PaymentOut>> {
     let rows: Vec<Payment> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE escrow_id = $1 ORDER BY id")))
@@ -143,7 +139,10 @@ async fn reserve(conn: &mut PgConnection, escrow: EscrowId, amount: Decimal) -> 
         .execute(conn)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(refuse(ErrorCode::InsufficientEscrowBalance, "the escrow balance is too small for this payout"));
+        return Err(Error::problem(
+            ErrorCode::InsufficientEscrowBalance,
+            "the escrow balance is too small for this payout",
+        ));
     }
     Ok(())
 }
@@ -409,7 +408,7 @@ pub async fn settle(conn: &mut PgConnection, p: &Payment, psp_ref: Option<&str>,
 pub async fn redrive(conn: &mut PgConnection, id: PaymentId) -> Result<Payment> {
     let p = load(conn, id).await?.ok_or_else(|| Error::not_found(ErrorCode::NotFound, "payment"))?;
     if !matches!(p.status.as_str(), "PENDING" | "ERROR") {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::PaymentNotRedrivable,
             format!("a {} payment cannot be executed again", p.status),
         ));

@@ -113,10 +113,6 @@ pub struct NewProof {
     pub size_bytes: i64,
 }
 
-fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
-    Error::Problem(Problem::new(code, detail))
-}
-
 async fn milestone_by_idx(conn: &mut PgConnection, escrow: EscrowId, idx: i32) -> Result<Milestone> {
     let m: Option<Milestone> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {MILESTONE_COLUMNS} FROM milestones WHERE escrow_id = $1 AND idx = $2 FOR UPDATE"
@@ -161,7 +157,7 @@ pub async fn submit(
         let same = matches!(job.payload::<ProofValidationV1>(), Ok(ProofValidationV1::Validate { ref sha256, escrow_id, milestone_idx, .. })
             if *sha256 == new.sha256 && escrow_id == new.escrow_id && milestone_idx == new.milestone_idx);
         if !same {
-            return Err(refuse(
+            return Err(Error::problem(
                 ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was already used with another request",
             ));
@@ -174,7 +170,7 @@ pub async fn submit(
     }
     let e = escrows::load_for(conn, new.escrow_id, who, true).await?;
     if !(who.is_admin() || who.user_id == e.provider_id) {
-        return Err(refuse(ErrorCode::Forbidden, "only the escrow's provider or an admin uploads proofs"));
+        return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's provider or an admin uploads proofs"));
     }
     // DOMAIN.md's order: the file first (a file already used), then the milestone.
     let used: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM proofs WHERE sha256 = $1)")
@@ -182,10 +178,10 @@ pub async fn submit(
         .fetch_one(&mut *conn)
         .await?;
     if used {
-        return Err(refuse(ErrorCode::ProofDuplicate, "this file was already used as a proof"));
+        return Err(Error::problem(ErrorCode::ProofDuplicate, "this file was already used as a proof"));
     }
     if !matches!(e.status.as_str(), "FUNDED" | "RELEASABLE") {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::EscrowNotActive,
             format!("proofs are taken for a FUNDED or RELEASABLE escrow, not {}", e.status),
         ));
@@ -198,7 +194,10 @@ pub async fn submit(
             .fetch_one(&mut *conn)
             .await?;
     if unpaid_before > 0 {
-        return Err(refuse(ErrorCode::SequenceError, format!("{unpaid_before} earlier milestone(s) are not paid yet")));
+        return Err(Error::problem(
+            ErrorCode::SequenceError,
+            format!("{unpaid_before} earlier milestone(s) are not paid yet"),
+        ));
     }
     let in_flight: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM proofs WHERE milestone_id = $1 AND status IN ('PENDING', 'PENDING_REVIEW'))",
@@ -207,7 +206,7 @@ pub async fn submit(
     .fetch_one(&mut *conn)
     .await?;
     if m.status != "WAITING" || in_flight {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::MilestoneNotWaiting,
             format!("the milestone is {} and not waiting for a proof", m.status),
         ));
@@ -359,10 +358,10 @@ pub async fn decide(
         return Err(Error::not_found(ErrorCode::NotFound, "proof"));
     }
     if !(matches!(who.role, Role::Admin | Role::Support) || who.user_id == e.client_id) {
-        return Err(refuse(ErrorCode::Forbidden, "support, an admin or the escrow's client decides"));
+        return Err(Error::problem(ErrorCode::Forbidden, "support, an admin or the escrow's client decides"));
     }
     if p.status != "PENDING_REVIEW" {
-        return Err(refuse(ErrorCode::ProofAlreadyDecided, format!("the proof is {}", p.status)));
+        return Err(Error::problem(ErrorCode::ProofAlreadyDecided, format!("the proof is {}", p.status)));
     }
     let m = milestone(conn, p.milestone_id).await?;
     let actor = who.actor();

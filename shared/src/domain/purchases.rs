@@ -78,10 +78,6 @@ impl From<Purchase> for PurchaseOut {
 const COLUMNS: &str =
     "id, sender_id, beneficiary_id, merchant_id, category_id, mandate_id, amount, currency, status, created_at";
 
-fn refuse(code: ErrorCode, detail: &str) -> Error {
-    Error::Problem(Problem::new(code, detail))
-}
-
 /// Applies DOMAIN.md's purchase rules in order; the first that fails decides.
 pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cmd: &PurchaseV1) -> Result<Outcome> {
     // 1. The merchant exists.
@@ -91,17 +87,17 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
             .fetch_optional(&mut *conn)
             .await?;
     let Some((merchant_category, certified)) = merchant else {
-        return Err(refuse(ErrorCode::MerchantNotFound, "merchant not found"));
+        return Err(Error::problem(ErrorCode::MerchantNotFound, "merchant not found"));
     };
     // 2. The category is the merchant's; a different one is never trusted.
     if cmd.category_id.is_some() && cmd.category_id != merchant_category {
-        return Err(refuse(ErrorCode::CategoryMismatch, "the category does not match the merchant's category"));
+        return Err(Error::problem(ErrorCode::CategoryMismatch, "the category does not match the merchant's category"));
     }
     let category = merchant_category;
     // 3. The mandate sealed to exactly this sender, beneficiary and currency,
     //    used by that beneficiary (or an admin).
     if !(who.is_admin() || (who.role == Role::Beneficiary && who.user_id == cmd.beneficiary_id)) {
-        return Err(refuse(ErrorCode::MandateRequired, "only the mandate's beneficiary may spend it"));
+        return Err(Error::problem(ErrorCode::MandateRequired, "only the mandate's beneficiary may spend it"));
     }
     // The ACTIVE mandate of the triple, else its latest one: a mandate used
     // up by earlier purchases answers MANDATE_EXHAUSTED (the client learns
@@ -120,11 +116,13 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     let mandate = match mandate {
         Some(m) if m.status == "ACTIVE" => m,
         Some(m) if m.status == "CONSUMED" => {
-            return Err(refuse(ErrorCode::MandateExhausted, "the mandate is fully spent"));
+            return Err(Error::problem(ErrorCode::MandateExhausted, "the mandate is fully spent"));
         }
-        Some(m) if m.status == "EXPIRED" => return Err(refuse(ErrorCode::MandateExpired, "the mandate has expired")),
+        Some(m) if m.status == "EXPIRED" => {
+            return Err(Error::problem(ErrorCode::MandateExpired, "the mandate has expired"));
+        }
         _ => {
-            return Err(refuse(
+            return Err(Error::problem(
                 ErrorCode::MandateRequired,
                 "no active mandate from this sender to this beneficiary in this currency",
             ));
@@ -163,10 +161,10 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     }
     // 4. The mandate's own restrictions.
     if mandate.allowed_merchant_id.is_some_and(|m| m != cmd.merchant_id) {
-        return Err(refuse(ErrorCode::MandateMerchantForbidden, "the mandate does not allow this merchant"));
+        return Err(Error::problem(ErrorCode::MandateMerchantForbidden, "the mandate does not allow this merchant"));
     }
     if mandate.allowed_category_id.is_some() && mandate.allowed_category_id != category {
-        return Err(refuse(ErrorCode::MandateCategoryForbidden, "the mandate does not allow this category"));
+        return Err(Error::problem(ErrorCode::MandateCategoryForbidden, "the mandate does not allow this category"));
     }
     // 5. Usage: a rule for the merchant or its category, or a certified merchant.
     let allowed: bool = certified
@@ -179,7 +177,7 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
         .fetch_one(&mut *conn)
         .await?;
     if !allowed {
-        return Err(refuse(ErrorCode::UnauthorizedUsage, "the beneficiary may not spend at this merchant"));
+        return Err(Error::problem(ErrorCode::UnauthorizedUsage, "the beneficiary may not spend at this merchant"));
     }
     // 6. The guarded decrement: never read-modify-write.
     let after: Option<(Decimal, Decimal, String)> = sqlx::query_as(
@@ -194,7 +192,7 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     .fetch_optional(&mut *conn)
     .await?;
     let Some((spent, total, status)) = after else {
-        return Err(refuse(ErrorCode::MandateExhausted, "the mandate's remaining amount is too small"));
+        return Err(Error::problem(ErrorCode::MandateExhausted, "the mandate's remaining amount is too small"));
     };
     // 7. The purchase and its audit.
     let purchase: Purchase = sqlx::query_as(sqlx::AssertSqlSafe(format!(

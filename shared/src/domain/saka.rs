@@ -258,10 +258,6 @@ impl From<Adjustment> for AdjustmentOut {
     }
 }
 
-fn refuse(code: ErrorCode, detail: impl Into<String>) -> Error {
-    Error::problem(code, detail)
-}
-
 fn invalid(errors: Vec<FieldError>) -> Result<()> {
     if errors.is_empty() { Ok(()) } else { Err(Error::Problem(Problem::fields(ErrorCode::ValidationError, errors))) }
 }
@@ -363,13 +359,13 @@ pub async fn harvest(
     who.require(&[Role::Admin, Role::Support])?;
     let Some(reason) = HarvestReason::parse(&cmd.reason) else {
         let known = HarvestReason::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::SakaReasonUnknown,
             format!("unknown harvest reason `{}` (known: {known})", cmd.reason),
         ));
     };
     if cmd.amount.is_some() {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::SakaAmountNotAllowed,
             format!("the reward for {} is fixed at {} grains; send no amount", reason.as_str(), reason.reward()),
         ));
@@ -451,7 +447,10 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job_id: JobId, cmd:
             .fetch_optional(&mut *conn)
             .await?
             .unwrap_or(Grains::ZERO);
-        return Err(refuse(ErrorCode::SakaInsufficient, format!("balance is {balance} grains, {} asked", cmd.amount)));
+        return Err(Error::problem(
+            ErrorCode::SakaInsufficient,
+            format!("balance is {balance} grains, {} asked", cmd.amount),
+        ));
     };
     audit::write(conn, &who.actor(), "SAKA_SPENT", WALLET_ENTITY, cmd.user_id, serde_json::json!({
         "ledger_id": entry.id, "reason": entry.reason, "amount": entry.amount, "balance_after": entry.balance_after, "job_id": job_id,
@@ -497,7 +496,7 @@ pub async fn request_adjustment(
     // Otherwise an admin could grant themselves 500 grains a day with no
     // second pair of eyes: SAKA is never minted freely.
     if who.user_id == cmd.user_id {
-        return Err(refuse(ErrorCode::Forbidden, "an admin may not adjust their own SAKA wallet"));
+        return Err(Error::problem(ErrorCode::Forbidden, "an admin may not adjust their own SAKA wallet"));
     }
     let note = cmd.note.trim();
     let mut errors = Vec::new();
@@ -614,7 +613,7 @@ async fn lock_adjustment(conn: &mut PgConnection, id: SakaAdjustmentId) -> Resul
 }
 
 fn not_pending(adj: &Adjustment) -> Error {
-    refuse(
+    Error::problem(
         ErrorCode::SakaAdjustmentNotPending,
         format!("the adjustment is {}, not {}", adj.status, status::PENDING_APPROVAL),
     )
@@ -637,13 +636,16 @@ pub async fn approve_adjustment(
     who.require(&[Role::Admin])?;
     let adj = lock_adjustment(conn, id).await?;
     if adj.requested_by == who.user_id {
-        return Err(refuse(
+        return Err(Error::problem(
             ErrorCode::SakaSelfApproval,
             "the requester cannot approve their own adjustment; a second admin must",
         ));
     }
     if adj.user_id == who.user_id {
-        return Err(refuse(ErrorCode::Forbidden, "an admin may not approve an adjustment of their own SAKA wallet"));
+        return Err(Error::problem(
+            ErrorCode::Forbidden,
+            "an admin may not approve an adjustment of their own SAKA wallet",
+        ));
     }
     if adj.status != status::PENDING_APPROVAL {
         return Err(not_pending(&adj));
@@ -728,7 +730,7 @@ pub async fn reject_adjustment(
         return Err(not_pending(&adj));
     }
     if adj.expires_at.is_some_and(|at| at <= now) {
-        return Err(refuse(ErrorCode::SakaAdjustmentNotPending, "the adjustment has expired"));
+        return Err(Error::problem(ErrorCode::SakaAdjustmentNotPending, "the adjustment has expired"));
     }
     let rejected: Option<Adjustment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE saka_adjustments SET status = 'REJECTED', rejected_by = $2, decision_note = $3, decided_at = $4

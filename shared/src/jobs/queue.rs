@@ -64,16 +64,7 @@ impl Queue {
     }
 
     pub async fn push(&self, kind: JobKind, job_id: JobId) -> Result<()> {
-        let mut storage = self.storage(kind);
-        storage.push(JobMsg { v: 1, job_id }).await.map_err(|e| Error::Queue(e.to_string()))?;
-        let mut conn = self.conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(Self::wake_channel(&self.queue_name(kind)))
-            .arg(1)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map_err(|e| Error::Queue(e.to_string()))?;
-        Ok(())
+        self.push_many(kind, &[job_id]).await
     }
 
     /// Pushes several jobs of one kind in one batch, then one wake-up.
