@@ -64,11 +64,7 @@ impl IntoResponse for ApiError {
             ApiError::Shared(other) => {
                 // The request id is on the span; the cause chain goes to the log only.
                 tracing::error!(error = %other, "request failed");
-                let code = if matches!(other, Error::Queue(_)) || is_unavailable(&other) {
-                    ErrorCode::Unavailable
-                } else {
-                    ErrorCode::Internal
-                };
+                let code = if other.is_unavailable() { ErrorCode::Unavailable } else { ErrorCode::Internal };
                 let detail = if code == ErrorCode::Unavailable {
                     "a backing service is unavailable; retry later"
                 } else {
@@ -78,8 +74,4 @@ impl IntoResponse for ApiError {
             }
         }
     }
-}
-
-fn is_unavailable(e: &Error) -> bool {
-    matches!(e, Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed))
 }

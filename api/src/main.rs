@@ -1,7 +1,5 @@
 //! `api serve` (default), `api migrate`, `api keys create --user NAME --role ROLE`.
 
-use std::time::Duration;
-
 use anyhow::{Context, bail};
 use kobatela_api::state::AppState;
 use kobatela_api::waiter::JobWaiter;
@@ -77,7 +75,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!("bootstrap admin key installed for user admin");
         }
     }
-    let queue = connect_queue(&config).await?;
+    // Lazy: the api starts and answers (`/ready` says Redis is down) while
+    // Redis is away; pushes that fail are the relay's to make.
+    let queue = Queue::new(&config.redis_url, &config.queue_prefix, config.stream_maxlen).context("REDIS_URL")?;
     let metrics = PrometheusBuilder::new()
         .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])?
         .install_recorder()?;
@@ -90,22 +90,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("api stopped");
     Ok(())
-}
-
-async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=10 {
-        match Queue::connect(&config.redis_url, &config.queue_prefix).await {
-            Ok(q) => return Ok(q),
-            Err(e) if attempt < 10 => {
-                tracing::warn!(error = %e, "Redis not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e).context("connecting to Redis"),
-        }
-    }
-    bail!("connecting to Redis")
 }
 
 async fn shutdown_signal() {

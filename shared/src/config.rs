@@ -37,8 +37,17 @@ pub struct Config {
     pub job_timeout: Duration,
     /// Attempts on infrastructure errors before a job is `dead`.
     pub job_max_attempts: i32,
-    /// How often the relay runs (seconds, 1..=59).
+    /// How often the relay runs (seconds, 1..=59; 0 turns it off, for tests
+    /// of the transport alone).
     pub relay_every_secs: u32,
+    /// `MAXLEN ~` of each kind's stream: the backlog Redis keeps at most.
+    pub stream_maxlen: u64,
+    /// How long one `XREADGROUP … BLOCK` waits; a consumer that has not
+    /// completed a poll for three of these is unhealthy.
+    pub stream_block: Duration,
+    /// Where the worker serves `/health` and `/metrics` (port 0: a free one,
+    /// logged at start).
+    pub worker_metrics_addr: SocketAddr,
     pub body_limit_bytes: usize,
     pub proof_max_bytes: usize,
     pub storage_dir: PathBuf,
@@ -143,9 +152,21 @@ impl Config {
             return Err(err("BOOTSTRAP_ADMIN_KEY", "must be at least 24 characters"));
         }
         let relay_every_secs = parse_num("RELAY_EVERY_SECS", 2)?;
-        if !(1..=59).contains(&relay_every_secs) {
-            return Err(err("RELAY_EVERY_SECS", "must be from 1 to 59"));
+        if relay_every_secs > 59 {
+            return Err(err("RELAY_EVERY_SECS", "must be from 1 to 59 (0 turns the relay off)"));
         }
+        let stream_maxlen = parse_num("STREAM_MAXLEN", 1_000_000)?;
+        if stream_maxlen < 1_000 {
+            return Err(err("STREAM_MAXLEN", "must be at least 1000"));
+        }
+        let stream_block_ms = parse_num("STREAM_BLOCK_MS", 2_000)?;
+        if !(100..=30_000).contains(&stream_block_ms) {
+            return Err(err("STREAM_BLOCK_MS", "must be from 100 to 30000"));
+        }
+        let worker_metrics_addr = match get("WORKER_METRICS_ADDR") {
+            Some(v) => v.parse().map_err(|_| err("WORKER_METRICS_ADDR", format!("`{v}` is not host:port")))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
         let worker_concurrency = parse_num("WORKER_CONCURRENCY", 8)?;
         if worker_concurrency == 0 {
             return Err(err("WORKER_CONCURRENCY", "must be at least 1"));
@@ -176,6 +197,9 @@ impl Config {
             job_timeout: Duration::from_secs(parse_num("JOB_TIMEOUT_SECS", 30)?.max(1)),
             job_max_attempts: i32::try_from(job_max_attempts.clamp(1, 100)).unwrap_or(5),
             relay_every_secs: relay_every_secs as u32,
+            stream_maxlen,
+            stream_block: Duration::from_millis(stream_block_ms),
+            worker_metrics_addr,
             body_limit_bytes: parse_num("BODY_LIMIT_BYTES", 64 * 1024)? as usize,
             proof_max_bytes: parse_num("PROOF_MAX_BYTES", 10 * 1024 * 1024)? as usize,
             storage_dir: PathBuf::from(
@@ -233,6 +257,10 @@ mod tests {
         assert_eq!(load(&[("SAKA_TIMEZONE", "Mars/Base")]).err().map(|e| e.key), Some("SAKA_TIMEZONE"));
         assert_eq!(load(&[("RATE_LIMIT_PER_KEY", "fast")]).err().map(|e| e.key), Some("RATE_LIMIT_PER_KEY"));
         assert_eq!(load(&[("PSP_WEBHOOK_SECRETS", "short")]).err().map(|e| e.key), Some("PSP_WEBHOOK_SECRETS"));
+        assert_eq!(load(&[("STREAM_MAXLEN", "10")]).err().map(|e| e.key), Some("STREAM_MAXLEN"));
+        assert_eq!(load(&[("STREAM_BLOCK_MS", "0")]).err().map(|e| e.key), Some("STREAM_BLOCK_MS"));
+        assert_eq!(load(&[("RELAY_EVERY_SECS", "60")]).err().map(|e| e.key), Some("RELAY_EVERY_SECS"));
+        assert_eq!(load(&[("WORKER_METRICS_ADDR", "nowhere")]).err().map(|e| e.key), Some("WORKER_METRICS_ADDR"));
     }
 
     #[test]

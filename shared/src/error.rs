@@ -210,6 +210,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// SQLSTATEs of a server that is going away or not there yet: class 08
+/// (connection exceptions), 57P01 admin shutdown, 57P02 crash shutdown,
+/// 57P03 cannot connect now, 53300 too many connections.
+pub fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+}
+
 impl From<Problem> for Error {
     fn from(p: Problem) -> Self {
         Error::Problem(p)
@@ -248,6 +255,25 @@ impl Error {
         matches!(self.sqlstate().as_deref(), Some("40001") | Some("40P01"))
     }
 
+    /// A backing service is away (Redis, or Postgres shutting down,
+    /// restarting, refusing connections or dropping them): the client may
+    /// retry, so the answer is 503 `UNAVAILABLE`, never 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Queue(_) => true,
+            Error::Db(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::BeginFailed,
+            ) => true,
+            Error::Db(sqlx::Error::Database(_)) => self.sqlstate().is_some_and(|code| is_unavailable_sqlstate(&code)),
+            _ => false,
+        }
+    }
+
     /// The business problem, if this is one.
     pub fn as_problem(&self) -> Option<&Problem> {
         match self {
@@ -261,6 +287,20 @@ impl Error {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn a_server_going_away_is_unavailable_and_a_bug_is_not() {
+        for code in ["57P01", "57P02", "57P03", "08000", "08003", "08006", "08P01", "53300"] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "40001", "42P01", "57014", "XX000"] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+        assert!(Error::Db(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(Error::Queue("broken pipe".into()).is_unavailable());
+        assert!(!Error::Db(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!Error::internal("bug").is_unavailable());
+    }
 
     #[test]
     fn error_code_strings_are_unique_and_round_trip() {

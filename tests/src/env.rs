@@ -10,17 +10,20 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
 
 use crate::client::Client;
+use crate::redis::PrivateRedis;
 
 pub struct EnvOptions {
     pub workers: usize,
     pub psp: bool,
+    /// A Redis of this test's own (restartable), instead of the shared one.
+    pub private_redis: bool,
     /// Extra variables for every process (e.g. `RATE_LIMIT_PER_KEY`).
     pub vars: Vec<(String, String)>,
 }
 
 impl Default for EnvOptions {
     fn default() -> Self {
-        Self { workers: 1, psp: false, vars: Vec::new() }
+        Self { workers: 1, psp: false, private_redis: false, vars: Vec::new() }
     }
 }
 
@@ -31,6 +34,10 @@ impl EnvOptions {
     }
     pub fn psp(mut self) -> Self {
         self.psp = true;
+        self
+    }
+    pub fn private_redis(mut self) -> Self {
+        self.private_redis = true;
         self
     }
     pub fn var(mut self, k: &str, v: &str) -> Self {
@@ -50,11 +57,22 @@ pub struct Env {
     pub admin_key: String,
     pub webhook_secret: String,
     pub pool: PgPool,
+    /// The test's own Redis, when asked for ([`EnvOptions::private_redis`]).
+    pub redis: Option<PrivateRedis>,
     vars: HashMap<String, String>,
     api: Option<Child>,
     psp: Option<Child>,
-    workers: Vec<(String, Child)>,
+    workers: Vec<Worker>,
     log_dir: PathBuf,
+}
+
+/// A running worker replica: its handle, its `WORKER_NAME`, and the base
+/// URL of its ops listener (`/health`, `/metrics`).
+pub struct Worker {
+    pub name: String,
+    pub worker_name: String,
+    pub ops_url: String,
+    child: Child,
 }
 
 fn workspace_root() -> PathBuf {
@@ -107,9 +125,16 @@ impl Env {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
         admin.close().await?;
         let db_url = with_database(&server_url, &name);
-        let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let log_dir = workspace_root().join("target/kobatela-logs/e2e").join(&name);
         std::fs::create_dir_all(&log_dir)?;
+        let redis = match opts.private_redis {
+            true => Some(PrivateRedis::start(log_dir.join("redis")).await?),
+            false => None,
+        };
+        let redis_url = match &redis {
+            Some(r) => r.url(),
+            None => std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        };
         let admin_key = format!("kb_admin_{}", uuid::Uuid::new_v4().simple());
         let webhook_secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
         let api_port = free_port()?;
@@ -124,6 +149,7 @@ impl Env {
             ("LOG_FORMAT", "json".into()),
             ("RUST_LOG", "info,sqlx=warn".into()),
             ("RELAY_EVERY_SECS", "1".into()),
+            ("STREAM_BLOCK_MS", "1000".into()),
             ("JOB_RELAY_AFTER_SECS", "3".into()),
             ("JOB_TIMEOUT_SECS", "10".into()),
             ("DB_POOL_SIZE", "8".into()),
@@ -166,6 +192,7 @@ impl Env {
             admin_key,
             webhook_secret,
             pool,
+            redis,
             vars,
             api: None,
             psp: None,
@@ -200,38 +227,76 @@ impl Env {
         Ok(child)
     }
 
-    /// Starts a worker replica with a unique name.
+    /// Starts a worker replica (`WORKER_NAME` = this env's name + `name`, so
+    /// the same `name` again reuses the name) and waits until its `/health`
+    /// says every consumer polls Redis.
     pub async fn start_worker(&mut self, name: &str) -> anyhow::Result<()> {
-        let worker_name = format!("{}-{name}-{}", self.name, self.workers.len());
+        self.spawn_worker(name).await?;
+        let url = self.worker(name).map(|w| format!("{}/health", w.ops_url)).unwrap_or_default();
+        wait_http(&url, self.log_path(&format!("worker-{name}"))).await
+    }
+
+    /// Starts a worker replica and waits only until its ops listener answers
+    /// (healthy or not).
+    pub async fn spawn_worker(&mut self, name: &str) -> anyhow::Result<()> {
+        let worker_name = format!("{}-{name}", self.name);
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
         let child = self.spawn(
             &format!("worker-{name}"),
             &bin("worker", "KOBATELA_WORKER_BIN"),
             &[],
-            &[("WORKER_NAME", &worker_name)],
+            &[("WORKER_NAME", &worker_name), ("WORKER_METRICS_ADDR", &addr)],
         )?;
-        self.workers.push((name.to_string(), child));
-        // The worker has no port; give it a moment to register its queues.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ops_url = format!("http://{addr}");
+        self.workers.push(Worker { name: name.to_string(), worker_name, ops_url: ops_url.clone(), child });
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while http.get(format!("{ops_url}/health")).timeout(Duration::from_secs(1)).send().await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("worker {name}'s ops listener did not answer in 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(())
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&Worker> {
+        self.workers.iter().find(|w| w.name == name)
+    }
+
+    /// A worker's `/health`: status code and body.
+    pub async fn worker_health(&self, name: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let w = self.worker(name).with_context(|| format!("no worker {name}"))?;
+        let r =
+            reqwest::Client::new().get(format!("{}/health", w.ops_url)).timeout(Duration::from_secs(5)).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or_default()))
+    }
+
+    /// A worker's `/metrics` text.
+    pub async fn worker_metrics(&self, name: &str) -> anyhow::Result<String> {
+        let w = self.worker(name).with_context(|| format!("no worker {name}"))?;
+        Ok(reqwest::Client::new().get(format!("{}/metrics", w.ops_url)).send().await?.text().await?)
     }
 
     /// SIGKILL: the worker dies without finishing anything.
     pub async fn kill_worker(&mut self, name: &str) -> anyhow::Result<()> {
-        if let Some(pos) = self.workers.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.workers.remove(pos);
-            child.kill().await?;
+        if let Some(pos) = self.workers.iter().position(|w| w.name == name) {
+            let mut w = self.workers.remove(pos);
+            w.child.kill().await?;
         }
         Ok(())
     }
 
     /// SIGTERM and wait: the worker finishes the jobs in hand.
     pub async fn stop_worker(&mut self, name: &str) -> anyhow::Result<Option<i32>> {
-        if let Some(pos) = self.workers.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.workers.remove(pos);
-            if let Some(pid) = child.id() {
+        if let Some(pos) = self.workers.iter().position(|w| w.name == name) {
+            let mut w = self.workers.remove(pos);
+            if let Some(pid) = w.child.id() {
                 Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
             }
-            let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+            let status = tokio::time::timeout(Duration::from_secs(30), w.child.wait()).await??;
             return Ok(status.code());
         }
         Ok(None)
@@ -272,8 +337,8 @@ impl Env {
 
     /// Stops every process, drops the database and the Redis keys.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        for (_, mut w) in self.workers.drain(..) {
-            let _ = w.kill().await;
+        for mut w in self.workers.drain(..) {
+            let _ = w.child.kill().await;
         }
         if let Some(mut p) = self.psp.take() {
             let _ = p.kill().await;
@@ -282,7 +347,12 @@ impl Env {
             let _ = a.kill().await;
         }
         self.pool.close().await;
-        let _ = self.flush_redis().await;
+        match self.redis.take() {
+            Some(mut redis) => redis.kill().await?,
+            None => {
+                let _ = self.flush_redis().await;
+            }
+        }
         let mut admin = PgConnection::connect(&self.server_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
             .execute(&mut admin)

@@ -23,14 +23,18 @@ pub struct Schedule {
 
 pub fn schedules(config: &shared::config::Config) -> Vec<Schedule> {
     let s = |kind, expr: &str, saka_tz| Schedule { kind, expr: expr.to_string(), saka_tz };
-    vec![
-        s(JobKind::JobRelay, &format!("*/{} * * * * *", config.relay_every_secs), false),
-        s(JobKind::MandateExpiry, &config.mandate_expiry_cron, false),
-        s(JobKind::Retention, "0 17 3 * * *", false),
-        s(JobKind::EscrowDeadlines, &config.escrow_deadlines_cron, false),
-        s(JobKind::SakaDayRollover, "0 0 0 * * *", true),
-        s(JobKind::SakaApprovalExpiry, "30 * * * * *", false),
-    ]
+    let relay = (config.relay_every_secs > 0)
+        .then(|| s(JobKind::JobRelay, &format!("*/{} * * * * *", config.relay_every_secs), false));
+    relay
+        .into_iter()
+        .chain([
+            s(JobKind::MandateExpiry, &config.mandate_expiry_cron, false),
+            s(JobKind::Retention, "0 17 * * * *", false),
+            s(JobKind::EscrowDeadlines, &config.escrow_deadlines_cron, false),
+            s(JobKind::SakaDayRollover, "0 0 0 * * *", true),
+            s(JobKind::SakaApprovalExpiry, "30 * * * * *", false),
+        ])
+        .collect()
 }
 
 #[derive(Clone)]
@@ -60,6 +64,12 @@ pub async fn run_tick(job: &CronJob, at: DateTime<Utc>) -> shared::Result<()> {
     .fetch_optional(&ctx.pool)
     .await?;
     if won.is_none() {
+        return Ok(());
+    }
+    if job.kind == JobKind::JobRelay {
+        // Every few seconds: the relay runs in its tick and leaves no job
+        // row (what it did is logged and counted in the metrics).
+        crate::runners::maintenance::relay(&ctx.pool, &ctx.runners.queue, &ctx.config).await?;
         return Ok(());
     }
     let payload = serde_json::json!({"tick": at});

@@ -1,10 +1,11 @@
-//! The worker: one apalis worker per job kind on its Redis queue, plus the
-//! cron schedules. Any number of replicas may run; each needs a unique
-//! `WORKER_NAME` (host + pid by default).
+//! The worker: one apalis worker per job kind, fed by our Redis Streams
+//! backend (`shared::jobs::transport`), plus the cron schedules. Any number
+//! of replicas may run; each needs a unique `WORKER_NAME` (host + pid by
+//! default), though reusing one is harmless.
 
 mod cron;
+mod ops;
 mod runners;
-mod wake;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -13,14 +14,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use apalis::prelude::*;
 use apalis_cron::CronScheduler;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use shared::config::Config;
 use shared::ids::JobId;
 use shared::jobs::exec::{Executor, Report};
-use shared::jobs::{JobKind, JobMsg, Queue};
+use shared::jobs::transport::consumer::ConsumerConfig;
+use shared::jobs::transport::{ConsumerStatus, Delivery, StreamBackend};
+use shared::jobs::{JobKind, Queue};
 use shared::{db, telemetry};
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::runners::Runners;
 
@@ -54,20 +57,39 @@ async fn main() {
     }
 }
 
-/// One delivery from Redis. The message is acknowledged whatever the job's
-/// outcome (Postgres keeps attempts, back-off and `dead`); an error goes back
-/// to apalis only when even recording the outcome failed.
-async fn handle(msg: JobMsg, ctx: Data<Arc<WorkerCtx>>) -> Result<(), BoxDynError> {
-    let _slot = ctx.slots.acquire().await.map_err(|e| Box::new(e) as BoxDynError)?;
-    match ctx.execute(msg.job_id).await {
+/// One delivery from a stream. Once the job row records an outcome (or
+/// there is nothing to do) the entry is acknowledged; Postgres keeps
+/// attempts, back-off and `dead`. It stays pending, to be taken over once
+/// idle past the lease, when the job runs elsewhere under a live lease or
+/// when even recording the outcome failed (the database is down).
+async fn handle(delivery: Delivery, ctx: Data<Arc<WorkerCtx>>) -> Result<(), BoxDynError> {
+    let queue = &ctx.runners.queue;
+    let Some(job_id) = delivery.job_id else {
+        tracing::warn!(entry = %delivery.entry, kind = %delivery.kind, "unreadable stream entry dropped");
+        ack(queue, &delivery).await;
+        return Ok(());
+    };
+    let slot = ctx.slots.acquire().await.map_err(|e| Box::new(e) as BoxDynError)?;
+    let report = ctx.execute(job_id).await;
+    drop(slot);
+    match report {
+        Ok(Report::Busy) => tracing::debug!(%job_id, "job runs elsewhere under a live lease; delivery kept"),
         Ok(report) => {
-            tracing::debug!(job_id = %msg.job_id, ?report, "delivery handled");
-            Ok(())
+            tracing::debug!(%job_id, ?report, "delivery handled");
+            ack(queue, &delivery).await;
         }
         Err(e) => {
-            tracing::error!(job_id = %msg.job_id, error = %e, "cannot record the job's outcome; apalis will redeliver");
-            Err(Box::new(e))
+            tracing::error!(%job_id, error = %e, "cannot record the job's outcome; the delivery stays pending");
         }
+    }
+    Ok(())
+}
+
+/// A failed acknowledgement costs a second delivery later, which finds the
+/// job finished and acknowledges it then.
+async fn ack(queue: &Queue, delivery: &Delivery) {
+    if let Err(e) = queue.ack(delivery.kind, &[delivery.entry.as_str()]).await {
+        tracing::warn!(entry = %delivery.entry, error = %e, "acknowledgement failed; the entry will be delivered again");
     }
 }
 
@@ -86,13 +108,16 @@ async fn run() -> anyhow::Result<()> {
     if config.migrate_on_start {
         db::migrate(&pool).await?;
     }
-    let queue = Queue::connect(&config.redis_url, &config.queue_prefix).await.context("connecting to Redis")?;
-    let client = redis::Client::open(config.redis_url.as_str()).context("Redis URL")?;
-    let hub = wake::WakeHub::default();
-    hub.listen(client);
-    if let Ok(addr) = std::env::var("WORKER_METRICS_ADDR") {
-        serve_metrics(&addr, metrics.clone()).await?;
-    }
+    let queue = Queue::new(&config.redis_url, &config.queue_prefix, config.stream_maxlen).context("Redis URL")?;
+    let statuses: Vec<Arc<ConsumerStatus>> = JobKind::ALL.iter().map(|k| ConsumerStatus::new(*k)).collect();
+    let ops = ops::Ops {
+        pool: pool.clone(),
+        queue: queue.clone(),
+        statuses: statuses.clone(),
+        block: config.stream_block,
+        metrics,
+    };
+    let ops_addr = ops.serve(config.worker_metrics_addr).await?;
     let ctx = Arc::new(WorkerCtx {
         pool: pool.clone(),
         runners: Runners {
@@ -110,16 +135,28 @@ async fn run() -> anyhow::Result<()> {
         config: config.clone(),
     });
 
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut monitor = Monitor::new().shutdown_timeout(config.job_timeout + Duration::from_secs(5));
-    for kind in JobKind::ALL.iter().copied() {
+    for status in statuses {
+        let kind = status.kind;
+        let consumer = ConsumerConfig {
+            kind,
+            stream: queue.stream_key(kind),
+            consumer: config.worker_name.clone(),
+            block: config.stream_block,
+            // A moment past the lease, so that the job row's own lease (taken
+            // a little after the delivery) has run out too.
+            claim_idle: config.job_timeout + Duration::from_secs(1),
+            claim_every: (config.job_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+        };
         let name = format!("{}.{}", config.worker_name, kind);
-        let queue = queue.clone();
-        let hub = hub.clone();
+        let client = queue.client().clone();
         let ctx = ctx.clone();
+        let stop_rx = stop_rx.clone();
         let concurrency = config.worker_concurrency;
         monitor = monitor.register(move |_| {
-            let wake = StreamStrategy::new(hub.stream_for(&queue.queue_name(kind)));
-            let backend = PollWith::new(queue.storage(kind), wake);
+            let backend =
+                StreamBackend::start(client.clone(), consumer.clone(), status.clone(), concurrency, stop_rx.clone());
             WorkerBuilder::new(name.clone())
                 .backend(backend)
                 .data(ctx.clone())
@@ -149,11 +186,17 @@ async fn run() -> anyhow::Result<()> {
             });
         }
     }
-    tracing::info!(worker = %config.worker_name, concurrency = config.worker_concurrency, "worker started");
+    tracing::info!(
+        worker = %config.worker_name,
+        concurrency = config.worker_concurrency,
+        ops = %ops_addr,
+        "worker started"
+    );
     monitor
-        .run_with_signal(async {
+        .run_with_signal(async move {
             shutdown_signal().await;
             tracing::info!("SIGTERM: finishing jobs in hand, taking no new ones");
+            let _ = stop_tx.send(true);
             Ok(())
         })
         .await?;
@@ -163,26 +206,6 @@ async fn run() -> anyhow::Result<()> {
 
 fn cron_parse(expr: &str) -> anyhow::Result<::cron::Schedule> {
     ::cron::Schedule::from_str(expr).with_context(|| format!("cron expression {expr}"))
-}
-
-async fn serve_metrics(addr: &str, handle: PrometheusHandle) -> anyhow::Result<()> {
-    use axum::routing::get;
-    let app =
-        axum::Router::new().route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) })).route(
-            "/metrics",
-            get(move || {
-                let handle = handle.clone();
-                async move { handle.render() }
-            }),
-        );
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding WORKER_METRICS_ADDR {addr}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -19,9 +19,15 @@ async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// Both checks run at once, each bounded, so the answer comes within a
+/// second even when a peer hangs or is gone.
 async fn ready(State(s): State<AppState>) -> impl IntoResponse {
-    let pg = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&s.pool).await.is_ok();
-    let redis = s.queue.ping().await.is_ok();
+    let limit = std::time::Duration::from_millis(800);
+    let (pg, redis) = tokio::join!(
+        tokio::time::timeout(limit, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&s.pool)),
+        tokio::time::timeout(limit, s.queue.ping()),
+    );
+    let (pg, redis) = (pg.is_ok_and(|r| r.is_ok()), redis.is_ok_and(|r| r.is_ok()));
     let status = if pg && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let word = |ok: bool| if ok { "ok" } else { "down" };
     (status, Json(json!({"postgres": word(pg), "redis": word(redis)})))
@@ -32,8 +38,8 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
 /// request path.
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     for kind in JobKind::ALL {
-        if let Ok(depth) = s.queue.depth(*kind).await {
-            metrics::gauge!("kobatela_queue_depth", "kind" => kind.as_str()).set(depth as f64);
+        if let Ok(stats) = s.queue.stats(*kind).await {
+            metrics::gauge!("kobatela_queue_depth", "kind" => kind.as_str()).set(stats.length as f64);
         }
     }
     let counts: Result<Vec<(String, String, i64)>, _> =

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 use tracing::{Instrument, info, warn};
@@ -23,7 +24,7 @@ use crate::domain::audit;
 use crate::error::{Error, Problem, Result};
 use crate::ids::JobId;
 use crate::jobs::Queue;
-use crate::jobs::record::{self, JobRow};
+use crate::jobs::record::{self, Claim, JobRow};
 
 /// What a rule decided. `Refused` keeps the rule's writes (an alert, an
 /// expiry) and the rule audits that refusal itself, whereas an
@@ -61,8 +62,14 @@ pub trait Runner: Send + Sync {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// Not claimable: already finished, running elsewhere, or not due.
+    /// Not claimable: already finished, not due yet, or not there. The
+    /// delivery is done with.
     Skipped,
+    /// Running on another worker under a live lease: the delivery is kept
+    /// (unacknowledged) in case that worker dies.
+    Busy,
+    /// The claim found the job's attempts used up and made it `dead`.
+    GaveUp,
     Succeeded,
     Failed(String),
     /// Infrastructure error, recorded; `status` is `queued` (retry) or `dead`.
@@ -95,8 +102,15 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
     /// failure was impossible (the database is down): the caller lets apalis
     /// retry the message.
     pub async fn run(&self, id: JobId) -> Result<Report> {
-        let Some(job) = record::claim(self.pool, id, self.worker, self.lease).await? else {
-            return Ok(Report::Skipped);
+        let job = match record::claim(self.pool, id, self.worker, self.lease, self.max_attempts).await? {
+            Claim::Run(job) => job,
+            Claim::Busy => return Ok(Report::Busy),
+            Claim::Nothing => return Ok(Report::Skipped),
+            Claim::Dead(job) => {
+                warn!(job_id = %id, kind = %job.kind, attempts = job.attempts, "job gave up: its attempts were used up by runs that never ended");
+                metrics::counter!("kobatela_jobs_total", "kind" => job.kind, "outcome" => "dead").increment(1);
+                return Ok(Report::GaveUp);
+            }
         };
         let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempts);
         self.run_claimed(job).instrument(span).await
@@ -104,8 +118,14 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
 
     async fn run_claimed(&self, job: JobRow) -> Result<Report> {
         let started = Instant::now();
-        let ended = tokio::time::timeout(self.lease, self.steps(&job)).await;
-        let ended = ended.unwrap_or_else(|_| Err(Error::internal("job timed out")));
+        // A panic in a rule is a failed attempt like any infrastructure
+        // error (its transaction rolls back as the connection is dropped).
+        let steps = std::panic::AssertUnwindSafe(self.steps(&job)).catch_unwind();
+        let ended = match tokio::time::timeout(self.lease, steps).await {
+            Ok(Ok(ended)) => ended,
+            Ok(Err(panic)) => Err(Error::internal(format!("the rule panicked: {}", panic_text(&panic)))),
+            Err(_) => Err(Error::internal("job timed out")),
+        };
         let elapsed = started.elapsed().as_secs_f64();
         let kind = job.kind.clone();
         let (report, outcome) = match ended {
@@ -203,6 +223,14 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
             }
             Err(e) => warn!(error = %e, "cannot list follow-up jobs; the relay will deliver them"),
         }
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "(no message)".into(),
     }
 }
 

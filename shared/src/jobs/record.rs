@@ -232,14 +232,49 @@ pub async fn list(
     Ok(Page::from_rows(rows, page, |r| r.id.0))
 }
 
+/// What a claim found.
+#[derive(Debug)]
+pub enum Claim {
+    /// Claimed for this worker: run it.
+    Run(JobRow),
+    /// Another worker runs it under a lease that has not run out.
+    Busy,
+    /// Its attempts were used up by runs that never recorded an outcome (a
+    /// worker that crashed or was killed each time): now `dead`.
+    Dead(JobRow),
+    /// Nothing to do here: finished, not due yet (the relay pushes it when
+    /// it is), or not there.
+    Nothing,
+}
+
+/// The problem a job that used up its attempts ends with.
+fn gave_up_json() -> &'static str {
+    "jsonb_build_object('code', 'INTERNAL', 'status', 500, 'title', 'Internal error', 'detail', 'gave up after repeated infrastructure errors')"
+}
+
 /// Claims a job for this worker, outside the work transaction so that the
 /// receipt shows `running`: only a `queued` job that is due, or a `running`
-/// one whose lease ran out (its worker died), can be claimed.
-pub async fn claim(pool: &PgPool, id: JobId, worker: &str, lease: std::time::Duration) -> Result<Option<JobRow>> {
+/// one whose lease ran out (its worker died), can be claimed. Attempts are
+/// counted here, at the claim, so a job that kills its worker every time
+/// still ends: past `max_attempts` the claim makes it `dead` instead.
+pub async fn claim(
+    pool: &PgPool,
+    id: JobId,
+    worker: &str,
+    lease: std::time::Duration,
+    max_attempts: i32,
+) -> Result<Claim> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),
-                locked_by = $2, locked_until = now() + make_interval(secs => $3::float8 / 1000)
+    let gave_up = gave_up_json();
+    let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET
+                status = CASE WHEN attempts >= $4 THEN 'dead' ELSE 'running' END,
+                attempts = CASE WHEN attempts >= $4 THEN attempts ELSE attempts + 1 END,
+                started_at = coalesce(started_at, now()),
+                finished_at = CASE WHEN attempts >= $4 THEN now() END,
+                error = CASE WHEN attempts >= $4 THEN {gave_up} END,
+                locked_by = CASE WHEN attempts >= $4 THEN NULL ELSE $2 END,
+                locked_until = CASE WHEN attempts >= $4 THEN NULL ELSE now() + make_interval(secs => $3::float8 / 1000) END
           WHERE id = $1 AND ((status = 'queued' AND next_attempt_at <= now())
                           OR (status = 'running' AND locked_until < now()))
           RETURNING {COLUMNS}, ctid::text AS ctid"
@@ -247,8 +282,24 @@ pub async fn claim(pool: &PgPool, id: JobId, worker: &str, lease: std::time::Dur
     .bind(id)
     .bind(worker)
     .bind(lease_ms as f64)
+    .bind(max_attempts)
     .fetch_optional(pool)
-    .await?)
+    .await?;
+    match row {
+        Some(row) if row.status == "dead" => {
+            notify_ended(pool, id).await?;
+            Ok(Claim::Dead(row))
+        }
+        Some(row) => Ok(Claim::Run(row)),
+        None => {
+            let busy: Option<bool> =
+                sqlx::query_scalar("SELECT status = 'running' AND locked_until >= now() FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(if busy == Some(true) { Claim::Busy } else { Claim::Nothing })
+        }
+    }
 }
 
 /// Inside the work transaction: locks the row and checks that this claim
@@ -328,16 +379,17 @@ pub async fn record_failure(
     message: &str,
 ) -> Result<String> {
     let backoff_secs = 2f64.powi(attempt.clamp(1, 10)) * (0.75 + rand::random::<f64>() * 0.5);
-    let status: Option<String> = sqlx::query_scalar(
+    let gave_up = gave_up_json();
+    let status: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "UPDATE jobs SET
             status = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'queued' END,
             finished_at = CASE WHEN attempts >= $3 THEN now() ELSE NULL END,
-            error = CASE WHEN attempts >= $3 THEN jsonb_build_object('code', 'INTERNAL', 'status', 500, 'title', 'Internal error', 'detail', 'gave up after repeated infrastructure errors') ELSE NULL END,
+            error = CASE WHEN attempts >= $3 THEN {gave_up} ELSE NULL END,
             next_attempt_at = now() + make_interval(secs => $4),
             last_error = $5, locked_by = NULL, locked_until = NULL
           WHERE id = $1 AND attempts = $2 AND status = 'running'
-          RETURNING status",
-    )
+          RETURNING status"
+    )))
     .bind(id)
     .bind(attempt)
     .bind(max_attempts)
@@ -346,9 +398,15 @@ pub async fn record_failure(
     .fetch_optional(pool)
     .await?;
     if status.as_deref() == Some("dead") {
-        sqlx::query("SELECT pg_notify('kobatela_jobs', $1)").bind(id.to_string()).execute(pool).await?;
+        notify_ended(pool, id).await?;
     }
     Ok(status.unwrap_or_else(|| "superseded".into()))
+}
+
+/// Wakes receipt waiters of a job that ended outside a job transaction.
+pub async fn notify_ended(pool: &PgPool, id: JobId) -> Result<()> {
+    sqlx::query("SELECT pg_notify('kobatela_jobs', $1)").bind(id.to_string()).execute(pool).await?;
+    Ok(())
 }
 
 /// `POST /jobs/{id}/retry`: a dead job goes back to the queue with fresh attempts.
@@ -372,12 +430,23 @@ pub async fn retry_dead(conn: &mut PgConnection, id: JobId) -> Result<JobRow> {
 
 /// The relay's pick: jobs due but not taken. A `queued` job pushed longer
 /// than `after` ago, or due for a retry since its last push, or a `running`
-/// job whose lease ran out. They are marked pushed now and returned.
-pub async fn take_for_relay(pool: &PgPool, after: std::time::Duration, limit: i64) -> Result<Vec<(JobId, String)>> {
+/// job whose lease ran out. They are marked pushed now and returned with
+/// their new status: `queued` to push again, or `dead` for a running job
+/// whose attempts are used up (its worker died on the last one).
+pub async fn take_for_relay(
+    pool: &PgPool,
+    after: std::time::Duration,
+    limit: i64,
+    max_attempts: i32,
+) -> Result<Vec<(JobId, String, String)>> {
     let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX) as f64;
-    Ok(sqlx::query_as(
+    let gave_up = gave_up_json();
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE jobs SET pushed_at = now(),
-                status = CASE WHEN status = 'running' THEN 'queued' ELSE status END,
+                status = CASE WHEN status = 'running' AND attempts >= $3 THEN 'dead'
+                              WHEN status = 'running' THEN 'queued' ELSE status END,
+                finished_at = CASE WHEN status = 'running' AND attempts >= $3 THEN now() ELSE finished_at END,
+                error = CASE WHEN status = 'running' AND attempts >= $3 THEN {gave_up} ELSE error END,
                 locked_by = NULL, locked_until = NULL
           WHERE id IN (
             SELECT id FROM jobs
@@ -386,10 +455,11 @@ pub async fn take_for_relay(pool: &PgPool, after: std::time::Duration, limit: i6
                                              OR pushed_at < next_attempt_at))
                  OR (status = 'running' AND locked_until < now()))
              ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-          RETURNING id, kind",
-    )
+          RETURNING id, kind, status"
+    )))
     .bind(after_ms)
     .bind(limit)
+    .bind(max_attempts)
     .fetch_all(pool)
     .await?)
 }

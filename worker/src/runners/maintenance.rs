@@ -1,42 +1,66 @@
 //! Maintenance jobs: the relay (re-push what no worker took in time) and
 //! retention (old cron ticks and finished jobs).
 
+use shared::config::Config;
 use shared::error::Result;
-use shared::jobs::{JobKind, Outcome, record};
-use sqlx::PgConnection;
+use shared::jobs::{JobKind, Outcome, Queue, record};
+use sqlx::{PgConnection, PgPool};
 
 use super::Runners;
 
 /// Pushes again every job that is due but was not taken: lost messages
-/// (Redis flushed or restarted), pushes that failed, retries whose back-off
-/// ended, and jobs whose worker died (lease expired). The picked rows are
-/// marked in their own short statement so the push happens outside any
-/// transaction that holds money rows.
-pub async fn relay(r: &Runners, _conn: &mut PgConnection) -> Result<Outcome> {
-    let picked = record::take_for_relay(&r.pool, r.config.job_relay_after, 1000).await?;
-    let mut pushed = 0;
-    for (id, kind) in &picked {
-        let Some(kind) = JobKind::parse(kind) else { continue };
-        match r.queue.push(kind, *id).await {
-            Ok(()) => pushed += 1,
-            Err(e) => tracing::warn!(job_id = %id, error = %e, "relay push failed; next tick retries"),
+/// (Redis flushed or restarted, a stream trimmed), pushes that failed,
+/// retries whose back-off ended, and jobs whose worker died (lease expired;
+/// `dead` instead when that was their last attempt). The picked rows are
+/// marked in their own short statement, so the push happens outside any
+/// transaction. Returns (pushed, made dead).
+pub async fn relay(pool: &PgPool, queue: &Queue, config: &Config) -> Result<(u64, u64)> {
+    let picked = record::take_for_relay(pool, config.job_relay_after, 1000, config.job_max_attempts).await?;
+    let mut to_push = Vec::with_capacity(picked.len());
+    let mut dead = 0;
+    for (id, kind, status) in &picked {
+        if status == "dead" {
+            dead += 1;
+            tracing::warn!(job_id = %id, kind = %kind, "job gave up: its last attempt never ended");
+            record::notify_ended(pool, *id).await?;
+        } else if let Some(kind) = JobKind::parse(kind) {
+            to_push.push((kind, *id));
         }
     }
-    if pushed > 0 {
-        tracing::info!(pushed, "relay re-pushed jobs");
-        metrics::counter!("kobatela_relay_pushed_total").increment(pushed);
+    if let Err(e) = queue.push_batch(&to_push).await {
+        tracing::warn!(jobs = to_push.len(), error = %e, "relay push failed; the next tick retries");
+        return Ok((0, dead));
     }
-    Ok(Outcome::Succeeded(serde_json::json!({"pushed": pushed})))
+    let pushed = to_push.len() as u64;
+    if pushed > 0 || dead > 0 {
+        tracing::info!(pushed, dead, "relay re-pushed jobs");
+        metrics::counter!("kobatela_relay_pushed_total").increment(pushed);
+        metrics::counter!("kobatela_relay_dead_total").increment(dead);
+    }
+    Ok((pushed, dead))
 }
 
-/// Old cron ticks go after two days. The receipts of maintenance runs (a
-/// relay every few seconds) go after a day, those of the other scheduled
-/// jobs after 30 days; jobs that move value are the record and stay.
+/// A `job_relay` row (older versions ran the relay as a job) runs it too.
+pub async fn relay_job(r: &Runners) -> Result<Outcome> {
+    let (pushed, dead) = relay(&r.pool, &r.queue, &r.config).await?;
+    Ok(Outcome::Succeeded(serde_json::json!({"pushed": pushed, "dead": dead})))
+}
+
+/// Hourly. The relay's cron ticks (one every few seconds, no job row) go
+/// after an hour, other cron ticks after two days. The receipts of
+/// maintenance runs go after a day, those of the other scheduled jobs after
+/// 30 days; jobs that move value are the record and stay.
 pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
+    let relay_ticks =
+        sqlx::query("DELETE FROM cron_ticks WHERE schedule = 'job_relay' AND tick < now() - interval '1 hour'")
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
     let ticks = sqlx::query("DELETE FROM cron_ticks WHERE claimed_at < now() - interval '2 days'")
         .execute(&mut *conn)
         .await?
-        .rows_affected();
+        .rows_affected()
+        + relay_ticks;
     let relays = sqlx::query("DELETE FROM jobs WHERE kind IN ('job_relay', 'retention') AND status IN ('succeeded', 'failed') AND finished_at < now() - interval '1 day'")
         .execute(&mut *conn)
         .await?

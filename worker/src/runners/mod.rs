@@ -1,7 +1,7 @@
 //! Runners: the rule each job kind applies inside its transaction. They are
 //! thin: parse the payload, call `shared::domain`, shape the outcome.
 
-mod maintenance;
+pub mod maintenance;
 
 use futures::future::BoxFuture;
 use shared::config::Config;
@@ -34,6 +34,9 @@ impl Runner for Runners {
             let Some(kind) = job.job_kind() else {
                 return Err(Error::internal(format!("unknown job kind {}", job.kind)));
             };
+            if shared::failpoint::any() {
+                shared::failpoint::panic_if_set(&format!("rule.{kind}"));
+            }
             match kind {
                 JobKind::Purchase => purchases::execute(conn, &who, job.id, &job.payload()?).await,
                 JobKind::MandateExpiry => {
@@ -69,7 +72,7 @@ impl Runner for Runners {
                 JobKind::ProofValidation => proofs::run(conn, self.store.as_ref(), job).await,
                 JobKind::Payout => payouts::prepare(conn, &job.payload()?).await,
                 JobKind::PspWebhook => webhooks::apply(conn, &job.payload()?).await,
-                JobKind::JobRelay => maintenance::relay(self, conn).await,
+                JobKind::JobRelay => maintenance::relay_job(self).await,
                 JobKind::Retention => maintenance::retention(conn).await,
             }
         })

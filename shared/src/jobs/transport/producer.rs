@@ -1,0 +1,160 @@
+//! The side every process shares: pushing job ids, acknowledging them and
+//! reading the size of the streams, over one `ConnectionManager` (it
+//! reconnects by itself). Consumers read on connections of their own
+//! ([`super::consumer`]).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamInfoConsumersReply;
+
+use super::{FIELD_JOB, FIELD_VERSION, GROUP};
+use crate::error::{Error, Result};
+use crate::ids::JobId;
+use crate::jobs::JobKind;
+
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    client: redis::Client,
+    prefix: String,
+    maxlen: u64,
+}
+
+/// What Redis holds for one kind.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StreamStats {
+    /// Entries in the stream: waiting, or delivered and not yet acknowledged.
+    pub length: u64,
+    /// Entries delivered to a consumer and not yet acknowledged.
+    pub pending: u64,
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+fn queue_err(e: redis::RedisError) -> Error {
+    Error::Queue(e.to_string())
+}
+
+impl Queue {
+    /// A queue over `url`. The connection is made lazily and remade after any
+    /// failure, so an unreachable Redis is an error of each call, never of
+    /// start-up; only a malformed URL fails here.
+    pub fn new(url: &str, prefix: &str, maxlen: u64) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(queue_err)?;
+        // A call fails within a few seconds when Redis is gone instead of
+        // hanging: the api answers and the relay retries later.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(queue_err)?;
+        // A `:` would look like a Redis namespace; keep names flat.
+        Ok(Self { conn, client, prefix: prefix.replace(':', "."), maxlen })
+    }
+
+    /// The client consumers open their own connections from.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The stream of one kind: `{prefix}.{kind}`.
+    pub fn stream_key(&self, kind: JobKind) -> String {
+        format!("{}.{}", self.prefix, kind.as_str())
+    }
+
+    pub async fn push(&self, kind: JobKind, job_id: JobId) -> Result<()> {
+        self.push_batch(&[(kind, job_id)]).await
+    }
+
+    pub async fn push_many(&self, kind: JobKind, ids: &[JobId]) -> Result<()> {
+        let jobs: Vec<(JobKind, JobId)> = ids.iter().map(|id| (kind, *id)).collect();
+        self.push_batch(&jobs).await
+    }
+
+    /// Pushes jobs of any kinds in one pipelined round trip: `XADD key MAXLEN
+    /// ~ N * v 1 j <id>` each. The approximate trim keeps every stream near
+    /// `STREAM_MAXLEN` at little cost; what a trim drops is still a `queued`
+    /// row, which the relay pushes again.
+    pub async fn push_batch(&self, jobs: &[(JobKind, JobId)]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (kind, id) in jobs {
+            pipe.cmd("XADD")
+                .arg(self.stream_key(*kind))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.maxlen)
+                .arg("*")
+                .arg(FIELD_VERSION)
+                .arg(1)
+                .arg(FIELD_JOB)
+                .arg(id.to_string())
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(queue_err)?;
+        metrics::counter!("kobatela_transport_pushed_total").increment(jobs.len() as u64);
+        Ok(())
+    }
+
+    /// Acknowledges delivered entries and deletes them, so the stream holds
+    /// only what is still to do.
+    pub async fn ack(&self, kind: JobKind, entries: &[&str]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let key = self.stream_key(kind);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .cmd("XACK")
+            .arg(&key)
+            .arg(GROUP)
+            .arg(entries)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&key)
+            .arg(entries)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(queue_err)
+    }
+
+    /// Length, pending count and consumers of one kind's stream. A stream or
+    /// group that does not exist (yet, or after a flush) is empty.
+    pub async fn stats(&self, kind: JobKind) -> Result<StreamStats> {
+        let key = self.stream_key(kind);
+        let mut conn = self.conn.clone();
+        let length: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await.map_err(queue_err)?;
+        let consumers: StreamInfoConsumersReply =
+            match redis::cmd("XINFO").arg("CONSUMERS").arg(&key).arg(GROUP).query_async(&mut conn).await {
+                Ok(reply) => reply,
+                Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
+                    StreamInfoConsumersReply::default()
+                }
+                Err(e) => return Err(queue_err(e)),
+            };
+        let consumers: Vec<ConsumerInfo> = consumers
+            .consumers
+            .into_iter()
+            .map(|c| ConsumerInfo { name: c.name, pending: c.pending as u64, idle_ms: c.idle as u64 })
+            .collect();
+        Ok(StreamStats { length, pending: consumers.iter().map(|c| c.pending).sum(), consumers })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(queue_err)?;
+        Ok(())
+    }
+}
