@@ -4,7 +4,8 @@
 //! panics ends `dead` instead of being retried forever). Unset, a check is
 //! one load of an empty list.
 //!
-//! Syntax: `name=action` pairs separated by `;` or `,`. Actions: `panic`.
+//! Syntax: `name=action` pairs separated by `;` or `,`. Actions: `panic`,
+//! `abort` (the whole process dies at once, as on a crash), `sleep:<ms>`.
 
 use std::sync::OnceLock;
 
@@ -33,10 +34,21 @@ pub fn action(name: &str) -> Option<&'static str> {
     points().iter().find(|(n, _)| n == name).map(|(_, a)| a.as_str())
 }
 
-/// Panics when `name` is set to `panic`.
-pub fn panic_if_set(name: &str) {
-    if action(name) == Some("panic") {
-        panic!("failpoint {name}: panic");
+/// Carries out the action set for `name`: panics, aborts the process, or
+/// sleeps.
+pub async fn hit(name: &str) {
+    match action(name) {
+        Some("panic") => panic!("failpoint {name}: panic"),
+        Some("abort") => {
+            tracing::error!(failpoint = name, "failpoint: aborting the process");
+            std::process::abort()
+        }
+        Some(other) => {
+            if let Some(ms) = other.strip_prefix("sleep:").and_then(|ms| ms.parse::<u64>().ok()) {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+        }
+        None => {}
     }
 }
 

@@ -231,34 +231,53 @@ impl Env {
     /// the same `name` again reuses the name) and waits until its `/health`
     /// says every consumer polls Redis.
     pub async fn start_worker(&mut self, name: &str) -> anyhow::Result<()> {
-        self.spawn_worker(name).await?;
+        self.start_worker_with(name, &[]).await
+    }
+
+    /// [`start_worker`](Self::start_worker) with variables of its own (a
+    /// failpoint, say).
+    pub async fn start_worker_with(&mut self, name: &str, vars: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.spawn_worker(name, vars).await?;
         let url = self.worker(name).map(|w| format!("{}/health", w.ops_url)).unwrap_or_default();
         wait_http(&url, self.log_path(&format!("worker-{name}"))).await
     }
 
     /// Starts a worker replica and waits only until its ops listener answers
     /// (healthy or not).
-    pub async fn spawn_worker(&mut self, name: &str) -> anyhow::Result<()> {
+    pub async fn spawn_worker(&mut self, name: &str, vars: &[(&str, &str)]) -> anyhow::Result<()> {
         let worker_name = format!("{}-{name}", self.name);
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
-        let child = self.spawn(
-            &format!("worker-{name}"),
-            &bin("worker", "KOBATELA_WORKER_BIN"),
-            &[],
-            &[("WORKER_NAME", &worker_name), ("WORKER_METRICS_ADDR", &addr)],
-        )?;
+        let mut extra = vec![("WORKER_NAME", worker_name.as_str()), ("WORKER_METRICS_ADDR", addr.as_str())];
+        extra.extend_from_slice(vars);
+        let child = self.spawn(&format!("worker-{name}"), &bin("worker", "KOBATELA_WORKER_BIN"), &[], &extra)?;
         let ops_url = format!("http://{addr}");
         self.workers.push(Worker { name: name.to_string(), worker_name, ops_url: ops_url.clone(), child });
         let http = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while http.get(format!("{ops_url}/health")).timeout(Duration::from_secs(1)).send().await.is_err() {
+            if !self.worker_alive(name) {
+                // It ended by itself (a test that makes it crash); the caller sees it.
+                return Ok(());
+            }
             if tokio::time::Instant::now() > deadline {
                 bail!("worker {name}'s ops listener did not answer in 15 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// True while the worker's process runs.
+    pub fn worker_alive(&mut self, name: &str) -> bool {
+        self.workers.iter_mut().find(|w| w.name == name).is_some_and(|w| matches!(w.child.try_wait(), Ok(None)))
+    }
+
+    /// Forgets a worker whose process ended by itself (it crashed).
+    pub async fn reap_worker(&mut self, name: &str) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let Some(pos) = self.workers.iter().position(|w| w.name == name) else { return Ok(None) };
+        let mut w = self.workers.remove(pos);
+        Ok(Some(tokio::time::timeout(Duration::from_secs(30), w.child.wait()).await??))
     }
 
     pub fn worker(&self, name: &str) -> Option<&Worker> {

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod env;
 pub mod jpeg;
+pub mod load;
 pub mod redis;
 pub mod scenario;
 

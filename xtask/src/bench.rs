@@ -1013,6 +1013,10 @@ struct JobStats {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// Created → started (the claim): the api's push, the stream and the
+    /// wait for a free slot.
+    start_p50_ms: f64,
+    start_p99_ms: f64,
     /// Jobs that took more than one attempt: a transaction that kept
     /// failing serialization until its retries ran out counts an attempt,
     /// and the next one waits for the back-off and the relay.
@@ -1026,19 +1030,21 @@ impl JobStats {
     }
 }
 
-type StatsRow = (i64, i64, i64, i64, i64, i64, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+type StatsRow =
+    (i64, i64, i64, i64, i64, i64, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 
 async fn job_stats(pool: &PgPool, prefix: &str) -> Result<JobStats> {
     let row: StatsRow = sqlx::query_as(
         "WITH j AS (
-             SELECT status, attempts, created_at, finished_at FROM jobs
+             SELECT status, attempts, created_at, started_at, finished_at FROM jobs
               WHERE kind = 'purchase' AND starts_with(idempotency_key, $1)
          ), bounds AS (
              SELECT min(finished_at) + interval '1 second' AS lo,
                     max(finished_at) - interval '1 second' AS hi
                FROM j WHERE status = 'succeeded'
          ), w AS (
-             SELECT extract(epoch FROM j.finished_at - j.created_at)::float8 * 1000 AS ms
+             SELECT extract(epoch FROM j.finished_at - j.created_at)::float8 * 1000 AS ms,
+                    extract(epoch FROM j.started_at - j.created_at)::float8 * 1000 AS start_ms
                FROM j, bounds
               WHERE j.status = 'succeeded' AND j.finished_at >= bounds.lo AND j.finished_at < bounds.hi
          )
@@ -1052,7 +1058,9 @@ async fn job_stats(pool: &PgPool, prefix: &str) -> Result<JobStats> {
                 (SELECT extract(epoch FROM hi - lo)::float8 FROM bounds),
                 (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FROM w),
                 (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FROM w),
-                (SELECT max(ms) FROM w)",
+                (SELECT max(ms) FROM w),
+                (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY start_ms) FROM w),
+                (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY start_ms) FROM w)",
     )
     .bind(prefix)
     .fetch_one(pool)
@@ -1079,6 +1087,8 @@ async fn job_stats(pool: &PgPool, prefix: &str) -> Result<JobStats> {
         p50_ms: row.8.unwrap_or(0.0),
         p99_ms: row.9.unwrap_or(0.0),
         max_ms: row.10.unwrap_or(0.0),
+        start_p50_ms: row.11.unwrap_or(0.0),
+        start_p99_ms: row.12.unwrap_or(0.0),
         first_problem,
     })
 }
@@ -1867,6 +1877,13 @@ impl Report {
                 format!("pgbench, 1 client: {:.1} ms per purchase", single.latency_avg_ms),
                 format!("p50 {:.1}×", ratio_of(s.p50_ms, single.latency_avg_ms)),
                 "—".into(),
+            ]);
+            rows.push([
+                format!("Push to start, {workers} (created → claimed, {IN_FLIGHT} in flight)"),
+                format!("p50 {:.1} ms, p99 {:.1} ms", s.start_p50_ms, s.start_p99_ms),
+                "—".into(),
+                "—".into(),
+                "context".into(),
             ]);
         }
         rows.push([

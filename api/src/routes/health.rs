@@ -21,16 +21,31 @@ async fn health() -> impl IntoResponse {
 
 /// Both checks run at once, each bounded, so the answer comes within a
 /// second even when a peer hangs or is gone.
-async fn ready(State(s): State<AppState>) -> impl IntoResponse {
+/// A 503 is a problem body (like every error we answer) that carries the
+/// two fields too.
+async fn ready(State(s): State<AppState>) -> axum::response::Response {
     let limit = std::time::Duration::from_millis(800);
     let (pg, redis) = tokio::join!(
         tokio::time::timeout(limit, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&s.pool)),
         tokio::time::timeout(limit, s.queue.ping()),
     );
     let (pg, redis) = (pg.is_ok_and(|r| r.is_ok()), redis.is_ok_and(|r| r.is_ok()));
-    let status = if pg && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let word = |ok: bool| if ok { "ok" } else { "down" };
-    (status, Json(json!({"postgres": word(pg), "redis": word(redis)})))
+    let checks = json!({"postgres": word(pg), "redis": word(redis)});
+    if pg && redis {
+        return (StatusCode::OK, Json(checks)).into_response();
+    }
+    let down: Vec<&str> = [("postgres", pg), ("redis", redis)].iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+    let problem =
+        shared::Problem::new(shared::ErrorCode::Unavailable, format!("not ready: {} down", down.join(" and ")));
+    let mut body = problem.to_json();
+    if let (Some(map), Some(extra)) = (body.as_object_mut(), checks.as_object()) {
+        map.extend(extra.clone());
+    }
+    let mut res = (StatusCode::SERVICE_UNAVAILABLE, body.to_string()).into_response();
+    res.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/problem+json"));
+    res
 }
 
 /// Gauges read at scrape time: queue depth per kind and jobs per kind and

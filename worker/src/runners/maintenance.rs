@@ -1,12 +1,19 @@
 //! Maintenance jobs: the relay (re-push what no worker took in time) and
 //! retention (old cron ticks and finished jobs).
 
+use std::collections::HashMap;
+
 use shared::config::Config;
 use shared::error::Result;
+use shared::ids::JobId;
 use shared::jobs::{JobKind, Outcome, Queue, record};
 use sqlx::{PgConnection, PgPool};
 
 use super::Runners;
+
+/// Streams longer than this are not read by the relay (20,000 entries are
+/// about 2 MB to read).
+pub const STREAM_CHECK_MAX: u64 = 20_000;
 
 /// Pushes again every job that is due but was not taken: lost messages
 /// (Redis flushed or restarted, a stream trimmed), pushes that failed,
@@ -14,9 +21,14 @@ use super::Runners;
 /// `dead` instead when that was their last attempt). The picked rows are
 /// marked in their own short statement, so the push happens outside any
 /// transaction. Returns (pushed, made dead).
+///
+/// A job whose entry is still in its stream (a backlog being worked, or a
+/// dead consumer's pending entry that `XAUTOCLAIM` will move) is not pushed
+/// again: duplicates would only lengthen the backlog. A stream longer than
+/// [`STREAM_CHECK_MAX`] is not read on a tick; its jobs wait for a later one.
 pub async fn relay(pool: &PgPool, queue: &Queue, config: &Config) -> Result<(u64, u64)> {
     let picked = record::take_for_relay(pool, config.job_relay_after, 1000, config.job_max_attempts).await?;
-    let mut to_push = Vec::with_capacity(picked.len());
+    let mut by_kind: HashMap<JobKind, Vec<JobId>> = HashMap::new();
     let mut dead = 0;
     for (id, kind, status) in &picked {
         if status == "dead" {
@@ -24,7 +36,20 @@ pub async fn relay(pool: &PgPool, queue: &Queue, config: &Config) -> Result<(u64
             tracing::warn!(job_id = %id, kind = %kind, "job gave up: its last attempt never ended");
             record::notify_ended(pool, *id).await?;
         } else if let Some(kind) = JobKind::parse(kind) {
-            to_push.push((kind, *id));
+            by_kind.entry(kind).or_default().push(*id);
+        }
+    }
+    let mut to_push = Vec::with_capacity(picked.len());
+    for (kind, ids) in by_kind {
+        match queue.job_ids_in_stream(kind, STREAM_CHECK_MAX).await {
+            Ok(Some(present)) => {
+                to_push.extend(ids.into_iter().filter(|id| !present.contains(id)).map(|id| (kind, id)))
+            }
+            Ok(None) => tracing::info!(kind = %kind, "stream backlog too long to check; relay waits"),
+            Err(e) => {
+                tracing::warn!(error = %e, "relay cannot read the streams; the next tick retries");
+                return Ok((0, dead));
+            }
         }
     }
     if let Err(e) = queue.push_batch(&to_push).await {

@@ -35,7 +35,7 @@ impl Runner for Runners {
                 return Err(Error::internal(format!("unknown job kind {}", job.kind)));
             };
             if shared::failpoint::any() {
-                shared::failpoint::panic_if_set(&format!("rule.{kind}"));
+                shared::failpoint::hit(&format!("rule.{kind}")).await;
             }
             match kind {
                 JobKind::Purchase => purchases::execute(conn, &who, job.id, &job.payload()?).await,

@@ -3,10 +3,11 @@
 //! reconnects by itself). Consumers read on connections of their own
 //! ([`super::consumer`]).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::StreamInfoConsumersReply;
+use redis::streams::{StreamInfoConsumersReply, StreamRangeReply};
 
 use super::{FIELD_JOB, FIELD_VERSION, GROUP};
 use crate::error::{Error, Result};
@@ -150,6 +151,42 @@ impl Queue {
             .map(|c| ConsumerInfo { name: c.name, pending: c.pending as u64, idle_ms: c.idle as u64 })
             .collect();
         Ok(StreamStats { length, pending: consumers.iter().map(|c| c.pending).sum(), consumers })
+    }
+
+    /// The job ids that have an entry in the kind's stream (waiting, or
+    /// delivered and not yet acknowledged), read in pages; `None` when the
+    /// stream holds more than `max` entries (too long to read on a tick).
+    pub async fn job_ids_in_stream(&self, kind: JobKind, max: u64) -> Result<Option<HashSet<JobId>>> {
+        let key = self.stream_key(kind);
+        let mut conn = self.conn.clone();
+        let length: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await.map_err(queue_err)?;
+        if length > max {
+            return Ok(None);
+        }
+        let mut ids = HashSet::with_capacity(length as usize);
+        let mut start = "-".to_string();
+        loop {
+            let page: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(2_000)
+                .query_async(&mut conn)
+                .await
+                .map_err(queue_err)?;
+            let Some(last) = page.ids.last() else { break };
+            // The next page starts after the last entry read (`(` = exclusive).
+            start = format!("({}", last.id);
+            let full = page.ids.len() == 2_000;
+            ids.extend(
+                page.ids.iter().filter_map(|e| e.get::<String>(FIELD_JOB)).filter_map(|j| j.parse::<JobId>().ok()),
+            );
+            if !full {
+                break;
+            }
+        }
+        Ok(Some(ids))
     }
 
     pub async fn ping(&self) -> Result<()> {
