@@ -5,9 +5,7 @@ use e2e::{Env, EnvOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_metrics_answer() -> anyhow::Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let env =
-        Env::with(EnvOptions::default().workers(1).var("WORKER_METRICS_ADDR", &format!("127.0.0.1:{port}"))).await?;
+    let env = Env::with(EnvOptions::default().workers(1)).await?;
     let anon = env.anonymous();
     let h = anon.get("/health").await?;
     assert_eq!((h.status, h.s("status").as_str()), (200, "ok"));
@@ -31,17 +29,18 @@ async fn health_ready_and_metrics_answer() -> anyhow::Result<()> {
     }
     assert!(m.text.contains("status=\"succeeded\"") && m.text.contains("status=\"failed\""));
     // The worker's own metrics: jobs by outcome, job time, serialization retries (when any).
-    let worker_metrics = eventually_worker_metrics(&env).await?;
-    assert!(
-        worker_metrics.contains("kobatela_jobs_total") && worker_metrics.contains("kobatela_job_seconds"),
-        "{worker_metrics}"
-    );
+    let worker_metrics = env.worker_metrics("w0").await?;
+    for name in
+        ["kobatela_jobs_total", "kobatela_job_seconds", "kobatela_consumer_last_poll_seconds{kind=\"purchase\"}"]
+    {
+        assert!(worker_metrics.contains(name), "{name} missing from the worker's /metrics:\n{worker_metrics}");
+    }
+    // The worker's health names every kind's consumer with its last poll.
+    let (status, health) = env.worker_health("w0").await?;
+    assert_eq!((status, health["status"].as_str(), health["postgres"].as_str()), (200, Some("ok"), Some("ok")));
+    let consumers = health["consumers"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(consumers, shared::jobs::JobKind::ALL.len(), "{health}");
     // Every response carries a request id.
     assert!(h.headers.get("x-request-id").is_some());
     env.stop().await
-}
-
-async fn eventually_worker_metrics(env: &Env) -> anyhow::Result<String> {
-    let addr = env.var("WORKER_METRICS_ADDR").unwrap_or("").to_string();
-    Ok(reqwest::get(format!("http://{addr}/metrics")).await?.text().await?)
 }
