@@ -1,6 +1,7 @@
 //! The Kobatela HTTP API: thin handlers over `shared`. It authenticates,
 //! validates, writes job rows and pushes them; it never runs a money rule.
 
+pub mod batcher;
 pub mod error;
 pub mod extract;
 pub mod pusher;

@@ -81,7 +81,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
         .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])?
         .install_recorder()?;
-    let waiter = JobWaiter::start(pool.clone());
+    let waiter = JobWaiter::start(queue.client().clone(), queue.ended_channel());
     let addr = config.bind_addr;
     let state = AppState::new(pool, queue, config, metrics, waiter);
     let app = kobatela_api::router(state);

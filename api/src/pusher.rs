@@ -5,18 +5,18 @@
 //! that dies with ids in the channel, loses nothing: the rows are the
 //! record and the relay delivers them a few seconds later.
 
-use shared::ids::JobId;
-use shared::jobs::{JobKind, Queue};
+use shared::jobs::Queue;
+use shared::jobs::transport::JobRef;
 use tokio::sync::mpsc;
 
 #[derive(Clone)]
 pub struct Pusher {
-    tx: mpsc::UnboundedSender<(JobKind, JobId)>,
+    tx: mpsc::UnboundedSender<JobRef>,
 }
 
 impl Pusher {
     pub fn start(queue: Queue) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(JobKind, JobId)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<JobRef>();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(512);
             while rx.recv_many(&mut batch, 512).await > 0 {
@@ -29,8 +29,9 @@ impl Pusher {
         Pusher { tx }
     }
 
-    pub fn push(&self, kind: JobKind, id: JobId) {
-        if self.tx.send((kind, id)).is_err() {
+    pub fn push(&self, job: JobRef) {
+        let id = job.id;
+        if self.tx.send(job).is_err() {
             tracing::warn!(job_id = %id, "the pusher is gone; the relay will deliver the job");
         }
     }

@@ -11,6 +11,7 @@ use shared::jobs::Queue;
 use shared::storage::{LocalDirStore, ProofStore};
 use sqlx::PgPool;
 
+use crate::batcher::Batcher;
 use crate::pusher::Pusher;
 use crate::waiter::JobWaiter;
 
@@ -26,6 +27,7 @@ pub struct Inner {
     pub waiter: JobWaiter,
     pub store: Arc<dyn ProofStore>,
     pub pusher: Pusher,
+    pub batcher: Batcher,
 }
 
 impl std::ops::Deref for AppState {
@@ -41,6 +43,7 @@ impl AppState {
         let limiter = RateLimiter::keyed(Quota::per_second(per_sec));
         let store: Arc<dyn ProofStore> = Arc::new(LocalDirStore::new(config.storage_dir.clone()));
         let pusher = Pusher::start(queue.clone());
-        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter, store, pusher }))
+        let batcher = Batcher::start(pool.clone());
+        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter, store, pusher, batcher }))
     }
 }

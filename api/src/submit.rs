@@ -23,12 +23,12 @@ pub async fn submit(
     wait: Option<Duration>,
 ) -> ApiResult<Response> {
     let new = NewJob::new(kind, payload, who, idempotency_key)?;
-    let mut conn = state.pool.acquire().await?;
-    let (row, created) = record::insert(&mut conn, &new).await?;
-    drop(conn);
+    let kind = new.kind;
+    let (row, created) = state.batcher.insert(new).await?;
     if created {
-        metrics::counter!("kobatela_jobs_enqueued_total", "kind" => new.kind.as_str()).increment(1);
-        push_soon(state, new.kind, row.id);
+        metrics::counter!("kobatela_jobs_enqueued_total", "kind" => kind.as_str()).increment(1);
+        // With the row's address, so the worker's transaction finds it by a TID scan.
+        state.pusher.push(row.job_ref().unwrap_or_else(|| (kind, row.id).into()));
     }
     let row = match wait {
         Some(max) if !row.is_terminal() => state.waiter.wait(&state.pool, row.id, who, max).await?,
@@ -40,7 +40,7 @@ pub async fn submit(
 /// Pushes a committed job to Redis without holding the answer (see
 /// [`crate::pusher`]).
 pub fn push_soon(state: &AppState, kind: shared::jobs::JobKind, id: shared::ids::JobId) {
-    state.pusher.push(kind, id);
+    state.pusher.push((kind, id).into());
 }
 
 pub fn receipt_response(row: &record::JobRow, extra: serde_json::Map<String, serde_json::Value>) -> Response {

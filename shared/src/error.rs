@@ -204,6 +204,10 @@ pub enum Error {
     Db(#[from] sqlx::Error),
     #[error("queue: {0}")]
     Queue(String),
+    /// A backing service is away (already judged so, e.g. for every request
+    /// of a batch that failed together).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -260,7 +264,7 @@ impl Error {
     /// retry, so the answer is 503 `UNAVAILABLE`, never 500.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Error::Queue(_) => true,
+            Error::Queue(_) | Error::Unavailable(_) => true,
             Error::Db(
                 sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed

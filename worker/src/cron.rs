@@ -84,6 +84,6 @@ pub async fn run_tick(job: &CronJob, at: DateTime<Utc>) -> shared::Result<()> {
         .execute(&mut *conn)
         .await?;
     drop(conn);
-    ctx.execute(row.id).await?;
+    ctx.execute(row.id, &shared::jobs::exec::Hint { ctid: row.ctid.clone(), redelivered: false }).await?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use apalis_cron::CronScheduler;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shared::config::Config;
 use shared::ids::JobId;
-use shared::jobs::exec::{Executor, Report};
+use shared::jobs::exec::{Executor, Hint, Report};
 use shared::jobs::transport::consumer::ConsumerConfig;
 use shared::jobs::transport::{ConsumerStatus, Delivery, StreamBackend};
 use shared::jobs::{JobKind, Queue};
@@ -36,7 +36,7 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    pub async fn execute(&self, id: JobId) -> shared::Result<Report> {
+    pub async fn execute(&self, id: JobId, hint: &Hint) -> shared::Result<Report> {
         let exec = Executor {
             pool: &self.pool,
             runner: &self.runners,
@@ -45,7 +45,7 @@ impl WorkerCtx {
             lease: self.config.job_timeout,
             max_attempts: self.config.job_max_attempts,
         };
-        exec.run(id).await
+        exec.run(id, hint).await
     }
 }
 
@@ -66,17 +66,23 @@ async fn handle(delivery: Delivery, ctx: Data<Arc<WorkerCtx>>) -> Result<(), Box
     let queue = &ctx.runners.queue;
     let Some(job_id) = delivery.job_id else {
         tracing::warn!(entry = %delivery.entry, kind = %delivery.kind, "unreadable stream entry dropped");
-        ack(queue, &delivery).await;
+        ack(queue, &delivery, &[]).await;
         return Ok(());
     };
     let slot = ctx.slots.acquire().await.map_err(|e| Box::new(e) as BoxDynError)?;
-    let report = ctx.execute(job_id).await;
+    if shared::failpoint::any() {
+        // A slow consumer (tests): it holds its entries without holding locks.
+        shared::failpoint::hit(&format!("deliver.{}", delivery.kind)).await;
+    }
+    let hint = Hint { ctid: delivery.ctid.clone(), redelivered: delivery.redelivered };
+    let report = ctx.execute(job_id, &hint).await;
     drop(slot);
     match report {
         Ok(Report::Busy) => tracing::debug!(%job_id, "job runs elsewhere under a live lease; delivery kept"),
         Ok(report) => {
             tracing::debug!(%job_id, ?report, "delivery handled");
-            ack(queue, &delivery).await;
+            let ended = if report.ended() { vec![job_id] } else { Vec::new() };
+            ack(queue, &delivery, &ended).await;
         }
         Err(e) => {
             tracing::error!(%job_id, error = %e, "cannot record the job's outcome; the delivery stays pending");
@@ -85,10 +91,11 @@ async fn handle(delivery: Delivery, ctx: Data<Arc<WorkerCtx>>) -> Result<(), Box
     Ok(())
 }
 
-/// A failed acknowledgement costs a second delivery later, which finds the
-/// job finished and acknowledges it then.
-async fn ack(queue: &Queue, delivery: &Delivery) {
-    if let Err(e) = queue.ack(delivery.kind, &[delivery.entry.as_str()]).await {
+/// Acknowledges the entry and announces the job's end to receipt waiters,
+/// in one round trip. A failed acknowledgement costs a second delivery
+/// later, which finds the job finished and acknowledges it then.
+async fn ack(queue: &Queue, delivery: &Delivery, ended: &[JobId]) {
+    if let Err(e) = queue.ack(delivery.kind, &[delivery.entry.as_str()], ended).await {
         tracing::warn!(entry = %delivery.entry, error = %e, "acknowledgement failed; the entry will be delivered again");
     }
 }

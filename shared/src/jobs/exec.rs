@@ -1,16 +1,29 @@
-//! The executor: one job, one SERIALIZABLE transaction. Claim the row
-//! (outside, so the receipt shows `running`), then in the transaction check
-//! the claim still holds, apply the rule, write the audit and the result,
-//! commit. Serialization failures restart the transaction; a business
-//! refusal commits as `failed`; any other error rolls back and is recorded
-//! as an attempt (back-off, then `dead`).
+//! The executor: one job, one SERIALIZABLE transaction, one commit.
+//!
+//! A first delivery takes the fast path: in the job's transaction, lock the
+//! `queued` row (by the address its message carries), apply the rule, write
+//! the audit and the result with the attempt counted, commit. A receipt goes
+//! from `queued` to its end with no visible `running` in between: that
+//! state would cost a commit of its own.
+//!
+//! A redelivery (a message taken over from a consumer that went quiet, most
+//! likely a worker that crashed on this very job) takes the counted path: a
+//! claim commits `running` and the attempt first, so a job that kills its
+//! worker every time still runs out of attempts and ends `dead`; then the
+//! transaction checks the claim still holds, applies the rule and ends the
+//! job.
+//!
+//! Serialization failures restart the transaction; a business refusal
+//! commits as `failed`; any other error (a panic included) rolls back and is
+//! recorded as an attempt (back-off, then `dead`).
 //!
 //! A rule that must call the outside world (a payout to the PSP) answers
-//! `Outcome::Continue`: its first transaction commits without ending the
-//! job, the call happens outside any transaction, and a second transaction
-//! records the reply and ends the job. A crash in between leaves the job
-//! `running` with an expired lease; the relay hands it to another worker,
-//! whose first step finds and reuses what the first one reserved.
+//! `Outcome::Continue`: its first transaction commits the job `running`
+//! under this worker's lease, the call happens outside any transaction, and
+//! a second transaction records the reply and ends the job. A crash in
+//! between leaves the job `running` with an expired lease; the relay hands
+//! it to another worker, whose first step finds and reuses what the first
+//! one reserved.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +94,27 @@ pub enum Report {
     Superseded,
 }
 
+impl Report {
+    /// The job reached an end here (receipt waiters want to know).
+    pub fn ended(&self) -> bool {
+        match self {
+            Report::Succeeded | Report::Failed(_) | Report::GaveUp => true,
+            Report::Errored { status, .. } => status == "dead",
+            Report::Skipped | Report::Busy | Report::Superseded => false,
+        }
+    }
+}
+
+/// What the message told about the job.
+#[derive(Debug, Clone, Default)]
+pub struct Hint {
+    /// The row's address when it was pushed (a TID scan finds it).
+    pub ctid: Option<String>,
+    /// The entry was delivered before to a consumer that did not
+    /// acknowledge it: take the counted path.
+    pub redelivered: bool,
+}
+
 pub struct Executor<'a, R: Runner + ?Sized> {
     pub pool: &'a PgPool,
     pub runner: &'a R,
@@ -93,15 +127,38 @@ pub struct Executor<'a, R: Runner + ?Sized> {
 enum TxEnd {
     Done,
     Refused(Problem),
-    Continue(serde_json::Value),
+    /// The first transaction of a `Continue` committed: the job (now
+    /// `running` under this worker) and the state for the call.
+    Continue(Box<JobRow>, serde_json::Value),
     Superseded,
+    /// The fast path found nothing to claim.
+    NotQueued,
+}
+
+/// How a transaction reaches its job row.
+#[derive(Clone, Copy)]
+enum Entry<'j> {
+    /// Claimed by a committed claim: check it still holds.
+    Claimed(&'j JobRow),
+    /// First delivery: lock the queued row in the transaction.
+    Fresh(JobId, Option<&'j str>),
 }
 
 impl<R: Runner + ?Sized> Executor<'_, R> {
     /// Runs one delivery of a job. `Err` only when even recording the
-    /// failure was impossible (the database is down): the caller lets apalis
-    /// retry the message.
-    pub async fn run(&self, id: JobId) -> Result<Report> {
+    /// failure was impossible (the database is down): the caller leaves the
+    /// message pending, to be delivered again.
+    pub async fn run(&self, id: JobId, hint: &Hint) -> Result<Report> {
+        if !hint.redelivered {
+            let span = tracing::info_span!("job", job_id = %id);
+            let report = self.run_first(id, hint.ctid.as_deref()).instrument(span).await?;
+            if report != Report::Skipped {
+                return Ok(report);
+            }
+            // Not queued: finished, running elsewhere, or waiting for a
+            // retry. The counted claim below tells which (and takes over an
+            // expired lease).
+        }
         let job = match record::claim(self.pool, id, self.worker, self.lease, self.max_attempts).await? {
             Claim::Run(job) => job,
             Claim::Busy => return Ok(Report::Busy),
@@ -113,95 +170,161 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
             }
         };
         let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempts);
-        self.run_claimed(job).instrument(span).await
+        self.run_claimed(job, None).instrument(span).await
     }
 
-    async fn run_claimed(&self, job: JobRow) -> Result<Report> {
+    /// The fast path: claim, rule and end in one transaction.
+    async fn run_first(&self, id: JobId, ctid: Option<&str>) -> Result<Report> {
         let started = Instant::now();
-        // A panic in a rule is a failed attempt like any infrastructure
-        // error (its transaction rolls back as the connection is dropped).
-        let steps = std::panic::AssertUnwindSafe(self.steps(&job)).catch_unwind();
-        let ended = match tokio::time::timeout(self.lease, steps).await {
+        match self.guarded(self.transaction(Entry::Fresh(id, ctid), None)).await {
+            Ok((TxEnd::NotQueued, _)) => Ok(Report::Skipped),
+            // Committed `running` under this worker's lease: on as a claimed job.
+            Ok((TxEnd::Continue(job, state), _)) => self.run_claimed(*job, Some(state)).await,
+            Ok((end, job)) => self.report(job.as_ref(), id, started, Ok(end)).await,
+            Err(e) => {
+                // Rolled back: nothing of this attempt is written; count it now.
+                let message = e.to_string();
+                let status = record::record_failed_attempt(self.pool, id, self.max_attempts, &message).await?;
+                self.report(None, id, started, Err((status, message))).await
+            }
+        }
+    }
+
+    /// The counted path, for a job claimed by a committed claim (or
+    /// committed `running` by its first transaction, `continued` holding the
+    /// state for its outside call).
+    async fn run_claimed(&self, job: JobRow, continued: Option<serde_json::Value>) -> Result<Report> {
+        let started = Instant::now();
+        let ended = match &continued {
+            None => self.guarded(self.claimed_steps(&job)).await,
+            Some(state) => self.guarded(self.call_and_complete(&job, state)).await,
+        };
+        match ended {
+            Ok(end) => self.report(Some(&job), job.id, started, Ok(end)).await,
+            Err(e) => {
+                let message = e.to_string();
+                let status =
+                    record::record_failure(self.pool, job.id, job.attempts, self.max_attempts, &message).await?;
+                self.report(Some(&job), job.id, started, Err((status, message))).await
+            }
+        }
+    }
+
+    async fn claimed_steps(&self, job: &JobRow) -> Result<TxEnd> {
+        let (first, _) = self.transaction(Entry::Claimed(job), None).await?;
+        match first {
+            TxEnd::Continue(running, state) => self.call_and_complete(&running, &state).await,
+            other => Ok(other),
+        }
+    }
+
+    async fn call_and_complete(&self, job: &JobRow, state: &serde_json::Value) -> Result<TxEnd> {
+        let reply = self.runner.call(job, state).await?;
+        let (end, _) = self.transaction(Entry::Claimed(job), Some((state, &reply))).await?;
+        Ok(end)
+    }
+
+    /// Runs `steps` under the lease as a time limit, a panic in a rule
+    /// becoming an error like any other (its transaction rolls back as the
+    /// connection is dropped).
+    async fn guarded<T>(&self, steps: impl Future<Output = Result<T>>) -> Result<T> {
+        let steps = std::panic::AssertUnwindSafe(steps).catch_unwind();
+        match tokio::time::timeout(self.lease, steps).await {
             Ok(Ok(ended)) => ended,
             Ok(Err(panic)) => Err(Error::internal(format!("the rule panicked: {}", panic_text(&panic)))),
             Err(_) => Err(Error::internal("job timed out")),
-        };
-        let elapsed = started.elapsed().as_secs_f64();
-        let kind = job.kind.clone();
+        }
+    }
+
+    /// Logs, counts and reports how a run ended; pushes the jobs it created.
+    async fn report(
+        &self,
+        job: Option<&JobRow>,
+        id: JobId,
+        started: Instant,
+        ended: std::result::Result<TxEnd, (String, String)>,
+    ) -> Result<Report> {
+        let kind = job.map(|j| j.kind.clone()).unwrap_or_else(|| "unknown".into());
         let (report, outcome) = match ended {
             Ok(TxEnd::Done) => (Report::Succeeded, "succeeded"),
             Ok(TxEnd::Refused(p)) => {
                 info!(code = %p.code, detail = %p.detail, "job refused");
                 (Report::Failed(p.code.as_str().to_string()), "failed")
             }
-            Ok(TxEnd::Superseded) | Ok(TxEnd::Continue(_)) => (Report::Superseded, "superseded"),
-            Err(e) => {
-                let message = e.to_string();
-                let status =
-                    record::record_failure(self.pool, job.id, job.attempts, self.max_attempts, &message).await?;
-                warn!(error = %message, new_status = %status, "job attempt failed");
+            Ok(TxEnd::Superseded | TxEnd::Continue(..) | TxEnd::NotQueued) => (Report::Superseded, "superseded"),
+            Err((status, message)) => {
+                warn!(job_id = %id, error = %message, new_status = %status, "job attempt failed");
                 let outcome = if status == "dead" { "dead" } else { "retry" };
                 (Report::Errored { status, message }, outcome)
             }
         };
-        if matches!(report, Report::Succeeded | Report::Failed(_)) {
-            self.push_children(&job).await;
+        if let (Some(job), Report::Succeeded | Report::Failed(_)) = (job, &report) {
+            self.push_children(job).await;
         }
         metrics::counter!("kobatela_jobs_total", "kind" => kind.clone(), "outcome" => outcome).increment(1);
-        metrics::histogram!("kobatela_job_seconds", "kind" => kind.clone()).record(elapsed);
-        let since_created = (chrono::Utc::now() - job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::histogram!("kobatela_job_end_to_end_seconds", "kind" => kind).record(since_created);
+        metrics::histogram!("kobatela_job_seconds", "kind" => kind.clone()).record(started.elapsed().as_secs_f64());
+        if let Some(job) = job {
+            let since_created = (chrono::Utc::now() - job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!("kobatela_job_end_to_end_seconds", "kind" => kind).record(since_created);
+        }
         Ok(report)
     }
 
-    /// The rule's transaction and, for `Continue`, the call and the second
-    /// transaction.
-    async fn steps(&self, job: &JobRow) -> Result<TxEnd> {
-        let first = self.transaction(job, None).await?;
-        let TxEnd::Continue(state) = first else {
-            return Ok(first);
-        };
-        let reply = self.runner.call(job, &state).await?;
-        self.transaction(job, Some((&state, &reply))).await
-    }
-
+    /// One transaction of a job: reach the row, apply the rule (or record
+    /// the call's reply), end the job. Returns how it ended and, on the fast
+    /// path, the row it locked.
     async fn transaction(
         &self,
-        job: &JobRow,
+        entry: Entry<'_>,
         second: Option<(&serde_json::Value, &serde_json::Value)>,
-    ) -> Result<TxEnd> {
-        let ctx = (job, self.runner, second);
-        db::serializable(self.pool, &ctx, |tx, (job, runner, second)| {
+    ) -> Result<(TxEnd, Option<JobRow>)> {
+        let ctx = (entry, self.runner, second, self.worker, self.lease);
+        db::serializable(self.pool, &ctx, |tx, (entry, runner, second, worker, lease)| {
             Box::pin(async move {
-                if !record::still_owned(tx, job).await? {
-                    return Ok(TxEnd::Superseded);
-                }
+                let job = match entry {
+                    Entry::Claimed(job) => {
+                        if !record::still_owned(tx, job).await? {
+                            return Ok((TxEnd::Superseded, None));
+                        }
+                        (*job).clone()
+                    }
+                    Entry::Fresh(id, ctid) => match record::lock_queued(tx, *id, *ctid).await? {
+                        Some(job) => job,
+                        None => return Ok((TxEnd::NotQueued, None)),
+                    },
+                };
+                let fresh = matches!(entry, Entry::Fresh(..));
                 sqlx::query("SAVEPOINT rule").execute(&mut *tx).await?;
                 let outcome = match second {
-                    None => runner.run(tx, job).await,
-                    Some((state, reply)) => runner.complete(tx, job, state, reply).await,
+                    None => runner.run(tx, &job).await,
+                    Some((state, reply)) => runner.complete(tx, &job, state, reply).await,
                 };
-                match outcome {
+                let end = match outcome {
                     Ok(Outcome::Succeeded(value)) => {
-                        record::finish(tx, job, Ok(&value)).await?;
-                        Ok(TxEnd::Done)
+                        record::finish(tx, &job, Ok(&value)).await?;
+                        TxEnd::Done
                     }
                     // The rule kept its writes and audited its own refusal.
                     Ok(Outcome::Refused(p)) => {
-                        record::finish(tx, job, Err(&p)).await?;
-                        Ok(TxEnd::Refused(p))
+                        record::finish(tx, &job, Err(&p)).await?;
+                        TxEnd::Refused(p)
                     }
-                    Ok(Outcome::Continue(state)) if second.is_none() => Ok(TxEnd::Continue(state)),
-                    Ok(Outcome::Continue(_)) => Err(Error::internal("a job may call out only once")),
+                    Ok(Outcome::Continue(state)) if second.is_none() => {
+                        let running =
+                            if fresh { record::mark_running(tx, &job, worker, *lease).await? } else { job.clone() };
+                        TxEnd::Continue(Box::new(running), state)
+                    }
+                    Ok(Outcome::Continue(_)) => return Err(Error::internal("a job may call out only once")),
                     // The rule's writes are undone; the refusal is audited here.
                     Err(Error::Problem(p)) => {
                         sqlx::query("ROLLBACK TO SAVEPOINT rule").execute(&mut *tx).await?;
-                        audit_refusal(tx, job, &p).await?;
-                        record::finish(tx, job, Err(&p)).await?;
-                        Ok(TxEnd::Refused(p))
+                        audit_refusal(tx, &job, &p).await?;
+                        record::finish(tx, &job, Err(&p)).await?;
+                        TxEnd::Refused(p)
                     }
-                    Err(e) => Err(e),
-                }
+                    Err(e) => return Err(e),
+                };
+                Ok((end, Some(job)))
             })
         })
         .await
@@ -215,10 +338,8 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
         }
         match record::queued_children(self.pool, job.id).await {
             Ok(children) => {
-                for (id, kind) in children {
-                    if let Err(e) = self.queue.push(kind, id).await {
-                        warn!(child = %id, error = %e, "push of a follow-up job failed; the relay will deliver it");
-                    }
+                if let Err(e) = self.queue.push_batch(&children).await {
+                    warn!(error = %e, "push of follow-up jobs failed; the relay will deliver them");
                 }
             }
             Err(e) => warn!(error = %e, "cannot list follow-up jobs; the relay will deliver them"),

@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{ApiKeyId, JobId, UserId};
 use crate::jobs::JobKind;
+use crate::jobs::transport::JobRef;
 use crate::page::{Page, PageRequest};
 use crate::principal::{Principal, Role};
 
@@ -54,6 +55,11 @@ impl JobRow {
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_value(self.payload.clone())
             .map_err(|e| Error::internal(format!("job {} payload: {e}", self.id)))
+    }
+
+    /// What to push for this row.
+    pub fn job_ref(&self) -> Option<JobRef> {
+        self.job_kind().map(|kind| JobRef { kind, id: self.id, ctid: self.ctid.clone() })
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -129,7 +135,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<(JobRow, bo
         "INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, pushed_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
          ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING {COLUMNS}"
+         RETURNING {COLUMNS}, ctid::text AS ctid"
     )))
     .bind(JobId::new())
     .bind(new.kind.as_str())
@@ -141,24 +147,66 @@ pub async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<(JobRow, bo
     .bind(&hash)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(row) = inserted {
-        return Ok((row, true));
+    match inserted {
+        Some(row) => Ok((row, true)),
+        None => existing(conn, new).await.map(|row| (row, false)),
     }
-    let existing: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+}
+
+/// The row an earlier request with the same principal and idempotency key
+/// created: given back when it is the same request (same kind and
+/// canonical payload), else `IDEMPOTENCY_KEY_REUSED`.
+pub async fn existing(conn: &mut PgConnection, new: &NewJob) -> Result<JobRow> {
+    let row: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2"
     )))
     .bind(new.principal.user_id)
     .bind(&new.idempotency_key)
     .fetch_one(&mut *conn)
     .await?;
-    if existing.request_hash.as_deref() == Some(hash.as_slice()) {
-        Ok((existing, false))
+    if row.request_hash.as_deref() == Some(new.request_hash().as_slice()) {
+        Ok(row)
     } else {
         Err(Error::problem(
             ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was already used with another request",
         ))
     }
+}
+
+/// Inserts many job rows in one statement (the api's group commit): for
+/// each request, in order, its new row, or `None` when its idempotency key
+/// was taken (by an earlier request, or by another in the same batch);
+/// [`existing`] then decides, request by request.
+pub async fn insert_many(conn: &mut PgConnection, news: &[NewJob]) -> Result<Vec<Option<JobRow>>> {
+    let ids: Vec<JobId> = news.iter().map(|_| JobId::new()).collect();
+    let kinds: Vec<&str> = news.iter().map(|n| n.kind.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = news.iter().map(|n| &n.payload).collect();
+    let users: Vec<UserId> = news.iter().map(|n| n.principal.user_id).collect();
+    let keys: Vec<ApiKeyId> = news.iter().map(|n| n.principal.key_id).collect();
+    let roles: Vec<&str> = news.iter().map(|n| n.principal.role.as_str()).collect();
+    let idempotency: Vec<Option<&str>> = news.iter().map(|n| n.idempotency_key.as_deref()).collect();
+    let hashes: Vec<Vec<u8>> = news.iter().map(NewJob::request_hash).collect();
+    let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, pushed_at)
+         SELECT id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, now()
+           FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::bytea[])
+                AS n(id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash)
+         ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING {COLUMNS}, ctid::text AS ctid"
+    )))
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&payloads)
+    .bind(&users)
+    .bind(&keys)
+    .bind(&roles)
+    .bind(&idempotency)
+    .bind(&hashes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut by_id: std::collections::HashMap<JobId, JobRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+    Ok(ids.iter().map(|id| by_id.remove(id)).collect())
 }
 
 /// Creates a follow-up job inside the parent's transaction, under the
@@ -183,13 +231,16 @@ pub async fn insert_child(
 }
 
 /// The queued children of a job, to push after the parent commits.
-pub async fn queued_children(pool: &PgPool, parent: JobId) -> Result<Vec<(JobId, JobKind)>> {
-    let rows: Vec<(JobId, String)> =
-        sqlx::query_as("SELECT id, kind FROM jobs WHERE parent_job_id = $1 AND status = 'queued'")
+pub async fn queued_children(pool: &PgPool, parent: JobId) -> Result<Vec<JobRef>> {
+    let rows: Vec<(JobId, String, String)> =
+        sqlx::query_as("SELECT id, kind, ctid::text FROM jobs WHERE parent_job_id = $1 AND status = 'queued'")
             .bind(parent)
             .fetch_all(pool)
             .await?;
-    Ok(rows.into_iter().filter_map(|(id, k)| JobKind::parse(&k).map(|k| (id, k))).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, k, ctid)| JobKind::parse(&k).map(|kind| JobRef { kind, id, ctid: Some(ctid) }))
+        .collect())
 }
 
 pub async fn get(conn: &mut PgConnection, id: JobId) -> Result<Option<JobRow>> {
@@ -286,10 +337,7 @@ pub async fn claim(
     .fetch_optional(pool)
     .await?;
     match row {
-        Some(row) if row.status == "dead" => {
-            notify_ended(pool, id).await?;
-            Ok(Claim::Dead(row))
-        }
+        Some(row) if row.status == "dead" => Ok(Claim::Dead(row)),
         Some(row) => Ok(Claim::Run(row)),
         None => {
             let busy: Option<bool> =
@@ -331,8 +379,49 @@ pub async fn still_owned(conn: &mut PgConnection, job: &JobRow) -> Result<bool> 
     Ok(matches!(row, Some((status, attempts)) if status == "running" && attempts == job.attempts))
 }
 
-/// Ends a job inside its transaction and wakes receipt waiters (one
-/// statement; by address, like [`still_owned`]).
+/// The first delivery's claim, inside the job's own transaction: locks the
+/// row when it is `queued` and due, and returns it with this attempt
+/// counted (in memory: [`finish`] or [`mark_running`] writes it), so a job
+/// that ends at the first try costs its transaction's one commit. The row
+/// is reached by the address the api gave the message when it has one (a
+/// TID scan: see [`still_owned`] for why), else by id.
+pub async fn lock_queued(conn: &mut PgConnection, id: JobId, ctid: Option<&str>) -> Result<Option<JobRow>> {
+    let by_address: Option<JobRow> = match ctid {
+        Some(ctid) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS}, ctid::text AS ctid FROM jobs
+                  WHERE ctid = $1::tid AND id = $2 AND status = 'queued' AND next_attempt_at <= now() FOR UPDATE"
+            )))
+            .bind(ctid)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        None => None,
+    };
+    let row = match by_address {
+        Some(row) => Some(row),
+        // No address, or a stale one (the row was updated since): by id.
+        None => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS}, ctid::text AS ctid FROM jobs
+                  WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now() FOR UPDATE"
+            )))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    Ok(row.map(|mut row| {
+        row.attempts += 1;
+        row
+    }))
+}
+
+/// Ends a job inside its transaction (one statement, by address like
+/// [`still_owned`]). Receipt waiters are woken after the commit, through
+/// Redis (`Queue::ack`): a `NOTIFY` here would serialise every job commit
+/// of the cluster.
 pub async fn finish(
     conn: &mut PgConnection,
     job: &JobRow,
@@ -343,29 +432,86 @@ pub async fn finish(
         Err(p) => ("failed", None, Some(p.to_json())),
     };
     // Two spellings so the planner sees a plain TID condition (a TID scan).
+    // `now()` is the transaction's start: when the job started.
+    let set = "status = $3, result = $4, error = $5, attempts = $6, started_at = coalesce(started_at, now()),
+               finished_at = clock_timestamp(), locked_by = NULL, locked_until = NULL";
     let sql = if job.ctid.is_some() {
-        "WITH done AS (
-            UPDATE jobs SET status = $3, result = $4, error = $5, finished_at = now(), locked_by = NULL, locked_until = NULL
-             WHERE ctid = $1::tid AND id = $2 RETURNING id)
-         SELECT pg_notify('kobatela_jobs', id::text)::text FROM done"
+        format!("UPDATE jobs SET {set} WHERE ctid = $1::tid AND id = $2")
     } else {
-        "WITH done AS (
-            UPDATE jobs SET status = $3, result = $4, error = $5, finished_at = now(), locked_by = NULL, locked_until = NULL
-             WHERE id = $2 AND $1::text IS NULL RETURNING id)
-         SELECT pg_notify('kobatela_jobs', id::text)::text FROM done"
+        format!("UPDATE jobs SET {set} WHERE id = $2 AND $1::text IS NULL")
     };
-    let done: Option<String> = sqlx::query_scalar(sql)
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&job.ctid)
         .bind(job.id)
         .bind(status)
         .bind(result)
         .bind(error)
-        .fetch_optional(&mut *conn)
+        .bind(job.attempts)
+        .execute(&mut *conn)
         .await?;
-    if done.is_none() {
+    if done.rows_affected() == 0 {
         return Err(Error::internal(format!("job {} vanished while it ran", job.id)));
     }
     Ok(())
+}
+
+/// A job claimed by [`lock_queued`] that must call out (a payout): it is
+/// committed `running` under this worker's lease, like a claim, before the
+/// call. Returns the row with its new address.
+pub async fn mark_running(
+    conn: &mut PgConnection,
+    job: &JobRow,
+    worker: &str,
+    lease: std::time::Duration,
+) -> Result<JobRow> {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let ctid: Option<String> = sqlx::query_scalar(
+        "UPDATE jobs SET status = 'running', attempts = $3, started_at = coalesce(started_at, now()),
+                locked_by = $4, locked_until = clock_timestamp() + make_interval(secs => $5::float8 / 1000)
+          WHERE id = $1 AND ctid = $2::tid RETURNING ctid::text",
+    )
+    .bind(job.id)
+    .bind(&job.ctid)
+    .bind(job.attempts)
+    .bind(worker)
+    .bind(lease_ms as f64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(ctid) = ctid else {
+        return Err(Error::internal(format!("job {} vanished while it ran", job.id)));
+    };
+    let mut running = job.clone();
+    running.status = "running".into();
+    running.ctid = Some(ctid);
+    Ok(running)
+}
+
+/// After an infrastructure error in a first delivery's transaction (rolled
+/// back, so nothing of the attempt was written): the attempt is counted now,
+/// and the job goes back to `queued` with a back-off, or `dead` past the
+/// last attempt. Returns the new status.
+pub async fn record_failed_attempt(pool: &PgPool, id: JobId, max_attempts: i32, message: &str) -> Result<String> {
+    let gave_up = gave_up_json();
+    let status: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET attempts = attempts + 1,
+            status = CASE WHEN attempts + 1 >= $2 THEN 'dead' ELSE 'queued' END,
+            finished_at = CASE WHEN attempts + 1 >= $2 THEN now() END,
+            error = CASE WHEN attempts + 1 >= $2 THEN {gave_up} END,
+            next_attempt_at = now() + make_interval(secs => $3), last_error = $4
+          WHERE id = $1 AND status = 'queued'
+          RETURNING status"
+    )))
+    .bind(id)
+    .bind(max_attempts)
+    .bind(backoff_secs(1))
+    .bind(message)
+    .fetch_optional(pool)
+    .await?;
+    Ok(status.unwrap_or_else(|| "superseded".into()))
+}
+
+fn backoff_secs(attempt: i32) -> f64 {
+    2f64.powi(attempt.clamp(1, 10)) * (0.75 + rand::random::<f64>() * 0.5)
 }
 
 /// After an infrastructure error: back to `queued` with a later
@@ -378,7 +524,7 @@ pub async fn record_failure(
     max_attempts: i32,
     message: &str,
 ) -> Result<String> {
-    let backoff_secs = 2f64.powi(attempt.clamp(1, 10)) * (0.75 + rand::random::<f64>() * 0.5);
+    let backoff_secs = backoff_secs(attempt);
     let gave_up = gave_up_json();
     let status: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "UPDATE jobs SET
@@ -397,16 +543,7 @@ pub async fn record_failure(
     .bind(message)
     .fetch_optional(pool)
     .await?;
-    if status.as_deref() == Some("dead") {
-        notify_ended(pool, id).await?;
-    }
     Ok(status.unwrap_or_else(|| "superseded".into()))
-}
-
-/// Wakes receipt waiters of a job that ended outside a job transaction.
-pub async fn notify_ended(pool: &PgPool, id: JobId) -> Result<()> {
-    sqlx::query("SELECT pg_notify('kobatela_jobs', $1)").bind(id.to_string()).execute(pool).await?;
-    Ok(())
 }
 
 /// `POST /jobs/{id}/retry`: a dead job goes back to the queue with fresh attempts.
@@ -438,7 +575,7 @@ pub async fn take_for_relay(
     after: std::time::Duration,
     limit: i64,
     max_attempts: i32,
-) -> Result<Vec<(JobId, String, String)>> {
+) -> Result<Vec<(JobId, String, String, String)>> {
     let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX) as f64;
     let gave_up = gave_up_json();
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -455,7 +592,7 @@ pub async fn take_for_relay(
                                              OR pushed_at < next_attempt_at))
                  OR (status = 'running' AND locked_until < now()))
              ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-          RETURNING id, kind, status"
+          RETURNING id, kind, status, ctid::text"
     )))
     .bind(after_ms)
     .bind(limit)

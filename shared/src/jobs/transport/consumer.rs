@@ -25,7 +25,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{FIELD_JOB, GROUP};
+use super::{FIELD_CTID, FIELD_JOB, GROUP};
 use crate::ids::JobId;
 use crate::jobs::JobKind;
 
@@ -37,6 +37,10 @@ pub struct Delivery {
     pub entry: String,
     /// `None` for an entry we cannot read (acknowledged and dropped).
     pub job_id: Option<JobId>,
+    /// The row's address when it was pushed.
+    pub ctid: Option<String>,
+    /// Taken over from a consumer that did not acknowledge it.
+    pub redelivered: bool,
 }
 
 /// What the health endpoint and the metrics know of a consumer.
@@ -236,7 +240,7 @@ impl Consumer {
             .await?;
         self.status.polled();
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-        self.hand_over(entries).await
+        self.hand_over(entries, false).await
     }
 
     /// `XGROUP CREATE … 0 MKSTREAM`: from the start of the stream, so entries
@@ -302,7 +306,7 @@ impl Consumer {
             metrics::counter!("kobatela_transport_claimed_total", "kind" => self.config.kind.as_str())
                 .increment(claimed as u64);
         }
-        self.hand_over(reply.claimed.into_iter()).await?;
+        self.hand_over(reply.claimed.into_iter(), true).await?;
         Ok(claimed)
     }
 
@@ -330,10 +334,11 @@ impl Consumer {
     /// Sends entries to apalis. The reads never take more than the room left,
     /// and this task is the channel's only sender, so a send never waits for
     /// long; it ends only when apalis dropped the receiver.
-    async fn hand_over(&self, entries: impl Iterator<Item = StreamId>) -> Result<(), Stop> {
+    async fn hand_over(&self, entries: impl Iterator<Item = StreamId>, redelivered: bool) -> Result<(), Stop> {
         for entry in entries {
             let job_id = entry.get::<String>(FIELD_JOB).and_then(|s| s.parse::<JobId>().ok());
-            let delivery = Delivery { kind: self.config.kind, entry: entry.id, job_id };
+            let ctid = entry.get::<String>(FIELD_CTID);
+            let delivery = Delivery { kind: self.config.kind, entry: entry.id, job_id, ctid, redelivered };
             if self.tx.send(delivery).await.is_err() {
                 return Err(Stop::Shutdown);
             }

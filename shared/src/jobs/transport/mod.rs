@@ -27,6 +27,7 @@ pub use producer::{ConsumerInfo, Queue, StreamStats};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::JobId;
+use crate::jobs::JobKind;
 
 /// Version 1 of the message: the job id. The kind is the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,22 @@ pub struct JobMsg {
 /// The one consumer group every worker replica reads each stream with.
 pub const GROUP: &str = "workers";
 
-/// Field names of a stream entry.
+/// Field names of a stream entry: version, job id, and the row's address
+/// when it was pushed (the worker's first transaction finds the row by it).
 const FIELD_VERSION: &str = "v";
 const FIELD_JOB: &str = "j";
+const FIELD_CTID: &str = "t";
+
+/// A job to push: its kind (the stream), its id, and where its row was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRef {
+    pub kind: JobKind,
+    pub id: JobId,
+    pub ctid: Option<String>,
+}
+
+impl From<(JobKind, JobId)> for JobRef {
+    fn from((kind, id): (JobKind, JobId)) -> Self {
+        Self { kind, id, ctid: None }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamInfoConsumersReply, StreamRangeReply};
 
-use super::{FIELD_JOB, FIELD_VERSION, GROUP};
+use super::{FIELD_CTID, FIELD_JOB, FIELD_VERSION, GROUP, JobRef};
 use crate::error::{Error, Result};
 use crate::ids::JobId;
 use crate::jobs::JobKind;
@@ -72,26 +72,22 @@ impl Queue {
     }
 
     pub async fn push(&self, kind: JobKind, job_id: JobId) -> Result<()> {
-        self.push_batch(&[(kind, job_id)]).await
-    }
-
-    pub async fn push_many(&self, kind: JobKind, ids: &[JobId]) -> Result<()> {
-        let jobs: Vec<(JobKind, JobId)> = ids.iter().map(|id| (kind, *id)).collect();
-        self.push_batch(&jobs).await
+        self.push_batch(&[(kind, job_id).into()]).await
     }
 
     /// Pushes jobs of any kinds in one pipelined round trip: `XADD key MAXLEN
-    /// ~ N * v 1 j <id>` each. The approximate trim keeps every stream near
+    /// ~ N * v 1 j <id> [t <ctid>]` each. The approximate trim keeps every stream near
     /// `STREAM_MAXLEN` at little cost; what a trim drops is still a `queued`
     /// row, which the relay pushes again.
-    pub async fn push_batch(&self, jobs: &[(JobKind, JobId)]) -> Result<()> {
+    pub async fn push_batch(&self, jobs: &[JobRef]) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for (kind, id) in jobs {
-            pipe.cmd("XADD")
-                .arg(self.stream_key(*kind))
+        for job in jobs {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(self.stream_key(job.kind))
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(self.maxlen)
@@ -99,8 +95,11 @@ impl Queue {
                 .arg(FIELD_VERSION)
                 .arg(1)
                 .arg(FIELD_JOB)
-                .arg(id.to_string())
-                .ignore();
+                .arg(job.id.to_string());
+            if let Some(ctid) = &job.ctid {
+                cmd.arg(FIELD_CTID).arg(ctid);
+            }
+            cmd.ignore();
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await.map_err(queue_err)?;
@@ -109,26 +108,40 @@ impl Queue {
     }
 
     /// Acknowledges delivered entries and deletes them, so the stream holds
-    /// only what is still to do.
-    pub async fn ack(&self, kind: JobKind, entries: &[&str]) -> Result<()> {
-        if entries.is_empty() {
+    /// only what is still to do, and announces the jobs that ended (one round
+    /// trip).
+    pub async fn ack(&self, kind: JobKind, entries: &[&str], ended: &[JobId]) -> Result<()> {
+        if entries.is_empty() && ended.is_empty() {
             return Ok(());
         }
         let key = self.stream_key(kind);
+        let mut pipe = redis::pipe();
+        if !entries.is_empty() {
+            pipe.cmd("XACK").arg(&key).arg(GROUP).arg(entries).ignore();
+            pipe.cmd("XDEL").arg(&key).arg(entries).ignore();
+        }
+        self.add_ended(&mut pipe, ended);
         let mut conn = self.conn.clone();
-        redis::pipe()
-            .cmd("XACK")
-            .arg(&key)
-            .arg(GROUP)
-            .arg(entries)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&key)
-            .arg(entries)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(queue_err)
+        pipe.query_async::<()>(&mut conn).await.map_err(queue_err)
+    }
+
+    /// The channel on which job ends are announced, for receipt waiters
+    /// (`Prefer: wait`): `{prefix}.ended`, comma-separated job ids.
+    pub fn ended_channel(&self) -> String {
+        format!("{}.ended", self.prefix)
+    }
+
+    /// Announces jobs that ended outside a delivery (the relay's dead jobs).
+    pub async fn announce_ended(&self, ended: &[JobId]) -> Result<()> {
+        self.ack(JobKind::JobRelay, &[], ended).await
+    }
+
+    fn add_ended(&self, pipe: &mut redis::Pipeline, ended: &[JobId]) {
+        if ended.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = ended.iter().map(JobId::to_string).collect();
+        pipe.cmd("PUBLISH").arg(self.ended_channel()).arg(ids.join(",")).ignore();
     }
 
     /// Length, pending count and consumers of one kind's stream. A stream or
