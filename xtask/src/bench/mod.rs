@@ -6,33 +6,31 @@
 //!
 //! 1. `cargo build --release --bins`, `api migrate`, `api serve`; the seed
 //!    goes through the HTTP API: a sender, [`BENEFICIARIES`] beneficiaries
-//!    each with a key and a 1,000,000.00 USD mandate, a category and a
-//!    certified merchant.
+//!    each with a key and a 1,000,000.00 USD mandate, one more beneficiary
+//!    whose mandate is the hot one, a category and a certified merchant.
 //! 2. **Purchases end to end**, with 1 worker then 2 (each
-//!    `WORKER_CONCURRENCY=16`): [`IN_FLIGHT`] tasks of this process each post
-//!    a purchase of 1.00 (no `Prefer: wait`), wait for the job's
-//!    `kobatela_jobs` notification (we `LISTEN` like the API does), and post
-//!    the next, for a fixed time. So [`IN_FLIGHT`] jobs are always between
-//!    receipt and commit: the queue stays full without growing a backlog
-//!    that would turn the latency into a measure of the backlog. Throughput
+//!    `WORKER_CONCURRENCY=16`), spread over every mandate and then all on
+//!    the hot one: [`IN_FLIGHT`] tasks of this process each post a purchase
+//!    of 1.00, wait for the job's end (announced on Redis like the api's
+//!    receipt waiters hear it) and post the next, for a fixed time. So
+//!    [`IN_FLIGHT`] jobs are always between receipt and commit. Throughput
 //!    and latency are read back from the `jobs` rows: succeeded jobs per
 //!    second of `finished_at` in the steady window (first and last second
-//!    left out), latency `finished_at - created_at`.
-//! 3. **Enqueue latency**: a separate process (`xtask bench-load`) posts
-//!    purchases open-loop at [`ENQUEUE_RATE`]/s, first while both workers
-//!    run (context: they share the two cores), then, the workers stopped,
-//!    against the api alone; the time until the 202. Reference: `GET
-//!    /health` at the same rate. In between, the money is checked: no job
-//!    failed or died, `sum(purchases.amount)` = succeeded jobs × 1.00 =
-//!    `sum(mandates.spent_amount)`.
-//! 4. **Webhook acknowledgement** (workers stopped): the same generator
-//!    sends signed `POST /psp/webhook` at [`WEBHOOK_RATE`]/s open-loop, then
-//!    closed-loop on [`WEBHOOK_CONNECTIONS`] connections. Reference: `GET
-//!    /health` the same ways.
-//! 5. **pgbench** (api stopped): `target/bench/purchase.sql` runs the
-//!    statements one purchase costs Postgres, as our code runs them, on 16
-//!    clients for as long as one purchase phase, then on 1 client (the cost
-//!    without serialization conflicts).
+//!    left out); receipt to committed is `finished_at - created_at`, push to
+//!    start `started_at - created_at`. Then one purchase at a time: the
+//!    pipeline's own latency, with nothing queued.
+//! 3. **Enqueue latency** with both workers running: a separate process
+//!    (`xtask bench-load`) posts purchases open-loop at each of
+//!    [`ENQUEUE_RATES`]; the time until the 202.
+//! 4. **Webhook acknowledgement** with both workers consuming: signed
+//!    `POST /psp/webhook` closed-loop on [`WEBHOOK_CONNECTIONS`] connections.
+//!    Then the peak memory (`VmHWM`) of the api and the workers; the money is
+//!    checked: no job failed or died, `sum(purchases.amount)` = succeeded
+//!    jobs × 1.00 = `sum(mandates.spent_amount)`.
+//! 5. **The reference** (api and workers stopped): pgbench runs the purchase
+//!    rule's own SERIALIZABLE transaction written by hand (select the
+//!    mandate, guarded update, insert the purchase, insert one audit row) on
+//!    [`PGBENCH_CLIENTS`] clients, spread and hot, as long as one phase.
 //!
 //! The table goes to stdout and `target/bench/results.md`.
 
@@ -48,7 +46,7 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::oneshot;
@@ -73,17 +71,19 @@ use table::*;
 
 const DATABASE: &str = "kobatela_bench";
 /// Beneficiaries, each with one mandate: jobs spread over this many rows.
-const BENEFICIARIES: usize = 50;
+const BENEFICIARIES: usize = 200;
 /// Purchases between receipt and commit at any time in the throughput phases.
 const IN_FLIGHT: usize = 64;
 const WORKER_CONCURRENCY: usize = 16;
 const DB_POOL_SIZE: u32 = 32;
+/// End to end ≥ this × the reference, spread and hot.
 const THROUGHPUT_TARGET: f64 = 0.50;
-const ENQUEUE_RATE: u32 = 200;
-const ENQUEUE_P99_TARGET_MS: f64 = 5.0;
-const WEBHOOK_RATE: u32 = 1000;
+/// Open-loop enqueue rates and their p99 targets (ms).
+const ENQUEUE_RATES: [(u32, f64); 2] = [(200, 5.0), (1000, 20.0)];
+const WEBHOOK_CONNECTIONS: usize = 8;
+const WEBHOOK_RATE_TARGET: f64 = 1000.0;
 const WEBHOOK_P99_TARGET_MS: f64 = 10.0;
-const WEBHOOK_CONNECTIONS: usize = 32;
+const RSS_TARGET_MB: f64 = 150.0;
 const PGBENCH_CLIENTS: u32 = 16;
 const PGBENCH_THREADS: u32 = 2;
 const PGBENCH_MAX_TRIES: u32 = 10;
@@ -93,7 +93,6 @@ const OPEN_LOOP_CONNECTIONS: usize = 256;
 const REQUEST_LIMIT: Duration = Duration::from_secs(10);
 /// How long the jobs of a phase may take to end once posting stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
-const JOBS_CHANNEL: &str = "kobatela_jobs";
 
 /// `bench` arguments.
 #[derive(Clone, Copy, Debug)]
@@ -164,8 +163,16 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, op
         .context("connecting to the bench database")?;
 
     let mut fleet = Fleet::default();
-    let ctx =
-        Ctx { binaries: &binaries, setup: &setup, logs: &logs, out: &out, pool: &pool, database: &database, options };
+    let ctx = Ctx {
+        binaries: &binaries,
+        setup: &setup,
+        logs: &logs,
+        out: &out,
+        pool: &pool,
+        database: &database,
+        redis: &services.redis,
+        options,
+    };
     let outcome = tokio::select! {
         outcome = measure(&mut fleet, &ctx) => outcome,
         name = signals.recv() => Err(anyhow!("interrupted by {name}")),
@@ -201,6 +208,7 @@ struct Ctx<'a> {
     out: &'a Path,
     pool: &'a PgPool,
     database: &'a Url,
+    redis: &'a Url,
     options: Options,
 }
 
@@ -226,23 +234,19 @@ impl Fleet {
 
 /// Everything measured, for the table.
 struct Report {
+    /// Spread and hot, with 1 and 2 workers, then one at a time.
     phases: Vec<Phase>,
     totals: Totals,
+    /// The reference, spread and hot.
     pgbench: Pgbench,
-    /// The same script on one client: the statements' cost without conflicts.
-    pgbench_single: Pgbench,
+    pgbench_hot: Pgbench,
     pgbench_check: PgbenchCheck,
-    /// Enqueue latency while both workers run the jobs (same two cores).
-    enqueue_busy: LoadReport,
-    /// Enqueue latency of the api alone.
-    enqueue: LoadReport,
+    /// Open-loop enqueue at each of [`ENQUEUE_RATES`], workers running.
+    enqueue: Vec<(f64, LoadReport)>,
     enqueue_reference: LoadReport,
     webhook: LoadReport,
-    webhook_reference: LoadReport,
-    webhook_closed: LoadReport,
-    webhook_closed_reference: LoadReport,
-    /// Serialization retries the api counted during these tests.
-    api_retries: [(&'static str, Option<u64>); 3],
+    /// Peak resident memory (MB): the api, each worker.
+    rss: Vec<(String, Option<f64>)>,
 }
 
 async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
@@ -255,18 +259,26 @@ async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
     api.wait_http_ok(&format!("{}/ready", setup.api_base)).await?;
 
     let http = http_client(IN_FLIGHT * 2)?;
-    println!("seeding through the HTTP API: 1 sender, {BENEFICIARIES} beneficiaries and mandates");
+    println!("seeding through the HTTP API: 1 sender, {} beneficiaries and mandates", BENEFICIARIES + 1);
     let seed = Arc::new(seed(&http, setup).await?);
     reference_tables(ctx.pool, &seed).await?;
-    let watch = Watch::start(ctx.pool).await?;
+    let watch = Watch::start(ctx.redis, &setup.queue_prefix).await?;
 
+    let secs = ctx.options.purchase_secs();
     let mut phases = Vec::new();
-    for n in 1..=2 {
-        start_worker(fleet, ctx, n).await?;
-        let phase = purchase_phase(fleet, ctx, &http, &seed, &watch, n).await?;
-        println!("  {}", phase.summary());
-        phases.push(phase);
+    for workers in 1..=2 {
+        start_worker(fleet, ctx, workers).await?;
+        for hot in [false, true] {
+            let spec = PhaseSpec { workers, hot, in_flight: IN_FLIGHT, secs };
+            let phase = purchase_phase(fleet, ctx, &http, &seed, &watch, spec).await?;
+            println!("  {}", phase.summary());
+            phases.push(phase);
+        }
     }
+    let alone = PhaseSpec { workers: 2, hot: false, in_flight: 1, secs: ctx.options.reference_secs() };
+    let phase = purchase_phase(fleet, ctx, &http, &seed, &watch, alone).await?;
+    println!("  {}", phase.summary());
+    phases.push(phase);
     watch.stop();
 
     let purchase_target = |label: &str| Target::Purchase {
@@ -274,36 +286,23 @@ async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
         bodies: seed.bens.iter().map(|b| b.body.clone()).collect(),
         idempotency_prefix: format!("{}-{label}-", setup.queue_prefix),
     };
-    let enqueue_mode = Mode::Open { rate: ENQUEUE_RATE, secs: ctx.options.open_secs() };
-    println!(
-        "enqueue latency with both workers running: POST /spend/purchases at {ENQUEUE_RATE}/s for {} s \
-         from a separate process",
-        ctx.options.open_secs()
-    );
-    let enqueue_busy = load(ctx, "enqueue-busy", purchase_target("busy"), enqueue_mode).await?;
-    println!("  {}", enqueue_busy.summary());
-    fleet.check()?;
-
-    // Jobs the workers have in hand end; the rest of the backlog stays queued.
-    println!("stopping the workers: from here on the api's own path is measured");
-    procs::stop_all(std::mem::take(&mut fleet.workers)).await;
-    fleet.metrics.clear();
-    let totals = totals(ctx.pool).await?;
-    println!("  {}", totals.summary());
-
-    println!(
-        "enqueue latency, api alone: POST /spend/purchases at {ENQUEUE_RATE}/s for {} s from a separate process",
-        ctx.options.open_secs()
-    );
-    let before = api_retries(&http, &setup.api_base).await;
-    let enqueue = load(ctx, "enqueue", purchase_target("enqueue"), enqueue_mode).await?;
-    let enqueue_retries = delta(before, api_retries(&http, &setup.api_base).await);
-    println!("  {}", enqueue.summary());
+    let mut enqueue = Vec::new();
+    for (rate, target_ms) in ENQUEUE_RATES {
+        println!(
+            "enqueue latency, both workers running: POST /spend/purchases at {rate}/s for {} s from a separate process",
+            ctx.options.open_secs()
+        );
+        let mode = Mode::Open { rate, secs: ctx.options.open_secs() };
+        let report = load(ctx, &format!("enqueue-{rate}"), purchase_target(&format!("e{rate}")), mode).await?;
+        println!("  {}", report.summary());
+        enqueue.push((target_ms, report));
+        fleet.check()?;
+    }
     let enqueue_reference = load(
         ctx,
         "enqueue-reference",
         Target::Health,
-        Mode::Open { rate: ENQUEUE_RATE, secs: ctx.options.reference_secs() },
+        Mode::Open { rate: ENQUEUE_RATES[0].0, secs: ctx.options.reference_secs() },
     )
     .await?;
     println!("  GET /health: {}", enqueue_reference.summary());
@@ -311,73 +310,40 @@ async fn measure(fleet: &mut Fleet, ctx: &Ctx<'_>) -> Result<Report> {
     let webhook_target =
         Target::Webhook { secret: setup.webhook_secret.clone(), event_prefix: format!("{}-", setup.queue_prefix) };
     println!(
-        "webhook acknowledgement: POST /psp/webhook at {WEBHOOK_RATE}/s for {} s from a separate process",
-        ctx.options.open_secs()
+        "webhook acknowledgement, both workers consuming: closed loop on {WEBHOOK_CONNECTIONS} connections for {} s",
+        ctx.options.closed_secs()
     );
-    let before = api_retries(&http, &setup.api_base).await;
-    let webhook =
-        load(ctx, "webhook", webhook_target.clone(), Mode::Open { rate: WEBHOOK_RATE, secs: ctx.options.open_secs() })
-            .await?;
-    let webhook_retries = delta(before, api_retries(&http, &setup.api_base).await);
-    println!("  {}", webhook.summary());
-    let webhook_reference = load(
+    let webhook = load(
         ctx,
-        "webhook-reference",
-        Target::Health,
-        Mode::Open { rate: WEBHOOK_RATE, secs: ctx.options.reference_secs() },
-    )
-    .await?;
-    println!("  GET /health: {}", webhook_reference.summary());
-    println!("webhook closed loop: {WEBHOOK_CONNECTIONS} connections for {} s", ctx.options.closed_secs());
-    let before = api_retries(&http, &setup.api_base).await;
-    let webhook_closed = load(
-        ctx,
-        "webhook-closed",
+        "webhook",
         webhook_target,
         Mode::Closed { connections: WEBHOOK_CONNECTIONS, secs: ctx.options.closed_secs() },
     )
     .await?;
-    let webhook_closed_retries = delta(before, api_retries(&http, &setup.api_base).await);
-    println!("  {}", webhook_closed.summary());
-    let webhook_closed_reference = load(
-        ctx,
-        "webhook-closed-reference",
-        Target::Health,
-        Mode::Closed { connections: WEBHOOK_CONNECTIONS, secs: ctx.options.closed_secs() },
-    )
-    .await?;
-    println!("  GET /health: {}", webhook_closed_reference.summary());
+    println!("  {}", webhook.summary());
     fleet.check()?;
 
-    println!("stopping the api: pgbench gets the machine to itself");
+    let mut rss = vec![("api".to_string(), peak_rss_mb(fleet.api.first().and_then(Proc::pid)))];
+    for (i, worker) in fleet.workers.iter().enumerate() {
+        rss.push((format!("worker {}", i + 1), peak_rss_mb(worker.pid())));
+    }
+    // Jobs the workers have in hand end; the rest of the backlog stays queued.
+    println!("stopping the api and the workers: pgbench gets the machine to itself");
+    procs::stop_all(std::mem::take(&mut fleet.workers)).await;
+    fleet.metrics.clear();
     procs::stop_all(std::mem::take(&mut fleet.api)).await;
+    let totals = totals(ctx.pool).await?;
+    println!("  {}", totals.summary());
+
     let before = pgbench_counts(ctx.pool).await?;
-    let pgbench = run_pgbench(ctx, PGBENCH_CLIENTS, ctx.options.purchase_secs(), "pgbench", false).await?;
-    println!("  {}", pgbench.summary());
-    let pgbench_single = run_pgbench(ctx, 1, ctx.options.reference_secs(), "pgbench-1-client", true).await?;
-    println!("  {}", pgbench_single.summary());
+    let pgbench = run_pgbench(ctx, PGBENCH_CLIENTS, secs, "pgbench", false).await?;
+    println!("  spread: {}", pgbench.summary());
+    let pgbench_hot = run_pgbench(ctx, PGBENCH_CLIENTS, secs, "pgbench-hot", true).await?;
+    println!("  hot: {}", pgbench_hot.summary());
     let after = pgbench_counts(ctx.pool).await?;
     let pgbench_check = PgbenchCheck { before, after };
 
-    Ok(Report {
-        phases,
-        totals,
-        pgbench,
-        pgbench_single,
-        pgbench_check,
-        enqueue_busy,
-        enqueue,
-        enqueue_reference,
-        webhook,
-        webhook_reference,
-        webhook_closed,
-        webhook_closed_reference,
-        api_retries: [
-            ("enqueue, api alone", enqueue_retries),
-            ("webhook open loop", webhook_retries),
-            ("webhook closed loop", webhook_closed_retries),
-        ],
-    })
+    Ok(Report { phases, totals, pgbench, pgbench_hot, pgbench_check, enqueue, enqueue_reference, webhook, rss })
 }
 
 #[cfg(test)]
@@ -422,7 +388,6 @@ statement latencies in milliseconds, failures and retries:
         assert_eq!(result.failed, 2);
         assert_eq!(result.retried, 120);
         assert_eq!(result.retries, 130);
-        assert_eq!(result.job_insert_ms, Some(1.196));
         assert_eq!(pgbench_major("pgbench (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)"), Some(15));
         Ok(())
     }

@@ -6,9 +6,10 @@ use super::*;
 // Purchases end to end
 // ---------------------------------------------------------------------------
 
-/// Job-finished notifications (`LISTEN kobatela_jobs`), handed to the task
-/// waiting for that job. A notification that comes before its waiter is
-/// kept; a waiter that hears nothing for a while reads the row itself.
+/// Job ends as the workers announce them (Redis `{prefix}.ended`, the
+/// channel the api's receipt waiters use), handed to the task waiting for
+/// that job. An announcement that comes before its waiter is kept; a waiter
+/// that hears nothing for a while reads the row itself.
 pub(super) struct Watch {
     pub(super) state: Arc<Mutex<WatchState>>,
     pub(super) task: tokio::task::JoinHandle<()>,
@@ -25,28 +26,26 @@ pub(super) fn lock(state: &Mutex<WatchState>) -> MutexGuard<'_, WatchState> {
 }
 
 impl Watch {
-    pub(super) async fn start(pool: &PgPool) -> Result<Arc<Self>> {
-        let mut listener = PgListener::connect_with(pool).await.context("connecting the job listener")?;
-        listener.listen(JOBS_CHANNEL).await.context("LISTEN kobatela_jobs")?;
+    pub(super) async fn start(redis: &Url, prefix: &str) -> Result<Arc<Self>> {
+        let client = redis::Client::open(redis.as_str()).context("the Redis URL")?;
+        let mut pubsub = client.get_async_pubsub().await.context("connecting the job-end subscription")?;
+        pubsub.subscribe(format!("{prefix}.ended")).await.context("SUBSCRIBE to job ends")?;
         let state = Arc::new(Mutex::new(WatchState::default()));
         let shared = state.clone();
         let task = tokio::spawn(async move {
-            loop {
-                match listener.recv().await {
-                    Ok(note) => {
-                        let id = note.payload().to_string();
-                        let mut state = lock(&shared);
-                        match state.waiting.remove(&id) {
-                            Some(waiter) => {
-                                waiter.send(()).ok();
-                            }
-                            None => {
-                                state.early.insert(id);
-                            }
+            let mut messages = pubsub.on_message();
+            while let Some(message) = futures::StreamExt::next(&mut messages).await {
+                let Ok(ids) = message.get_payload::<String>() else { continue };
+                let mut state = lock(&shared);
+                for id in ids.split(',') {
+                    match state.waiting.remove(id) {
+                        Some(waiter) => {
+                            waiter.send(()).ok();
+                        }
+                        None => {
+                            state.early.insert(id.to_string());
                         }
                     }
-                    // sqlx reconnects on the next call; waiters re-read rows meanwhile.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         });
@@ -106,10 +105,31 @@ impl Watch {
     }
 }
 
+/// How a purchase phase drives the api.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PhaseSpec {
+    pub(super) workers: usize,
+    /// Every purchase on the one hot mandate, else spread over all.
+    pub(super) hot: bool,
+    /// Purchases between receipt and commit at any time.
+    pub(super) in_flight: usize,
+    pub(super) secs: u64,
+}
+
+impl PhaseSpec {
+    pub(super) fn label(&self) -> String {
+        let workers = format!("{} worker{}", self.workers, plural(self.workers));
+        match (self.in_flight, self.hot) {
+            (1, _) => format!("{workers}, one at a time"),
+            (_, true) => format!("{workers}, one hot mandate"),
+            (_, false) => format!("{workers}, spread"),
+        }
+    }
+}
+
 /// What one purchase phase measured.
 pub(super) struct Phase {
-    pub(super) workers: usize,
-    pub(super) secs: u64,
+    pub(super) spec: PhaseSpec,
     pub(super) posted: u64,
     pub(super) post_errors: u64,
     pub(super) first_error: Option<String>,
@@ -122,9 +142,9 @@ impl Phase {
     pub(super) fn summary(&self) -> String {
         let s = &self.stats;
         format!(
-            "{} worker(s): {:.1} purchases/s ({} in a {:.1} s window), latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms; \
+            "{}: {:.1} purchases/s ({} in a {:.1} s window), latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms; \
              posted {}, succeeded {}, failed {}, dead {}, more than one attempt {}, POST errors {}; {}",
-            self.workers,
+            self.spec.label(),
             s.rate(),
             s.in_window,
             s.window_secs,
@@ -149,6 +169,12 @@ impl Phase {
             .collect::<Vec<_>>()
             .join("; ")
     }
+
+    /// Serialization retries the workers counted per job of the phase.
+    pub(super) fn retries_per_job(&self) -> f64 {
+        let retries: u64 = self.per_worker.iter().map(|w| w.retries).sum();
+        ratio_of(retries as f64, self.stats.total as f64)
+    }
 }
 
 pub(super) struct DriveCtx {
@@ -159,6 +185,7 @@ pub(super) struct DriveCtx {
     pub(super) pool: PgPool,
     pub(super) prefix: String,
     pub(super) counter: AtomicU64,
+    pub(super) hot: bool,
 }
 
 #[derive(Default)]
@@ -170,7 +197,10 @@ pub(super) struct TaskStats {
 
 /// Posts a purchase; the job id of its 202 receipt.
 pub(super) async fn post_purchase(drive: &DriveCtx, n: u64) -> Result<String> {
-    let ben = &drive.seed.bens[(n % drive.seed.bens.len() as u64) as usize];
+    let ben = match drive.hot {
+        true => &drive.seed.hot,
+        false => &drive.seed.bens[(n % drive.seed.bens.len() as u64) as usize],
+    };
     let response = drive
         .http
         .post(&drive.url)
@@ -213,23 +243,27 @@ pub(super) async fn purchase_phase(
     http: &reqwest::Client,
     seed: &Arc<Seed>,
     watch: &Arc<Watch>,
-    workers: usize,
+    spec: PhaseSpec,
 ) -> Result<Phase> {
-    let secs = ctx.options.purchase_secs();
+    let tag = format!("w{}{}{}", spec.workers, if spec.hot { "h" } else { "s" }, spec.in_flight);
+    let drive = |prefix: String| {
+        Arc::new(DriveCtx {
+            http: http.clone(),
+            url: format!("{}/spend/purchases", ctx.setup.api_base),
+            seed: seed.clone(),
+            watch: watch.clone(),
+            pool: ctx.pool.clone(),
+            prefix,
+            counter: AtomicU64::new(0),
+            hot: spec.hot,
+        })
+    };
     // Every worker warmed up (connections, statement caches) before the clock runs.
-    let warm = Arc::new(DriveCtx {
-        http: http.clone(),
-        url: format!("{}/spend/purchases", ctx.setup.api_base),
-        seed: seed.clone(),
-        watch: watch.clone(),
-        pool: ctx.pool.clone(),
-        prefix: format!("{}-warm{workers}-", ctx.setup.queue_prefix),
-        counter: AtomicU64::new(0),
-    });
+    let warm = drive(format!("{}-warm-{tag}-", ctx.setup.queue_prefix));
     let warm_end = Instant::now() + Duration::from_secs(1);
     // A JoinSet aborts its tasks when dropped: an interrupted run leaves none behind.
     let mut warmers = tokio::task::JoinSet::new();
-    for _ in 0..IN_FLIGHT {
+    for _ in 0..spec.in_flight {
         warmers.spawn(purchase_task(warm.clone(), warm_end));
     }
     while let Some(stats) = warmers.join_next().await {
@@ -241,20 +275,12 @@ pub(super) async fn purchase_phase(
     let before = worker_counts(http, fleet).await;
     watch.forget_early();
 
-    println!("purchases end to end, {workers} worker(s): {IN_FLIGHT} in flight for {secs} s");
-    let prefix = format!("{}-w{workers}-", ctx.setup.queue_prefix);
-    let drive = Arc::new(DriveCtx {
-        http: http.clone(),
-        url: format!("{}/spend/purchases", ctx.setup.api_base),
-        seed: seed.clone(),
-        watch: watch.clone(),
-        pool: ctx.pool.clone(),
-        prefix: prefix.clone(),
-        counter: AtomicU64::new(0),
-    });
-    let end = Instant::now() + Duration::from_secs(secs);
+    println!("purchases end to end, {}: {} in flight for {} s", spec.label(), spec.in_flight, spec.secs);
+    let prefix = format!("{}-{tag}-", ctx.setup.queue_prefix);
+    let drive = drive(prefix.clone());
+    let end = Instant::now() + Duration::from_secs(spec.secs);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..IN_FLIGHT {
+    for _ in 0..spec.in_flight {
         tasks.spawn(purchase_task(drive.clone(), end));
     }
     let mut posted = 0;
@@ -282,7 +308,7 @@ pub(super) async fn purchase_phase(
         })
         .collect();
     let stats = job_stats(ctx.pool, &prefix).await?;
-    Ok(Phase { workers, secs, posted, post_errors, first_error, stats, per_worker })
+    Ok(Phase { spec, posted, post_errors, first_error, stats, per_worker })
 }
 
 /// What one worker reported on its /metrics.
@@ -309,16 +335,6 @@ pub(super) async fn worker_count(http: &reqwest::Client, url: &str) -> Result<Wo
         purchases: metric_sum(&body, "kobatela_jobs_total", &["kind=\"purchase\"", "outcome=\"succeeded\""]),
         retries: metric_sum(&body, "kobatela_serialization_retries_total", &[]),
     })
-}
-
-/// The api's `kobatela_serialization_retries_total`, all kinds.
-pub(super) async fn api_retries(http: &reqwest::Client, base: &str) -> Option<u64> {
-    let body = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
-    Some(metric_sum(&body, "kobatela_serialization_retries_total", &[]))
-}
-
-pub(super) fn delta(before: Option<u64>, after: Option<u64>) -> Option<u64> {
-    Some(after?.saturating_sub(before?))
 }
 
 /// The sum of a Prometheus counter over the series carrying every label given.

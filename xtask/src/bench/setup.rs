@@ -155,7 +155,10 @@ pub(super) async fn forget_queues(redis: &Url, prefix: &str) -> Result<()> {
 pub(super) struct Seed {
     pub(super) sender_id: String,
     pub(super) merchant_id: String,
+    /// Each with a mandate of their own: the spread phases.
     pub(super) bens: Vec<Beneficiary>,
+    /// One more, whose one mandate every purchase of a hot phase spends.
+    pub(super) hot: Beneficiary,
 }
 
 pub(super) struct Beneficiary {
@@ -197,8 +200,8 @@ pub(super) async fn seed(http: &reqwest::Client, setup: &Setup) -> Result<Seed> 
     }
     let expires_at =
         (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut bens = Vec::with_capacity(BENEFICIARIES);
-    for n in 1..=BENEFICIARIES {
+    let mut bens = Vec::with_capacity(BENEFICIARIES + 1);
+    for n in 0..=BENEFICIARIES {
         let user = api
             .post(
                 admin,
@@ -236,7 +239,9 @@ pub(super) async fn seed(http: &reqwest::Client, setup: &Setup) -> Result<Seed> 
             body,
         });
     }
-    Ok(Seed { sender_id, merchant_id, bens })
+    // Number 0 is the hot one (`bench_mandates.n = 0`).
+    let hot = bens.remove(0);
+    Ok(Seed { sender_id, merchant_id, bens, hot })
 }
 
 pub(super) struct Api<'a> {
@@ -289,9 +294,9 @@ pub(super) async fn reference_tables(pool: &PgPool, seed: &Seed) -> Result<()> {
     .execute(pool)
     .await
     .context("creating bench_uuid7()")?;
-    for (i, ben) in seed.bens.iter().enumerate() {
+    for (i, ben) in std::iter::once(&seed.hot).chain(&seed.bens).enumerate() {
         sqlx::query("INSERT INTO bench_mandates VALUES ($1, $2::uuid, $3::uuid, $4::uuid, $5::uuid, $6::uuid)")
-            .bind(i32::try_from(i + 1).context("beneficiary number")?)
+            .bind(i32::try_from(i).context("beneficiary number")?)
             .bind(&ben.mandate_id)
             .bind(&seed.sender_id)
             .bind(&ben.user_id)
@@ -302,4 +307,12 @@ pub(super) async fn reference_tables(pool: &PgPool, seed: &Seed) -> Result<()> {
             .context("filling bench_mandates")?;
     }
     Ok(())
+}
+
+/// The peak resident set (`VmHWM`) of a running process, in MB.
+pub(super) fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
 }
