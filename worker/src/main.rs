@@ -4,6 +4,7 @@
 //! default), though reusing one is harmless.
 
 mod cron;
+mod keylocks;
 mod ops;
 mod runners;
 
@@ -33,6 +34,8 @@ pub struct WorkerCtx {
     pub runners: Runners,
     /// `WORKER_CONCURRENCY` jobs in flight per process, across all kinds.
     pub slots: Semaphore,
+    /// Jobs contending on one row run one after the other.
+    pub keys: keylocks::KeyLocks,
 }
 
 impl WorkerCtx {
@@ -69,6 +72,11 @@ async fn handle(delivery: Delivery, ctx: Data<Arc<WorkerCtx>>) -> Result<(), Box
         ack(queue, &delivery, &[]).await;
         return Ok(());
     };
+    // The key first: jobs waiting for a hot row hold no slot other kinds need.
+    let key = match &delivery.key {
+        Some(key) => Some(ctx.keys.lock(key).await),
+        None => None,
+    };
     let slot = ctx.slots.acquire().await.map_err(|e| Box::new(e) as BoxDynError)?;
     if shared::failpoint::any() {
         // A slow consumer (tests): it holds its entries without holding locks.
@@ -77,6 +85,7 @@ async fn handle(delivery: Delivery, ctx: Data<Arc<WorkerCtx>>) -> Result<(), Box
     let hint = Hint { ctid: delivery.ctid.clone(), redelivered: delivery.redelivered };
     let report = ctx.execute(job_id, &hint).await;
     drop(slot);
+    drop(key);
     match report {
         Ok(Report::Busy) => tracing::debug!(%job_id, "job runs elsewhere under a live lease; delivery kept"),
         Ok(report) => {
@@ -139,6 +148,7 @@ async fn run() -> anyhow::Result<()> {
             )),
         },
         slots: Semaphore::new(config.worker_concurrency),
+        keys: keylocks::KeyLocks::default(),
         config: config.clone(),
     });
 

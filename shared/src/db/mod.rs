@@ -51,7 +51,34 @@ pub fn note_retry(kind: &'static str) {
 ///
 /// `f` decides what to return; an `Err` rolls the transaction back. To
 /// commit while reporting a business refusal, return the refusal inside `Ok`.
-pub async fn serializable<C, T, F>(pool: &PgPool, ctx: &C, mut f: F) -> Result<T, Error>
+pub async fn serializable<C, T, F>(pool: &PgPool, ctx: &C, f: F) -> Result<T, Error>
+where
+    C: ?Sized + Sync,
+    F: for<'c> FnMut(&'c mut PgConnection, &'c C) -> BoxFuture<'c, Result<T, Error>>,
+{
+    serializable_with(pool, BEGIN, ctx, f).await
+}
+
+/// One round trip opens the transaction. A sequential scan under
+/// SERIALIZABLE takes a predicate lock on the whole table and makes every
+/// concurrent writer of it a conflict (PostgreSQL's manual advises favouring
+/// index scans); our transactions read by key, so the planner is told to
+/// prefer the indexes even on small tables.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
+
+/// [`serializable`] with the savepoint `rule` set in the same round trip as
+/// `BEGIN`: the job executor rolls a rule's writes back to it on a refusal.
+pub async fn serializable_with_savepoint<C, T, F>(pool: &PgPool, ctx: &C, f: F) -> Result<T, Error>
+where
+    C: ?Sized + Sync,
+    F: for<'c> FnMut(&'c mut PgConnection, &'c C) -> BoxFuture<'c, Result<T, Error>>,
+{
+    const BEGIN_WITH_SAVEPOINT: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL enable_seqscan = off; \
+                                        SET LOCAL jit = off; SAVEPOINT rule";
+    serializable_with(pool, BEGIN_WITH_SAVEPOINT, ctx, f).await
+}
+
+async fn serializable_with<C, T, F>(pool: &PgPool, begin: &'static str, ctx: &C, mut f: F) -> Result<T, Error>
 where
     C: ?Sized + Sync,
     F: for<'c> FnMut(&'c mut PgConnection, &'c C) -> BoxFuture<'c, Result<T, Error>>,
@@ -61,14 +88,7 @@ where
         attempt += 1;
         let result = async {
             let mut conn = pool.acquire().await?;
-            // One round trip. A sequential scan under SERIALIZABLE takes a
-            // predicate lock on the whole table and makes every concurrent
-            // writer of it a conflict (PostgreSQL's manual advises favouring
-            // index scans); our transactions read by key, so the planner is
-            // told to prefer the indexes even on small tables.
-            let mut tx = conn
-                .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
-                .await?;
+            let mut tx = conn.begin_with(begin).await?;
             let value = f(&mut tx, ctx).await?;
             tx.commit().await?;
             Ok::<T, Error>(value)

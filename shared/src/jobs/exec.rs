@@ -279,7 +279,11 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
         second: Option<(&serde_json::Value, &serde_json::Value)>,
     ) -> Result<(TxEnd, Option<JobRow>)> {
         let ctx = (entry, self.runner, second, self.worker, self.lease);
-        db::serializable(self.pool, &ctx, |tx, (entry, runner, second, worker, lease)| {
+        // The savepoint comes with BEGIN (one round trip): it sits before the
+        // job row's lock, which a refusal's rollback to it gives up; the end
+        // of the job takes the row again, so a duplicate that slips in
+        // between meets a serialization failure, never a second effect.
+        db::serializable_with_savepoint(self.pool, &ctx, |tx, (entry, runner, second, worker, lease)| {
             Box::pin(async move {
                 let job = match entry {
                     Entry::Claimed(job) => {
@@ -294,7 +298,6 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                     },
                 };
                 let fresh = matches!(entry, Entry::Fresh(..));
-                sqlx::query("SAVEPOINT rule").execute(&mut *tx).await?;
                 let outcome = match second {
                     None => runner.run(tx, &job).await,
                     Some((state, reply)) => runner.complete(tx, &job, state, reply).await,

@@ -62,6 +62,26 @@ impl JobKind {
     }
 }
 
+impl JobKind {
+    /// The row jobs of this kind contend on, read from the payload: a
+    /// worker runs jobs of one key one after the other instead of letting
+    /// them fail each other's SERIALIZABLE transactions (a hot mandate, a
+    /// busy escrow or wallet). Only a hint: the transaction stays the guard.
+    pub fn conflict_key(self, payload: &serde_json::Value) -> Option<String> {
+        let field = |name: &str| payload.get(name).and_then(|v| v.as_str());
+        match self {
+            JobKind::Purchase => {
+                Some(format!("mandate:{}:{}:{}", field("sender_id")?, field("beneficiary_id")?, field("currency")?))
+            }
+            JobKind::UsageSpend | JobKind::EscrowDeposit => Some(format!("escrow:{}", field("escrow_id")?)),
+            JobKind::SakaHarvest | JobKind::SakaSpend | JobKind::SakaAdjustment => {
+                Some(format!("wallet:{}", field("user_id")?))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for JobKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -59,7 +59,12 @@ impl JobRow {
 
     /// What to push for this row.
     pub fn job_ref(&self) -> Option<JobRef> {
-        self.job_kind().map(|kind| JobRef { kind, id: self.id, ctid: self.ctid.clone() })
+        self.job_kind().map(|kind| JobRef {
+            kind,
+            id: self.id,
+            ctid: self.ctid.clone(),
+            key: kind.conflict_key(&self.payload),
+        })
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -239,7 +244,7 @@ pub async fn queued_children(pool: &PgPool, parent: JobId) -> Result<Vec<JobRef>
             .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, k, ctid)| JobKind::parse(&k).map(|kind| JobRef { kind, id, ctid: Some(ctid) }))
+        .filter_map(|(id, k, ctid)| JobKind::parse(&k).map(|kind| JobRef { kind, id, ctid: Some(ctid), key: None }))
         .collect())
 }
 

@@ -35,7 +35,7 @@ pub async fn relay(pool: &PgPool, queue: &Queue, config: &Config) -> Result<(u64
             tracing::warn!(job_id = %id, kind = %kind, "job gave up: its last attempt never ended");
             dead.push(id);
         } else if let Some(kind) = JobKind::parse(&kind) {
-            by_kind.entry(kind).or_default().push(JobRef { kind, id, ctid: Some(ctid) });
+            by_kind.entry(kind).or_default().push(JobRef { kind, id, ctid: Some(ctid), key: None });
         }
     }
     if let Err(e) = queue.announce_ended(&dead).await {

@@ -27,12 +27,13 @@ SELECT m.id AS m_id, m.sender_id, m.beneficiary_id, b.merchant_id
 UPDATE mandates SET spent_amount = spent_amount + 1.00,
        status = CASE WHEN spent_amount + 1.00 = total_amount THEN 'CONSUMED' ELSE status END,
        updated_at = now()
- WHERE id = :m_id AND status = 'ACTIVE' AND spent_amount + 1.00 <= total_amount;
+ WHERE id = :m_id::uuid AND status = 'ACTIVE' AND spent_amount + 1.00 <= total_amount;
 INSERT INTO purchases (id, job_id, sender_id, beneficiary_id, merchant_id, category_id, mandate_id, amount, currency, status)
-VALUES (bench_uuid7(), bench_uuid7(), :sender_id, :beneficiary_id, :merchant_id, NULL, :m_id, 1.00, 'USD', 'COMPLETED');
+VALUES (bench_uuid7(), bench_uuid7(), :sender_id::uuid, :beneficiary_id::uuid, :merchant_id::uuid, NULL, :m_id::uuid,
+        1.00, 'USD', 'COMPLETED');
 INSERT INTO audit_log (id, actor, action, entity, entity_id, data)
-VALUES (bench_uuid7(), 'user:' || :beneficiary_id, 'PURCHASE_COMPLETED', 'purchase', :m_id,
-        jsonb_build_object('mandate_id', :m_id, 'amount', '1.00', 'currency', 'USD'));
+VALUES (bench_uuid7(), 'user:' || :beneficiary_id::text, 'PURCHASE_COMPLETED', 'purchase', :m_id::uuid,
+        jsonb_build_object('mandate_id', :m_id::text, 'amount', '1.00', 'currency', 'USD'));
 COMMIT;
 "#,
         which = if hot { "every purchase on one hot mandate" } else { "purchases spread over the seeded mandates" },

@@ -136,6 +136,8 @@ pub(super) struct Phase {
     pub(super) stats: JobStats,
     /// Per worker, what it ran in this phase (from its /metrics).
     pub(super) per_worker: Vec<WorkerCount>,
+    /// Cores used on average by each process, while the clock ran.
+    pub(super) cpu: Vec<(String, f64)>,
 }
 
 impl Phase {
@@ -157,8 +159,13 @@ impl Phase {
             s.dead,
             s.retried_jobs,
             self.post_errors,
-            self.per_worker_text()
-        )
+            self.per_worker_text(),
+        ) + &format!("; {}", self.cpu_text())
+    }
+
+    pub(super) fn cpu_text(&self) -> String {
+        let parts: Vec<String> = self.cpu.iter().map(|(who, cores)| format!("{who} {cores:.2}")).collect();
+        format!("CPU in cores: {}", parts.join(", "))
     }
 
     pub(super) fn per_worker_text(&self) -> String {
@@ -274,6 +281,7 @@ pub(super) async fn purchase_phase(
     }
     let before = worker_counts(http, fleet).await;
     watch.forget_early();
+    let cpu_before = CpuSnapshot::take(fleet);
 
     println!("purchases end to end, {}: {} in flight for {} s", spec.label(), spec.in_flight, spec.secs);
     let prefix = format!("{}-{tag}-", ctx.setup.queue_prefix);
@@ -294,6 +302,7 @@ pub(super) async fn purchase_phase(
             first_error = stats.first_error;
         }
     }
+    let cpu = cpu_before.cores_until(&CpuSnapshot::take(fleet));
     fleet.check()?;
     let after = worker_counts(http, fleet).await;
     let per_worker = after
@@ -308,7 +317,7 @@ pub(super) async fn purchase_phase(
         })
         .collect();
     let stats = job_stats(ctx.pool, &prefix).await?;
-    Ok(Phase { spec, posted, post_errors, first_error, stats, per_worker })
+    Ok(Phase { spec, posted, post_errors, first_error, stats, per_worker, cpu })
 }
 
 /// What one worker reported on its /metrics.

@@ -316,3 +316,68 @@ pub(super) fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
         status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb / 1024.0)
 }
+
+/// CPU time used so far (user + system, seconds) by the bench's processes
+/// and the servers, for "where does the time go" per phase.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CpuSnapshot {
+    pub(super) at: Option<Instant>,
+    pub(super) by: Vec<(String, f64)>,
+}
+
+/// Seconds of CPU a process used (`/proc/<pid>/stat`, fields 14 and 15, in
+/// clock ticks of 1/100 s on Linux).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The CPU seconds of every process whose name starts with `name`.
+fn cpu_of_all(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with(name)))
+        .filter_map(cpu_secs)
+        .sum()
+}
+
+impl CpuSnapshot {
+    pub(super) fn take(fleet: &Fleet) -> Self {
+        let mut by =
+            vec![("postgres".to_string(), cpu_of_all("postgres")), ("redis".to_string(), cpu_of_all("redis-server"))];
+        for (i, api) in fleet.api.iter().enumerate() {
+            by.push((
+                if i == 0 { "api".into() } else { format!("api {}", i + 1) },
+                api.pid().and_then(cpu_secs).unwrap_or(0.0),
+            ));
+        }
+        for (i, worker) in fleet.workers.iter().enumerate() {
+            by.push((format!("worker {}", i + 1), worker.pid().and_then(cpu_secs).unwrap_or(0.0)));
+        }
+        by.push(("bench".into(), cpu_secs(std::process::id()).unwrap_or(0.0)));
+        Self { at: Some(Instant::now()), by }
+    }
+
+    /// Cores used on average by each, from `self` to `later`.
+    pub(super) fn cores_until(&self, later: &CpuSnapshot) -> Vec<(String, f64)> {
+        let secs = match (self.at, later.at) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
+            _ => return Vec::new(),
+        };
+        later
+            .by
+            .iter()
+            .map(|(who, used)| {
+                let before = self.by.iter().find(|(w, _)| w == who).map(|(_, v)| *v).unwrap_or(0.0);
+                (who.clone(), (used - before).max(0.0) / secs)
+            })
+            .collect()
+    }
+}

@@ -169,7 +169,7 @@ impl Report {
                 "- {} (`WORKER_CONCURRENCY={WORKER_CONCURRENCY}`): {} purchases posted in {} s by {} task(s) that each \
                  wait for their job's end before the next; {} committed in the {:.1} s steady window (first and last \
                  second of `finished_at` left out). Of the phase's {} jobs: {} succeeded, {} failed, {} dead, {} \
-                 pending, {} needed more than one attempt; {} POST or wait errors; max latency {:.0} ms; {}.{}{}\n",
+                 pending, {} needed more than one attempt; {} POST or wait errors; max latency {:.0} ms; {}; {}.{}{}\n",
                 phase.spec.label(),
                 phase.posted,
                 phase.spec.secs,
@@ -185,6 +185,7 @@ impl Report {
                 phase.post_errors,
                 s.max_ms,
                 phase.per_worker_text(),
+                phase.cpu_text(),
                 phase.first_error.as_ref().map(|e| format!(" First error: {e}.")).unwrap_or_default(),
                 s.first_problem.as_ref().map(|e| format!(" First failed job: {e}.")).unwrap_or_default(),
             ));

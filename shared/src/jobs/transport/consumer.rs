@@ -25,7 +25,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{FIELD_CTID, FIELD_JOB, GROUP};
+use super::{FIELD_CTID, FIELD_JOB, FIELD_KEY, GROUP};
 use crate::ids::JobId;
 use crate::jobs::JobKind;
 
@@ -41,6 +41,8 @@ pub struct Delivery {
     pub ctid: Option<String>,
     /// Taken over from a consumer that did not acknowledge it.
     pub redelivered: bool,
+    /// The row it contends on ([`crate::jobs::JobKind::conflict_key`]).
+    pub key: Option<String>,
 }
 
 /// What the health endpoint and the metrics know of a consumer.
@@ -338,7 +340,8 @@ impl Consumer {
         for entry in entries {
             let job_id = entry.get::<String>(FIELD_JOB).and_then(|s| s.parse::<JobId>().ok());
             let ctid = entry.get::<String>(FIELD_CTID);
-            let delivery = Delivery { kind: self.config.kind, entry: entry.id, job_id, ctid, redelivered };
+            let key = entry.get::<String>(FIELD_KEY);
+            let delivery = Delivery { kind: self.config.kind, entry: entry.id, job_id, ctid, redelivered, key };
             if self.tx.send(delivery).await.is_err() {
                 return Err(Stop::Shutdown);
             }

@@ -44,6 +44,7 @@ pub const GROUP: &str = "workers";
 const FIELD_VERSION: &str = "v";
 const FIELD_JOB: &str = "j";
 const FIELD_CTID: &str = "t";
+const FIELD_KEY: &str = "k";
 
 /// A job to push: its kind (the stream), its id, and where its row was.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +52,12 @@ pub struct JobRef {
     pub kind: JobKind,
     pub id: JobId,
     pub ctid: Option<String>,
+    /// [`JobKind::conflict_key`] of its payload.
+    pub key: Option<String>,
 }
 
 impl From<(JobKind, JobId)> for JobRef {
     fn from((kind, id): (JobKind, JobId)) -> Self {
-        Self { kind, id, ctid: None }
+        Self { kind, id, ctid: None, key: None }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamInfoConsumersReply, StreamRangeReply};
 
-use super::{FIELD_CTID, FIELD_JOB, FIELD_VERSION, GROUP, JobRef};
+use super::{FIELD_CTID, FIELD_JOB, FIELD_KEY, FIELD_VERSION, GROUP, JobRef};
 use crate::error::{Error, Result};
 use crate::ids::JobId;
 use crate::jobs::JobKind;
@@ -98,6 +98,9 @@ impl Queue {
                 .arg(job.id.to_string());
             if let Some(ctid) = &job.ctid {
                 cmd.arg(FIELD_CTID).arg(ctid);
+            }
+            if let Some(key) = &job.key {
+                cmd.arg(FIELD_KEY).arg(key);
             }
             cmd.ignore();
         }
