@@ -48,39 +48,53 @@ async fn ready(State(s): State<AppState>) -> axum::response::Response {
     res
 }
 
-/// Gauges read at scrape time: queue depth per kind and jobs per kind and
-/// status (dead jobs included); counters and histograms come from the
-/// request path.
+/// Jobs the latency and outcome gauges look at: the most recent ones, read
+/// backwards by id (no scan of the whole table per scrape).
+const RECENT_JOBS: i64 = 2000;
+
+/// Gauges read at scrape time, each by an index: queue depth per kind,
+/// queued, running and dead jobs per kind (0 when none), and the outcomes
+/// and latency of the most recent jobs; counters and histograms come from
+/// the request path.
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     for kind in JobKind::ALL {
         if let Ok(stats) = s.queue.stats(*kind).await {
             metrics::gauge!("kobatela_queue_depth", "kind" => kind.as_str()).set(stats.length as f64);
         }
     }
-    let counts: Result<Vec<(String, String, i64)>, _> =
-        sqlx::query_as("SELECT kind, status, count(*) FROM jobs GROUP BY kind, status").fetch_all(&s.pool).await;
-    if let Ok(rows) = counts {
-        for (kind, status, n) in rows {
-            metrics::gauge!("kobatela_jobs", "kind" => kind, "status" => status).set(n as f64);
-        }
-    }
-    // Job latency (created to finished) over the last five minutes, per kind:
-    // the workers' own histograms live in their processes
-    // (`WORKER_METRICS_ADDR`), this view needs no scrape of them.
-    let latency: Result<Vec<(String, f64, f64, i64)>, _> = sqlx::query_as(
-        "SELECT kind,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))::float8,
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))::float8,
-                count(*)
-           FROM jobs WHERE finished_at > now() - interval '5 minutes' GROUP BY kind",
+    let counts: Result<Vec<(String, String, i64)>, _> = sqlx::query_as(
+        "SELECT kind, status, count(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY kind, status
+         UNION ALL
+         SELECT kind, 'dead', count(*) FROM jobs WHERE status = 'dead' GROUP BY kind",
     )
     .fetch_all(&s.pool)
     .await;
-    if let Ok(rows) = latency {
-        for (kind, p50, p99, n) in rows {
-            metrics::gauge!("kobatela_job_latency_seconds", "kind" => kind.clone(), "quantile" => "0.5").set(p50);
-            metrics::gauge!("kobatela_job_latency_seconds", "kind" => kind.clone(), "quantile" => "0.99").set(p99);
-            metrics::gauge!("kobatela_jobs_finished_5m", "kind" => kind).set(n as f64);
+    if let Ok(rows) = counts {
+        for kind in JobKind::ALL {
+            for status in ["queued", "running", "dead"] {
+                let n = rows.iter().find(|(k, st, _)| k == kind.as_str() && st == status).map_or(0, |r| r.2);
+                metrics::gauge!("kobatela_jobs", "kind" => kind.as_str(), "status" => status).set(n as f64);
+            }
+        }
+    }
+    let recent: Result<Vec<(String, String, i64, Option<f64>, Option<f64>)>, _> = sqlx::query_as(
+        "SELECT kind, status, count(*),
+                (percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)))::float8,
+                (percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)))::float8
+           FROM (SELECT kind, status, created_at, finished_at FROM jobs ORDER BY id DESC LIMIT $1) recent
+          WHERE finished_at IS NOT NULL GROUP BY kind, status",
+    )
+    .bind(RECENT_JOBS)
+    .fetch_all(&s.pool)
+    .await;
+    if let Ok(rows) = recent {
+        for (kind, status, n, p50, p99) in rows {
+            metrics::gauge!("kobatela_jobs_recent", "kind" => kind.clone(), "status" => status.clone()).set(n as f64);
+            if status == "succeeded" {
+                let (p50, p99) = (p50.unwrap_or(0.0), p99.unwrap_or(0.0));
+                metrics::gauge!("kobatela_job_latency_seconds", "kind" => kind.clone(), "quantile" => "0.5").set(p50);
+                metrics::gauge!("kobatela_job_latency_seconds", "kind" => kind, "quantile" => "0.99").set(p99);
+            }
         }
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())

@@ -140,7 +140,7 @@ enum TxEnd {
 enum Entry<'j> {
     /// Claimed by a committed claim: check it still holds.
     Claimed(&'j JobRow),
-    /// First delivery: lock the queued row in the transaction.
+    /// First delivery: claim the queued row in the transaction.
     Fresh(JobId, Option<&'j str>),
 }
 
@@ -279,10 +279,8 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
         second: Option<(&serde_json::Value, &serde_json::Value)>,
     ) -> Result<(TxEnd, Option<JobRow>)> {
         let ctx = (entry, self.runner, second, self.worker, self.lease);
-        // The savepoint comes with BEGIN (one round trip): it sits before the
-        // job row's lock, which a refusal's rollback to it gives up; the end
-        // of the job takes the row again, so a duplicate that slips in
-        // between meets a serialization failure, never a second effect.
+        // The savepoint comes with BEGIN (one round trip); a refusal rolls
+        // the rule's writes back to it and the job's end is written after.
         db::serializable_with_savepoint(self.pool, &ctx, |tx, (entry, runner, second, worker, lease)| {
             Box::pin(async move {
                 let job = match entry {
@@ -292,7 +290,7 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                         }
                         (*job).clone()
                     }
-                    Entry::Fresh(id, ctid) => match record::lock_queued(tx, *id, *ctid).await? {
+                    Entry::Fresh(id, ctid) => match record::queued_row(tx, *id, *ctid).await? {
                         Some(job) => job,
                         None => return Ok((TxEnd::NotQueued, None)),
                     },

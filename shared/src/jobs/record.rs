@@ -275,9 +275,16 @@ pub async fn list(
     kind: Option<&str>,
     page: &PageRequest,
 ) -> Result<Page<JobRow>> {
+    // `dead` and `failed` spelled out, so the planner uses their partial
+    // indexes (a parameter never implies an index's predicate).
+    let status_is = match status {
+        Some("dead") => "status = 'dead' AND $1::text = 'dead'",
+        Some("failed") => "status = 'failed' AND $1::text = 'failed'",
+        _ => "($1::text IS NULL OR status = $1)",
+    };
     let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM jobs WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
-           AND id < $3 ORDER BY id DESC LIMIT $4"
+        "SELECT {COLUMNS} FROM jobs WHERE {status_is} AND ($2::text IS NULL OR kind = $2) AND id < $3
+          ORDER BY id DESC LIMIT $4"
     )))
     .bind(status)
     .bind(kind)
@@ -384,18 +391,22 @@ pub async fn still_owned(conn: &mut PgConnection, job: &JobRow) -> Result<bool> 
     Ok(matches!(row, Some((status, attempts)) if status == "running" && attempts == job.attempts))
 }
 
-/// The first delivery's claim, inside the job's own transaction: locks the
+/// The first delivery's claim, inside the job's own transaction: reads the
 /// row when it is `queued` and due, and returns it with this attempt
 /// counted (in memory: [`finish`] or [`mark_running`] writes it), so a job
 /// that ends at the first try costs its transaction's one commit. The row
 /// is reached by the address the api gave the message when it has one (a
 /// TID scan: see [`still_owned`] for why), else by id.
-pub async fn lock_queued(conn: &mut PgConnection, id: JobId, ctid: Option<&str>) -> Result<Option<JobRow>> {
+///
+/// No `FOR UPDATE`: a row lock is a write of its own. Two deliveries of one
+/// job (rare) may both run the rule; the second to update the row at its
+/// end fails with a serialization error, and its retry finds the job ended.
+pub async fn queued_row(conn: &mut PgConnection, id: JobId, ctid: Option<&str>) -> Result<Option<JobRow>> {
     let by_address: Option<JobRow> = match ctid {
         Some(ctid) => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS}, ctid::text AS ctid FROM jobs
-                  WHERE ctid = $1::tid AND id = $2 AND status = 'queued' AND next_attempt_at <= now() FOR UPDATE"
+                  WHERE ctid = $1::tid AND id = $2 AND status = 'queued' AND next_attempt_at <= now()"
             )))
             .bind(ctid)
             .bind(id)
@@ -410,7 +421,7 @@ pub async fn lock_queued(conn: &mut PgConnection, id: JobId, ctid: Option<&str>)
         None => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS}, ctid::text AS ctid FROM jobs
-                  WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now() FOR UPDATE"
+                  WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now()"
             )))
             .bind(id)
             .fetch_optional(&mut *conn)
@@ -460,7 +471,7 @@ pub async fn finish(
     Ok(())
 }
 
-/// A job claimed by [`lock_queued`] that must call out (a payout): it is
+/// A job claimed by [`queued_row`] that must call out (a payout): it is
 /// committed `running` under this worker's lease, like a claim, before the
 /// call. Returns the row with its new address.
 pub async fn mark_running(

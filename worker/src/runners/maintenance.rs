@@ -87,6 +87,7 @@ pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
         .await?
         .rows_affected()
         + relay_ticks;
+    // Both through the small `jobs_scheduled` index (migration 0013).
     let relays = sqlx::query("DELETE FROM jobs WHERE kind IN ('job_relay', 'retention') AND status IN ('succeeded', 'failed') AND finished_at < now() - interval '1 day'")
         .execute(&mut *conn)
         .await?
