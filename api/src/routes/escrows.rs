@@ -14,7 +14,6 @@ use shared::domain::escrows::{
 use shared::domain::payees::{self, NewPayee, UsageSpendV1};
 use shared::ids::{EscrowId, UserId};
 use shared::jobs::JobKind;
-use shared::money::{AmountIn, parse_decimal};
 use shared::principal::Role;
 
 use crate::error::ApiResult;
@@ -41,15 +40,7 @@ pub fn router() -> Router<AppState> {
 /// edge checks the shape (positive, at most 2 decimals), the rule checks
 /// the currency's own minor unit.
 fn escrow_amount(f: &mut Fields, name: &str, required: bool) -> Option<Decimal> {
-    let raw: Option<serde_json::Value> = if required { f.req(name) } else { f.opt(name) };
-    let raw = raw?;
-    match parse_decimal(name, &AmountIn(raw), 2) {
-        Ok(v) => Some(v),
-        Err((code, e)) => {
-            f.error(code, &e.field, e.message);
-            None
-        }
-    }
+    f.decimal(name, 2, required, false)
 }
 
 #[tracing::instrument(skip_all)]
@@ -182,19 +173,10 @@ transition_handler!(client_approve, TransitionAction::ClientApprove);
 transition_handler!(client_reject, TransitionAction::ClientReject);
 transition_handler!(check_deadline, TransitionAction::CheckDeadline);
 
+/// A payee limit: ≥ 0 (zero freezes the payee), its shape here; the rule
+/// checks it against the escrow currency's minor unit.
 fn limit(f: &mut Fields, name: &str) -> Option<Decimal> {
-    let raw: serde_json::Value = f.opt(name)?;
-    // A limit of zero is allowed (the payee is frozen).
-    if raw == serde_json::json!(0) || raw == serde_json::json!("0") {
-        return Some(Decimal::ZERO);
-    }
-    match parse_decimal(name, &AmountIn(raw), 2) {
-        Ok(v) => Some(v),
-        Err((code, e)) => {
-            f.error(code, &e.field, format!("{} (limits are ≥ 0)", e.message));
-            None
-        }
-    }
+    f.decimal(name, 2, false, true)
 }
 
 async fn allow_payee(

