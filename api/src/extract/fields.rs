@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use shared::money::{AmountIn, Currencies, Money, json_type};
+use shared::text::holds_nul;
 use shared::{ErrorCode, FieldError, Problem};
 
 use crate::error::ApiError;
@@ -77,17 +78,6 @@ pub struct Fields {
     /// text, never through a float.
     raw: HashMap<String, Box<RawValue>>,
     errors: Vec<(ErrorCode, FieldError)>,
-}
-
-/// Whether a JSON value (keys included) holds U+0000 anywhere: Postgres
-/// cannot store it in `text` or `jsonb`.
-pub fn holds_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
-    }
 }
 
 fn type_name<T>() -> &'static str {
