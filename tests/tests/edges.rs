@@ -75,3 +75,37 @@ async fn amounts_are_read_from_their_literal_text_exactly_or_refused() -> anyhow
     assert_eq!(funded, "0.00");
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u0000_in_text_fields_and_query_parameters_is_a_422_that_changes_nothing() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let deal = e2e::scenario::deal(&env, "10.00").await?;
+    deal.milestone(1, "10.00", "DOCUMENT", None).await?;
+    deal.deposit("d", "10.00").await?;
+    let admin = env.admin();
+    let before = count(&env, "SELECT count(*) FROM escrows").await?;
+    // In release_conditions, nested, and in a key.
+    for conditions in [r#"{"note": "a\u0000b"}"#, r#"{"steps": [{"x": "\u0000"}]}"#, r#"{"a\u0000": 1}"#] {
+        let body = format!(
+            r#"{{"client_id": "{}", "provider_id": "{}", "amount_total": "5.00", "currency": "USD", "deadline_at": "2100-01-01T00:00:00Z", "release_conditions": {conditions}}}"#,
+            deal.client.id, deal.provider.id
+        );
+        let r = deal.client.client.post_raw("/escrows", "application/json", body.into_bytes()).await?;
+        expect(&r, 422, "VALIDATION_ERROR");
+        assert_eq!(r.body["errors"][0]["field"], json!("release_conditions"), "{}", r.text);
+    }
+    assert_eq!(count(&env, "SELECT count(*) FROM escrows").await?, before);
+    // In the query parameters of /audit, /alerts and /jobs.
+    for path in
+        ["/audit?entity=a%00b", "/audit?action=%00", "/audit?entity_id=x%00", "/alerts?type=%00", "/jobs?kind=%00"]
+    {
+        expect(&admin.get(path).await?, 422, "VALIDATION_ERROR");
+    }
+    // In a proof's source: no proof, no job, no file.
+    let jobs = count(&env, "SELECT count(*) FROM jobs").await?;
+    let r = deal.provider.client.upload_proof("nul", &deal.escrow_id, 1, "app\u{0}", b"%PDF-1.4 x".to_vec(), 0).await?;
+    expect(&r, 422, "VALIDATION_ERROR");
+    assert_eq!(count(&env, "SELECT count(*) FROM proofs").await?, 0);
+    assert_eq!(count(&env, "SELECT count(*) FROM jobs").await?, jobs);
+    env.stop().await
+}

@@ -55,7 +55,7 @@ async fn upload(
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
             "file" => {
-                content_type = field.content_type().map(str::to_string);
+                content_type = field.content_type().filter(|c| !c.chars().any(char::is_control)).map(str::to_string);
                 let bytes = field.bytes().await.map_err(multipart_error)?;
                 if bytes.len() > s.config.proof_max_bytes {
                     return Err(ApiError::problem(
@@ -78,6 +78,10 @@ async fn upload(
                     },
                     _ if text.is_empty() || text.len() > 64 => {
                         errors.push(FieldError::new("source", "must be 1 to 64 characters"))
+                    }
+                    // U+0000 cannot be stored; no control character is a source.
+                    _ if text.chars().any(char::is_control) => {
+                        errors.push(FieldError::new("source", "must not contain control characters"))
                     }
                     _ => source = Some(text),
                 }
