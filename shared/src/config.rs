@@ -178,10 +178,7 @@ impl Config {
             relay_every_secs: relay_every_secs as u32,
             body_limit_bytes: parse_num("BODY_LIMIT_BYTES", 64 * 1024)? as usize,
             proof_max_bytes: parse_num("PROOF_MAX_BYTES", 10 * 1024 * 1024)? as usize,
-            storage_dir: PathBuf::from(
-                get("STORAGE_DIR")
-                    .unwrap_or_else(|| std::env::temp_dir().join("kobatela-proofs").to_string_lossy().into_owned()),
-            ),
+            storage_dir: storage_dir(get("STORAGE_DIR"))?,
             migrate_on_start: matches!(get("MIGRATE_ON_START").as_deref(), Some("1" | "true" | "yes")),
             db_pool_size: u32::try_from(parse_num("DB_POOL_SIZE", 16)?.clamp(1, 200)).unwrap_or(16),
             mandate_expiry_cron: get("MANDATE_EXPIRY_CRON").unwrap_or_else(|| "0 * * * * *".into()),
@@ -196,6 +193,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `STORAGE_DIR` (default `./data/proofs`, never a temporary directory
+/// that a reboot or a cleaner may empty), made absolute once here so that
+/// nothing later depends on the working directory.
+fn storage_dir(value: Option<String>) -> Result<PathBuf, ConfigError> {
+    let dir = PathBuf::from(value.unwrap_or_else(|| "./data/proofs".into()));
+    std::path::absolute(&dir)
+        .map_err(|e| err("STORAGE_DIR", format!("`{}` cannot be made absolute: {e}", dir.display())))
 }
 
 fn parse_rate(text: &str) -> Option<u32> {
@@ -233,6 +239,18 @@ mod tests {
         assert_eq!(load(&[("SAKA_TIMEZONE", "Mars/Base")]).err().map(|e| e.key), Some("SAKA_TIMEZONE"));
         assert_eq!(load(&[("RATE_LIMIT_PER_KEY", "fast")]).err().map(|e| e.key), Some("RATE_LIMIT_PER_KEY"));
         assert_eq!(load(&[("PSP_WEBHOOK_SECRETS", "short")]).err().map(|e| e.key), Some("PSP_WEBHOOK_SECRETS"));
+    }
+
+    #[test]
+    fn the_storage_dir_is_absolute_and_by_default_not_temporary() {
+        let c = load(&[]).expect("defaults are valid");
+        assert!(c.storage_dir.is_absolute(), "{}", c.storage_dir.display());
+        assert!(c.storage_dir.ends_with("data/proofs"), "{}", c.storage_dir.display());
+        assert!(!c.storage_dir.starts_with(std::env::temp_dir()), "{}", c.storage_dir.display());
+        let c = load(&[("STORAGE_DIR", "relative/proofs")]).expect("valid");
+        assert_eq!(c.storage_dir, std::env::current_dir().expect("cwd").join("relative/proofs"));
+        let c = load(&[("STORAGE_DIR", "/srv/proofs")]).expect("valid");
+        assert_eq!(c.storage_dir, PathBuf::from("/srv/proofs"));
     }
 
     #[test]

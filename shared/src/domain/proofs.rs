@@ -16,7 +16,7 @@ use crate::jobs::{JobKind, JobRow, NewJob, Outcome, record};
 use crate::principal::{Principal, Role};
 use crate::proofs::geo::Geofence;
 use crate::proofs::{ProofType, Verdict, evaluate};
-use crate::storage::ProofStore;
+use crate::storage::{ProofStore, StagedFile};
 
 const COLUMNS: &str = "id, escrow_id, milestone_id, sha256, storage_key, content_type, size_bytes, source, status, captured_at, gps_lat, gps_lng, distance_m, review_reasons, rejection_code, uploaded_by, uploaded_at, decided_by, decided_at, decision_note";
 
@@ -134,14 +134,20 @@ async fn milestone(conn: &mut PgConnection, id: MilestoneId) -> Result<Milestone
     m.ok_or_else(|| Error::not_found(ErrorCode::MilestoneNotFound, "milestone"))
 }
 
-/// The upload's checks (DOMAIN.md order after the file is stored), the
-/// proof row and its job, in the caller's transaction. The same
-/// idempotency key with the same file answers the first job.
+/// The upload's checks (DOMAIN.md order, on the staged file), the proof
+/// row and its job, in the caller's transaction; only an accepted upload
+/// moves its staged file into the store, as the last step before the
+/// commit. A refusal leaves the staged file to be deleted when dropped; a
+/// commit that fails after the placement leaves a file no proof references,
+/// which retention deletes. The same idempotency key with the same file
+/// answers the first job.
 pub async fn submit(
     conn: &mut PgConnection,
     who: &Principal,
     new: &NewProof,
     idempotency_key: &str,
+    store: &dyn ProofStore,
+    staged: &StagedFile,
 ) -> Result<(ProofId, JobRow, bool)> {
     let existing: Option<JobId> =
         sqlx::query_scalar("SELECT id FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2")
@@ -169,8 +175,10 @@ pub async fn submit(
         return Ok((id, job, false));
     }
     let e = escrows::load_for(conn, new.escrow_id, who, true).await?;
+    // Anyone but the provider (or an admin) gets the same 404 as for a
+    // missing escrow.
     if !(who.is_admin() || who.user_id == e.provider_id) {
-        return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's provider or an admin uploads proofs"));
+        return Err(Error::not_found(ErrorCode::EscrowNotFound, "escrow"));
     }
     // DOMAIN.md's order: the file first (a file already used), then the milestone.
     let used: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM proofs WHERE sha256 = $1)")
@@ -248,7 +256,33 @@ pub async fn submit(
         serde_json::json!({"milestone_id": m.id, "sha256": p.sha256, "source": p.source, "job_id": job.id}),
     )
     .await?;
+    store.place(staged, &new.storage_key).await?;
     Ok((p.id, job, true))
+}
+
+/// Retention of proof files: deletes the stored files written more than
+/// `older_than` ago that no proof references (an upload whose commit failed
+/// after its file was placed, a staging file a crash left behind). Answers
+/// how many were deleted.
+pub async fn sweep_files(
+    conn: &mut PgConnection,
+    store: &dyn ProofStore,
+    older_than: std::time::Duration,
+) -> Result<u64> {
+    let cutoff = std::time::SystemTime::now() - older_than;
+    let mut deleted = 0;
+    for keys in store.written_before(cutoff).await?.chunks(1000) {
+        let referenced: Vec<String> = sqlx::query_scalar("SELECT storage_key FROM proofs WHERE storage_key = ANY($1)")
+            .bind(keys)
+            .fetch_all(&mut *conn)
+            .await?;
+        for key in keys.iter().filter(|k| !referenced.contains(k)) {
+            if store.delete(key).await? {
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 async fn load(conn: &mut PgConnection, id: ProofId) -> Result<Proof> {

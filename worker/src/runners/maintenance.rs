@@ -1,6 +1,8 @@
 //! Maintenance jobs: the relay (re-push what no worker took in time) and
-//! retention (old cron ticks and finished jobs).
+//! retention (old cron ticks and finished jobs, proof files no proof
+//! references).
 
+use shared::domain::proofs;
 use shared::error::Result;
 use shared::jobs::{JobKind, Outcome, record};
 use sqlx::PgConnection;
@@ -31,8 +33,11 @@ pub async fn relay(r: &Runners, _conn: &mut PgConnection) -> Result<Outcome> {
 
 /// Old cron ticks go after two days. The receipts of maintenance runs (a
 /// relay every few seconds) go after a day, those of the other scheduled
-/// jobs after 30 days; jobs that move value are the record and stay.
-pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
+/// jobs after 30 days; jobs that move value are the record and stay. Stored
+/// proof files that no proof references go after a day. The audit log is
+/// never touched.
+pub async fn retention(r: &Runners, conn: &mut PgConnection) -> Result<Outcome> {
+    let files = proofs::sweep_files(conn, r.store.as_ref(), std::time::Duration::from_secs(86_400)).await?;
     let ticks = sqlx::query("DELETE FROM cron_ticks WHERE claimed_at < now() - interval '2 days'")
         .execute(&mut *conn)
         .await?
@@ -48,5 +53,7 @@ pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(Outcome::Succeeded(serde_json::json!({"cron_ticks_deleted": ticks, "jobs_deleted": relays + scheduled})))
+    Ok(Outcome::Succeeded(serde_json::json!({
+        "cron_ticks_deleted": ticks, "jobs_deleted": relays + scheduled, "proof_files_deleted": files,
+    })))
 }

@@ -70,7 +70,7 @@ impl Runner for Runners {
                 JobKind::Payout => payouts::prepare(conn, &job.payload()?).await,
                 JobKind::PspWebhook => webhooks::apply(conn, &job.payload()?).await,
                 JobKind::JobRelay => maintenance::relay(self, conn).await,
-                JobKind::Retention => maintenance::retention(conn).await,
+                JobKind::Retention => maintenance::retention(self, conn).await,
             }
         })
     }
