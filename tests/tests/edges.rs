@@ -109,3 +109,50 @@ async fn u0000_in_text_fields_and_query_parameters_is_a_422_that_changes_nothing
     assert_eq!(count(&env, "SELECT count(*) FROM jobs").await?, jobs);
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_who_can_never_run_the_job_are_refused_at_once_with_no_job_row() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let admin = env.admin();
+    let deal = e2e::scenario::deal(&env, "40.00").await?;
+    deal.milestone(1, "40.00", "DOCUMENT", None).await?;
+    deal.deposit("d", "40.00").await?;
+    sqlx::query("UPDATE escrows SET deadline_at = now() - interval '1 minute' WHERE id = $1::uuid")
+        .bind(&deal.escrow_id)
+        .execute(&env.pool)
+        .await?;
+    let support = person(&env, "sue", "support").await?;
+    let path = format!("/escrows/{}/check-deadline", deal.escrow_id);
+    for (who, client) in
+        [("client", &deal.client.client), ("provider", &deal.provider.client), ("support", &support.client)]
+    {
+        let r = client.job(&path, &format!("cd-{who}"), json!({}), 0).await?;
+        expect(&r, 403, "FORBIDDEN");
+    }
+    assert_eq!(count(&env, "SELECT count(*) FROM jobs WHERE kind = 'escrow_transition'").await?, 0, "no job row");
+    // A document in review: decided by the client, support or an admin only.
+    let up =
+        deal.provider.client.upload_proof("doc", &deal.escrow_id, 1, "app", b"%PDF-1.4 report".to_vec(), 20).await?;
+    assert_eq!(up.body.pointer("/result/status"), Some(&json!("PENDING_REVIEW")), "{}", up.text);
+    let proof = up.s("proof_id");
+    // The provider holding a sender key, and a stranger sender.
+    let key = admin.post("/api-keys", json!({"user_id": deal.provider.id, "role": "sender", "name": "second"})).await?;
+    let provider_as_sender = env.client(&key.s("key"));
+    let stranger = person(&env, "mallory", "sender").await?;
+    let decisions_before = count(&env, "SELECT count(*) FROM jobs WHERE kind = 'proof_validation'").await?;
+    let decide = |c: e2e::Client, k: &'static str| {
+        let path = format!("/proofs/{proof}/decision");
+        async move { c.job(&path, k, json!({"decision": "approve"}), 0).await }
+    };
+    expect(&decide(provider_as_sender, "p").await?, 403, "FORBIDDEN");
+    expect(&decide(deal.provider.client.clone(), "p2").await?, 403, "FORBIDDEN");
+    expect(&decide(stranger.client.clone(), "s").await?, 404, "NOT_FOUND");
+    assert_eq!(count(&env, "SELECT count(*) FROM jobs WHERE kind = 'proof_validation'").await?, decisions_before);
+    // Nothing moved: the milestone still waits for a decision, no money was reserved.
+    let e = deal.escrow().await?;
+    assert_eq!((e.body["milestones"][0]["status"].clone(), e.s("balance")), (json!("PENDING_REVIEW"), "40.00".into()));
+    // The admin may check the deadline (held by the review).
+    let r = admin.job(&path, "cd-admin", json!({}), 20).await?;
+    assert_eq!(r.body.pointer("/result/status"), Some(&json!("FUNDED")), "{}", r.text);
+    env.stop().await
+}

@@ -171,7 +171,20 @@ macro_rules! transition_handler {
 transition_handler!(mark_delivered, TransitionAction::MarkDelivered);
 transition_handler!(client_approve, TransitionAction::ClientApprove);
 transition_handler!(client_reject, TransitionAction::ClientReject);
-transition_handler!(check_deadline, TransitionAction::CheckDeadline);
+
+/// Only an admin may ask (the job refuses anyone else): refused here at
+/// once, with no job row.
+async fn check_deadline(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<EscrowId>,
+    IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
+    JsonFields(f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin])?;
+    transition(&s, &who, id, TransitionAction::CheckDeadline, key, wait, f).await
+}
 
 /// A payee limit: ≥ 0 (zero freezes the payee), its shape here; the rule
 /// checks it against the escrow currency's minor unit.

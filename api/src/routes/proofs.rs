@@ -155,7 +155,11 @@ async fn decide(
     PreferWait(wait): PreferWait,
     JsonFields(mut f): JsonFields,
 ) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin, Role::Support, Role::Sender])?;
+    // Who may decide is cheap to know here: anyone else is refused at once,
+    // with no job row (the job checks again).
+    let mut conn = s.pool.acquire().await?;
+    proofs::check_decider(&mut conn, id, &who).await?;
+    drop(conn);
     let decision: Option<String> = f.req("decision");
     let decision = match decision.as_deref() {
         Some("approve") => Some(Decision::Approve),

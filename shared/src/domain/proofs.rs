@@ -377,6 +377,32 @@ pub async fn validate(
     Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?))
 }
 
+/// The decision's pre-check at the edge: a proof the caller cannot see is
+/// the same 404 as a missing one; anyone but support, an admin or the
+/// escrow's client is `FORBIDDEN`. [`decide`] checks again in the job.
+pub async fn check_decider(conn: &mut PgConnection, id: ProofId, who: &Principal) -> Result<()> {
+    let parties: Option<(UserId, UserId)> = sqlx::query_as(
+        "SELECT e.client_id, e.provider_id FROM proofs p JOIN escrows e ON e.id = p.escrow_id WHERE p.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    match parties {
+        Some((client, provider)) if who.reads_all() || who.user_id == client || who.user_id == provider => {
+            may_decide(who, client)
+        }
+        _ => Err(Error::not_found(ErrorCode::NotFound, "proof")),
+    }
+}
+
+fn may_decide(who: &Principal, client: UserId) -> Result<()> {
+    if matches!(who.role, Role::Admin | Role::Support) || who.user_id == client {
+        Ok(())
+    } else {
+        Err(Error::problem(ErrorCode::Forbidden, "support, an admin or the escrow's client decides"))
+    }
+}
+
 /// A person's decision on a proof in review (support, admin, the client).
 pub async fn decide(
     conn: &mut PgConnection,
@@ -391,9 +417,7 @@ pub async fn decide(
     if !(who.reads_all() || e.is_party(who)) {
         return Err(Error::not_found(ErrorCode::NotFound, "proof"));
     }
-    if !(matches!(who.role, Role::Admin | Role::Support) || who.user_id == e.client_id) {
-        return Err(Error::problem(ErrorCode::Forbidden, "support, an admin or the escrow's client decides"));
-    }
+    may_decide(who, e.client_id)?;
     if p.status != "PENDING_REVIEW" {
         return Err(Error::problem(ErrorCode::ProofAlreadyDecided, format!("the proof is {}", p.status)));
     }
