@@ -307,14 +307,32 @@ pub async fn get_for(conn: &mut PgConnection, id: ProofId, who: &Principal) -> R
     p.as_ref().map(Into::into).ok_or_else(|| Error::not_found(ErrorCode::NotFound, "proof"))
 }
 
-async fn approve(conn: &mut PgConnection, job: &JobRow, e: &Escrow, m: &Milestone, actor: &str) -> Result<()> {
-    sqlx::query("UPDATE milestones SET status = 'APPROVED', updated_at = now() WHERE id = $1")
-        .bind(m.id)
-        .execute(&mut *conn)
-        .await?;
+/// `from` → APPROVED (guarded) and its payout job.
+async fn approve(
+    conn: &mut PgConnection,
+    job: &JobRow,
+    e: &Escrow,
+    m: &Milestone,
+    from: &str,
+    actor: &str,
+) -> Result<()> {
+    escrows::transition_milestone(conn, m, &[from], "APPROVED").await?;
     audit::write(conn, actor, "MILESTONE_APPROVED", "milestone", m.id, serde_json::json!({"escrow_id": e.id})).await?;
     payouts::enqueue(conn, job, e, PaymentKind::Milestone, Some(m), m.amount).await?;
     Ok(())
+}
+
+/// Validations and decisions need the escrow FUNDED or RELEASABLE: after a
+/// release or a refund nothing moves a milestone any more.
+fn require_active(e: &Escrow) -> Result<()> {
+    if matches!(e.status.as_str(), "FUNDED" | "RELEASABLE") {
+        Ok(())
+    } else {
+        Err(Error::problem(
+            ErrorCode::EscrowNotActive,
+            format!("proofs are validated and decided for a FUNDED or RELEASABLE escrow, not {}", e.status),
+        ))
+    }
 }
 
 /// The `proof_validation` job for an upload.
@@ -328,8 +346,28 @@ pub async fn validate(
     if p.status != "PENDING" {
         return Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?));
     }
-    let m = milestone(conn, p.milestone_id).await?;
     let e = escrows::load(conn, p.escrow_id).await?;
+    let m = milestone(conn, p.milestone_id).await?;
+    let actor = job.principal().actor();
+    // The escrow ended while the proof waited (released, refunded): the proof
+    // is rejected with that reason, the milestone is left as it is.
+    if let Err(Error::Problem(refusal)) = require_active(&e) {
+        sqlx::query("UPDATE proofs SET status = 'REJECTED', rejection_code = $2 WHERE id = $1")
+            .bind(p.id)
+            .bind(refusal.code.as_str())
+            .execute(&mut *conn)
+            .await?;
+        audit::write(
+            conn,
+            &actor,
+            "PROOF_REJECTED",
+            "proof",
+            p.id,
+            serde_json::json!({"code": refusal.code.as_str(), "escrow_status": e.status}),
+        )
+        .await?;
+        return Ok(Outcome::Refused(refusal));
+    }
     // A local read today; with an object store this is the one outside read
     // a validation makes, bounded by PROOF_MAX_BYTES.
     let bytes = store.get(&p.storage_key).await?;
@@ -354,7 +392,6 @@ pub async fn validate(
     .bind(code.map(|c| c.as_str()))
     .execute(&mut *conn)
     .await?;
-    let actor = job.principal().actor();
     let facts = serde_json::json!({"captured_at": eval.captured_at, "distance_m": eval.distance_m, "reasons": reasons, "code": code.map(|c| c.as_str())});
     match eval.verdict {
         Verdict::Rejected(code) => {
@@ -362,15 +399,12 @@ pub async fn validate(
             return Ok(Outcome::Refused(Problem::new(code, format!("the proof was rejected: {}", code.title()))));
         }
         Verdict::Review(_) => {
-            sqlx::query("UPDATE milestones SET status = 'PENDING_REVIEW', updated_at = now() WHERE id = $1")
-                .bind(m.id)
-                .execute(&mut *conn)
-                .await?;
+            escrows::transition_milestone(conn, &m, &["WAITING"], "PENDING_REVIEW").await?;
             audit::write(conn, &actor, "PROOF_SENT_TO_REVIEW", "proof", p.id, facts).await?;
         }
         Verdict::Approved => {
             audit::write(conn, &actor, "PROOF_APPROVED", "proof", p.id, facts).await?;
-            approve(conn, job, &e, &m, &actor).await?;
+            approve(conn, job, &e, &m, "WAITING", &actor).await?;
         }
     }
     let p = load(conn, proof_id).await?;
@@ -421,6 +455,7 @@ pub async fn decide(
     if p.status != "PENDING_REVIEW" {
         return Err(Error::problem(ErrorCode::ProofAlreadyDecided, format!("the proof is {}", p.status)));
     }
+    require_active(&e)?;
     let m = milestone(conn, p.milestone_id).await?;
     let actor = who.actor();
     let (status, action) = match decision {
@@ -444,13 +479,8 @@ pub async fn decide(
     )
     .await?;
     match decision {
-        Decision::Approve => approve(conn, job, &e, &m, &actor).await?,
-        Decision::Reject => {
-            sqlx::query("UPDATE milestones SET status = 'WAITING', updated_at = now() WHERE id = $1")
-                .bind(m.id)
-                .execute(&mut *conn)
-                .await?;
-        }
+        Decision::Approve => approve(conn, job, &e, &m, "PENDING_REVIEW", &actor).await?,
+        Decision::Reject => escrows::transition_milestone(conn, &m, &["PENDING_REVIEW"], "WAITING").await?,
     }
     let p = load(conn, proof_id).await?;
     Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?))
