@@ -388,7 +388,7 @@ async fn the_deadline_sweep_makes_one_job_per_escrow_and_a_refusal_holds_back_no
     let mut refused = Vec::new();
     for child in &children {
         let cmd: EscrowTransitionV1 = child.payload().expect("payload");
-        let r = transition(&pool, child.principal(), child, cmd.escrow_id, cmd.action).await;
+        let r = transition(&pool, child.principal().expect("a known role"), child, cmd.escrow_id, cmd.action).await;
         if let Some(c) = code(&r) {
             refused.push((cmd.escrow_id, c));
         }

@@ -1172,7 +1172,7 @@ SELECT bench_uuid7(), 'purchase',
        b.beneficiary_id, b.key_id, 'beneficiary', 'pgbench-' || gen_random_uuid(),
        sha256(convert_to(gen_random_uuid()::text, 'UTF8')), now()
   FROM bench_mandates b WHERE b.n = :n
-ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL AND parent_job_id IS NULL DO NOTHING
 RETURNING id AS job_id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, status,
           attempts, created_at, started_at, finished_at, result, error,
           payload->>'sender_id' AS sender_id, payload->>'beneficiary_id' AS beneficiary_id,

@@ -149,12 +149,13 @@ pub async fn submit(
     store: &dyn ProofStore,
     staged: &StagedFile,
 ) -> Result<(ProofId, JobRow, bool)> {
-    let existing: Option<JobId> =
-        sqlx::query_scalar("SELECT id FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2")
-            .bind(who.user_id)
-            .bind(idempotency_key)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let existing: Option<JobId> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2 AND parent_job_id IS NULL",
+    )
+    .bind(who.user_id)
+    .bind(idempotency_key)
+    .fetch_optional(&mut *conn)
+    .await?;
     let existing = match existing {
         Some(id) => record::get(conn, id).await?,
         None => None,
@@ -348,7 +349,7 @@ pub async fn validate(
     }
     let e = escrows::load(conn, p.escrow_id).await?;
     let m = milestone(conn, p.milestone_id).await?;
-    let actor = job.principal().actor();
+    let actor = job.actor();
     // The escrow ended while the proof waited (released, refunded): the proof
     // is rejected with that reason, the milestone is left as it is.
     if let Err(Error::Problem(refusal)) = require_active(&e) {
@@ -491,7 +492,7 @@ pub async fn run(conn: &mut PgConnection, store: &dyn ProofStore, job: &JobRow) 
     match job.payload::<ProofValidationV1>()? {
         ProofValidationV1::Validate { proof_id, .. } => validate(conn, store, job, proof_id).await,
         ProofValidationV1::Decide { proof_id, decision, note } => {
-            decide(conn, &job.principal(), job, proof_id, decision, note.as_deref()).await
+            decide(conn, &job.principal()?, job, proof_id, decision, note.as_deref()).await
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct Runners {
 impl Runner for Runners {
     fn run<'c>(&'c self, conn: &'c mut PgConnection, job: &'c JobRow) -> BoxFuture<'c, Result<Outcome>> {
         Box::pin(async move {
-            let who = job.principal();
+            let who = job.principal()?;
             let Some(kind) = job.job_kind() else {
                 return Err(Error::internal(format!("unknown job kind {}", job.kind)));
             };
@@ -107,7 +107,7 @@ impl Runner for Runners {
         Box::pin(async move {
             let state: payouts::CallState = serde_json::from_value(state.clone())?;
             let reply: payouts::CallReply = serde_json::from_value(reply.clone())?;
-            payouts::record_reply(conn, &job.principal(), &state, &reply).await
+            payouts::record_reply(conn, &job.principal()?, &state, &reply).await
         })
     }
 }
