@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
 use crate::domain::payouts::{self, PaymentKind, PaymentOut};
-use crate::domain::{alerts, audit, require_active_user};
+use crate::domain::{alerts, audit, refuse_inactive, require_active_user};
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{EscrowId, JobId, MilestoneId, UserId};
 use crate::jobs::{JobKind, JobRow, Outcome, record};
@@ -380,6 +380,11 @@ pub async fn deposit(
     if !(who.is_admin() || who.role == Role::Psp || (who.role == Role::Sender && who.user_id == e.client_id)) {
         return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's client or an admin deposits"));
     }
+    // A client's deposit needs both parties active; a PSP funding is the
+    // PSP's fact (the money has arrived) and is recorded whatever.
+    if event_id.is_none() {
+        require_parties_active(conn, &e).await?;
+    }
     if !matches!(e.status.as_str(), "DRAFT" | "FUNDED") {
         return Err(Error::problem(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
     }
@@ -470,6 +475,11 @@ pub async fn transition(
     let e = load_for(conn, cmd.escrow_id, who, true).await?;
     let actor = who.actor();
     let note = serde_json::json!({"note": cmd.note});
+    // The deadline's release checks the parties itself, so that a refusal
+    // raises its alert.
+    if cmd.action != TransitionAction::CheckDeadline {
+        require_parties_active(conn, &e).await?;
+    }
     let after = match cmd.action {
         TransitionAction::MarkDelivered => {
             if !(who.is_admin() || who.user_id == e.provider_id) {
@@ -555,6 +565,12 @@ async fn deadline_due(conn: &mut PgConnection, e: &Escrow) -> Result<bool> {
     Ok(!in_review)
 }
 
+/// Money moves on an escrow only while both its parties are active: the
+/// client acts or is refunded, the provider is paid.
+pub async fn require_parties_active(conn: &mut PgConnection, e: &Escrow) -> Result<()> {
+    refuse_inactive(conn, &[(e.client_id, "the escrow's client"), (e.provider_id, "the escrow's provider")]).await
+}
+
 /// Moves a milestone along one guarded edge of its state machine: only from
 /// one of `from`. Answers whether it moved; nothing changes otherwise.
 pub async fn move_milestone(conn: &mut PgConnection, id: MilestoneId, from: &[&str], to: &str) -> Result<bool> {
@@ -588,6 +604,7 @@ pub async fn transition_milestone(conn: &mut PgConnection, m: &Milestone, from: 
 /// to the provider as one RELEASE payout. A released escrow ends with
 /// balance 0: no money is stranded above the milestones.
 async fn release(conn: &mut PgConnection, e: &Escrow, job: &JobRow, actor: &str, why: &str) -> Result<Escrow> {
+    require_parties_active(conn, e).await?;
     let after = set_status(conn, e, &["FUNDED", "RELEASABLE"], "RELEASED").await?;
     event(conn, e.id, "RELEASED", actor, serde_json::json!({"by": why})).await?;
     for m in milestones(conn, e.id).await? {

@@ -190,6 +190,7 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: 
     if !(who.is_admin() || (who.role == Role::Sender && who.user_id == e.client_id)) {
         return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's client or an admin spends"));
     }
+    escrows::require_parties_active(conn, &e).await?;
     if !matches!(e.status.as_str(), "FUNDED" | "RELEASABLE") {
         return Err(Error::problem(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
     }

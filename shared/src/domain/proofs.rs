@@ -317,6 +317,7 @@ async fn approve(
     from: &str,
     actor: &str,
 ) -> Result<()> {
+    escrows::require_parties_active(conn, e).await?;
     escrows::transition_milestone(conn, m, &[from], "APPROVED").await?;
     audit::write(conn, actor, "MILESTONE_APPROVED", "milestone", m.id, serde_json::json!({"escrow_id": e.id})).await?;
     payouts::enqueue(conn, job, e, PaymentKind::Milestone, Some(m), m.amount).await?;
