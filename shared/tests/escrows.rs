@@ -421,6 +421,85 @@ async fn payee_limits_are_checked_in_the_escrow_currency_scale(pool: PgPool) {
     assert_eq!(rows, 0, "no limit was stored rounded or with cents XOF does not have");
     let ok = allow(&pool, &d, "shop", Some("1000"), Some("5000.00")).await.expect("whole francs");
     assert_eq!((ok.daily_limit.as_deref(), ok.total_limit.as_deref()), (Some("1000"), Some("5000")));
-    let _ = user;
-    let _ = Role::Admin;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_client_cannot_take_the_key_of_a_payout_its_own_approval_needs(pool: PgPool) {
+    let d = deal(&pool, "30.00", "USD", &[("30.00", "DOCUMENT")]).await;
+    d.deposit(&pool, "30.00").await;
+    let proof = proof_in_review(&pool, &d, 1).await;
+    decide(&pool, d.client, proof, Decision::Approve).await.expect("approved");
+    let (payment, ..) = payments(&pool, d.escrow).await[0];
+    drive(&pool, payment).await.expect("sent");
+    assert!(psp_says(&pool, payment, false).await, "the payout failed");
+    // The client, knowing the payment and its attempts, takes the key the
+    // re-drive's payout job will use, with a request of their own.
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM payments WHERE id = $1")
+        .bind(payment)
+        .fetch_one(&pool)
+        .await
+        .expect("p");
+    let squat = shared::jobs::NewJob::new(
+        JobKind::EscrowDeposit,
+        &serde_json::json!({"escrow_id": d.escrow, "amount": "1.00"}),
+        &d.client,
+        Some(format!("payout:{payment}:{attempts}")),
+    )
+    .expect("job");
+    let mut conn = pool.acquire().await.expect("conn");
+    shared::jobs::record::insert(&mut conn, &squat).await.expect("the client's own key");
+    drop(conn);
+    // Approving the escrow pays the failed milestone again: not refused.
+    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
+    let r = transition(&pool, d.client, &parent, d.escrow, TransitionAction::ClientApprove).await;
+    assert_eq!(code(&r), None, "{r:?}");
+    let child: (String, Option<JobId>) =
+        sqlx::query_as("SELECT kind, parent_job_id FROM jobs WHERE idempotency_key = $1 AND parent_job_id IS NOT NULL")
+            .bind(format!("payout:{payment}:{attempts}"))
+            .fetch_one(&pool)
+            .await
+            .expect("the payout job");
+    assert_eq!(child, ("payout".to_string(), Some(parent.id)));
+    let (funded, reserved, _, status) = d.money(&pool).await;
+    assert_eq!(
+        (funded - reserved, status.as_str()),
+        (Decimal::ZERO, "RELEASED"),
+        "the milestone's money is reserved again"
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn no_escrow_money_moves_once_a_party_is_inactive(pool: PgPool) {
+    let d = deal(&pool, "50.00", "USD", &[]).await;
+    d.deposit(&pool, "20.00").await;
+    allow(&pool, &d, "shop", None, None).await.expect("payee");
+    sqlx::query("UPDATE users SET is_active = false WHERE id = $1")
+        .bind(d.provider.user_id)
+        .execute(&pool)
+        .await
+        .expect("off");
+    let cmd = shared::domain::escrows::EscrowDepositV1 { escrow_id: d.escrow, amount: dec("30.00") };
+    let r = db::serializable(&pool, &(d.client, cmd), |tx, (who, cmd)| {
+        Box::pin(escrows::deposit(tx, who, None, None, cmd))
+    })
+    .await;
+    assert!(matches!(&r, Err(shared::Error::Problem(p)) if p.code == ErrorCode::Forbidden), "{r:?}");
+    // Make it FUNDED behind the rules' back to try the other flows.
+    sqlx::query("UPDATE escrows SET funded_amount = 50.00, status = 'FUNDED' WHERE id = $1")
+        .bind(d.escrow)
+        .execute(&pool)
+        .await
+        .expect("funded");
+    assert_eq!(spend(&pool, &d, "shop", "10.00").await, Err(ErrorCode::Forbidden));
+    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
+    for action in [TransitionAction::ClientApprove, TransitionAction::ClientReject, TransitionAction::MarkDelivered] {
+        let who = if action == TransitionAction::MarkDelivered { d.provider } else { d.client };
+        assert_eq!(code(&transition(&pool, who, &parent, d.escrow, action).await), Some(ErrorCode::Forbidden));
+    }
+    let admin = user(&pool, Role::Admin).await;
+    let r = transition(&pool, admin, &parent, d.escrow, TransitionAction::ClientApprove).await;
+    assert_eq!(code(&r), Some(ErrorCode::Forbidden), "not even for an admin");
+    assert!(payments(&pool, d.escrow).await.is_empty());
+    let (funded, reserved, _, status) = d.money(&pool).await;
+    assert_eq!((funded, reserved, status.as_str()), (dec("50.00"), Decimal::ZERO, "FUNDED"));
 }

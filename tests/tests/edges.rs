@@ -156,3 +156,98 @@ async fn callers_who_can_never_run_the_job_are_refused_at_once_with_no_job_row()
     assert_eq!(r.body.pointer("/result/status"), Some(&json!("FUNDED")), "{}", r.text);
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_of_ten_a_minute_allows_ten_a_minute_not_one_a_second() -> anyhow::Result<()> {
+    let env = Env::with(e2e::EnvOptions::default().var("RATE_LIMIT_PER_KEY", "10/m")).await?;
+    let alice = person(&env, "alice", "sender").await?;
+    let mut answers = Vec::new();
+    for _ in 0..15 {
+        answers.push(alice.client.get("/me").await?);
+    }
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 10, "the whole minute's allowance at once, then no more");
+    let limited = answers.iter().find(|r| r.status == 429).expect("refused past ten");
+    expect(limited, 429, "RATE_LIMITED");
+    let retry: u64 =
+        limited.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!((1..=6).contains(&retry), "one more request every 6 s, not every second: Retry-After {retry}");
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_endpoints_without_an_idempotency_key_are_refused_and_queue_nothing() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let admin = env.admin();
+    let jobs = count(&env, "SELECT count(*) FROM jobs").await?;
+    let r = admin.post("/mandates/cleanup", json!({})).await?;
+    expect(&r, 400, "IDEMPOTENCY_KEY_REQUIRED");
+    let r = admin.post(&format!("/payments/execute/{}", uuid::Uuid::new_v4()), json!({})).await?;
+    expect(&r, 400, "IDEMPOTENCY_KEY_REQUIRED");
+    assert_eq!(count(&env, "SELECT count(*) FROM jobs").await?, jobs, "no job row");
+    let r = admin.job("/mandates/cleanup", "sweep", json!({}), 20).await?;
+    assert_eq!(r.s("status"), "succeeded", "{}", r.text);
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_role_is_unknown_fails_closed_and_moves_no_money() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let deal = e2e::scenario::deal(&env, "10.00").await?;
+    // A job row naming the client with a role no key can have: it must not
+    // run with the PSP's rights (which may deposit).
+    let job: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key)
+         VALUES (gen_random_uuid(), 'escrow_deposit', jsonb_build_object('escrow_id', $1::text, 'amount', '10.00'),
+                 $2::uuid, gen_random_uuid(), 'ghost', 'ghost-1') RETURNING id",
+    )
+    .bind(&deal.escrow_id)
+    .bind(&deal.client.id)
+    .fetch_one(&env.pool)
+    .await?;
+    // The relay delivers it (it was never pushed).
+    let r = env.admin().finished(&job.to_string(), 30).await?;
+    assert_eq!((r.s("status").as_str(), r.code().as_str()), ("failed", "FORBIDDEN"), "{}", r.text);
+    let funded: String = sqlx::query_scalar("SELECT funded_amount::text FROM escrows WHERE id = $1::uuid")
+        .bind(&deal.escrow_id)
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(funded, "0.00");
+    assert_eq!(count(&env, "SELECT count(*) FROM escrow_deposits").await?, 0);
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_job_retry_and_its_audit_commit_together() -> anyhow::Result<()> {
+    let env = Env::with(e2e::EnvOptions::default().workers(0)).await?;
+    let job: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, status, attempts, finished_at)
+         VALUES (gen_random_uuid(), 'mandate_expiry', '{}', '00000000-0000-0000-0000-000000000000',
+                 '00000000-0000-0000-0000-000000000000', 'admin', 'dead', 5, now()) RETURNING id",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    // The audit row cannot be written: the retry must not happen either.
+    sqlx::query(
+        "CREATE FUNCTION refuse_retry_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.action = 'JOB_RETRIED' THEN RAISE EXCEPTION 'audit unavailable'; END IF; RETURN NEW; END $$",
+    )
+    .execute(&env.pool)
+    .await?;
+    sqlx::query("CREATE TRIGGER refuse_retry_audit BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION refuse_retry_audit()")
+        .execute(&env.pool)
+        .await?;
+    let r = env.admin().post(&format!("/jobs/{job}/retry"), json!({})).await?;
+    expect(&r, 500, "INTERNAL");
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM jobs WHERE id = $1").bind(job).fetch_one(&env.pool).await?;
+    assert_eq!((status.as_str(), attempts), ("dead", 5), "no retry without its audit");
+    sqlx::query("DROP TRIGGER refuse_retry_audit ON audit_log").execute(&env.pool).await?;
+    let r = env.admin().post(&format!("/jobs/{job}/retry"), json!({})).await?;
+    assert_eq!((r.status, r.s("status").as_str()), (202, "queued"), "{}", r.text);
+    let audits =
+        count(&env, &format!("SELECT count(*) FROM audit_log WHERE action = 'JOB_RETRIED' AND entity_id = '{job}'"))
+            .await?;
+    assert_eq!(audits, 1);
+    env.stop().await
+}
