@@ -62,8 +62,9 @@ impl Runner for Runners {
                 }
                 JobKind::EscrowTransition => escrows::transition(conn, &who, job, &job.payload()?).await,
                 JobKind::EscrowDeadlines => {
-                    let released = escrows::release_due(conn, job).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"released": released})))
+                    // One check_deadline job per due escrow, pushed once this commits.
+                    let enqueued = escrows::release_due(conn, job).await?;
+                    Ok(Outcome::Succeeded(serde_json::json!({"enqueued": enqueued})))
                 }
                 JobKind::UsageSpend => payees::spend(conn, &who, job, &job.payload()?).await,
                 JobKind::ProofValidation => proofs::run(conn, self.store.as_ref(), job).await,
