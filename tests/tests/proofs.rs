@@ -267,16 +267,16 @@ async fn refused_uploads_leave_no_file_on_disk_and_an_accepted_one_is_stored_onc
     ];
     let (accepted, refused) = refusals.split_at(1);
     assert_eq!(accepted[0].0.body.pointer("/result/status"), Some(&json!("PENDING_REVIEW")), "{}", accepted[0].0.text);
-    for (r, status, code) in refused {
-        assert_eq!((r.status, r.code().as_str()), (*status, *code), "{}", r.text);
-    }
     let proofs: Vec<(String, i64)> =
         sqlx::query_as("SELECT storage_key, size_bytes FROM proofs").fetch_all(&env.pool).await?;
     assert_eq!(proofs.len(), 1);
     assert_eq!(proofs[0].1, doc(1).len() as i64);
     // On disk: the accepted file, once, with its bytes; nothing else, staging included.
     let files = files_on_disk(&root);
-    assert_eq!(files, vec![root.join(&proofs[0].0)], "orphans: {files:?}");
+    assert_eq!(files, vec![root.join(&proofs[0].0)], "{} orphans: {files:?}", files.len() - 1);
     assert_eq!(std::fs::read(&files[0])?, doc(1));
+    for (r, status, code) in refused {
+        assert_eq!((r.status, r.code().as_str()), (*status, *code), "{}", r.text);
+    }
     env.stop().await
 }
