@@ -48,6 +48,21 @@ async fn identical_signed_bytes_replayed_under_new_header_ids_never_move_the_esc
         let r: Reply = webhook(&env, &body, Some(header), Some(&secret), now).await?;
         assert_eq!((r.status, r.code().as_str()), (400, "WEBHOOK_PAYLOAD_INVALID"), "{header}: {}", r.text);
     }
+    // A header that is not even text is no id either.
+    let ts = now.to_string();
+    let raw_header = reqwest::header::HeaderValue::from_bytes(b"fund-1\xff")?;
+    let r = env
+        .anonymous()
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/psp/webhook", env.api_url))
+                .header("X-PSP-Timestamp", &ts)
+                .header("X-PSP-Signature", shared::psp::signature::sign(&secret, &ts, body.as_bytes()))
+                .header("X-PSP-Event-Id", raw_header)
+                .body(body.clone()),
+        )
+        .await?;
+    assert_eq!((r.status, r.code().as_str()), (400, "WEBHOOK_PAYLOAD_INVALID"), "{}", r.text);
     // Without the header, or with the body's id: the same event, a duplicate.
     for header in [None, Some("fund-1")] {
         let r = webhook(&env, &body, header, Some(&secret), now).await?;

@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
+use shared::ErrorCode;
 use shared::domain::webhooks;
 use shared::psp::signature;
 
@@ -34,8 +35,15 @@ async fn receive(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         now,
     )
     .map_err(|code| ApiError::problem(code, code.title()))?;
-    // The id comes from the signed body; a header that differs is refused.
-    let envelope = webhooks::envelope(&body, header(&headers, signature::EVENT_ID_HEADER).map(str::trim))?;
+    // The id comes from the signed body; a header that differs is refused,
+    // and so is one that is not even text (it cannot equal the id).
+    let header_id = match headers.get(signature::EVENT_ID_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map(str::trim).map_err(|_| {
+            ApiError::problem(ErrorCode::WebhookPayloadInvalid, "the X-PSP-Event-Id header is not text")
+        })?),
+    };
+    let envelope = webhooks::envelope(&body, header_id)?;
     // Valid JSON is valid UTF-8 without raw U+0000: the text column holds it.
     let raw = String::from_utf8_lossy(&body).into_owned();
     // One statement, so one short step: the event and its job commit together.
