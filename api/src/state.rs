@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use metrics_exporter_prometheus::PrometheusHandle;
-use shared::config::Config;
+use shared::config::{Config, RateLimit};
 use shared::ids::ApiKeyId;
 use shared::jobs::Queue;
 use shared::storage::{LocalDirStore, ProofStore};
@@ -39,8 +39,11 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config, metrics: PrometheusHandle, waiter: JobWaiter) -> Self {
-        let per_sec = NonZeroU32::new(config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
-        let limiter = RateLimiter::keyed(Quota::per_second(per_sec));
+        let quota = match config.rate_limit {
+            RateLimit::PerSecond(n) => Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
+            RateLimit::PerMinute(n) => Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
+        };
+        let limiter = RateLimiter::keyed(quota);
         let store: Arc<dyn ProofStore> = Arc::new(LocalDirStore::new(config.storage_dir.clone()));
         let pusher = Pusher::start(queue.clone());
         let batcher = Batcher::start(pool.clone());

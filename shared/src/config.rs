@@ -22,8 +22,8 @@ pub struct Config {
     pub bootstrap_admin_key: Option<String>,
     pub currencies: Currencies,
     pub cors_origins: Vec<String>,
-    /// Requests per second allowed per API key.
-    pub rate_limit_per_sec: u32,
+    /// Requests allowed per API key (`RATE_LIMIT_PER_KEY`, `N/s` or `N/m`).
+    pub rate_limit: RateLimit,
     pub worker_concurrency: usize,
     pub worker_name: String,
     pub saka_timezone: chrono_tz::Tz,
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Config {
             .field("bootstrap_admin_key", &self.bootstrap_admin_key.as_ref().map(|_| "<set>"))
             .field("currencies", &self.currencies)
             .field("cors_origins", &self.cors_origins)
-            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("rate_limit", &self.rate_limit)
             .field("worker_concurrency", &self.worker_concurrency)
             .field("worker_name", &self.worker_name)
             .field("saka_timezone", &self.saka_timezone)
@@ -124,8 +124,8 @@ impl Config {
             Some(v) => Currencies::parse(&v).map_err(|m| err("CURRENCIES", m))?,
             None => Currencies::default(),
         };
-        let rate_limit_per_sec = match get("RATE_LIMIT_PER_KEY") {
-            None => 50,
+        let rate_limit = match get("RATE_LIMIT_PER_KEY") {
+            None => RateLimit::PerSecond(50),
             Some(v) => parse_rate(&v).ok_or_else(|| err("RATE_LIMIT_PER_KEY", format!("`{v}` is not N/s or N/m")))?,
         };
         let saka_timezone = match get("SAKA_TIMEZONE") {
@@ -183,7 +183,7 @@ impl Config {
             bootstrap_admin_key,
             currencies,
             cors_origins: list("CORS_ORIGINS"),
-            rate_limit_per_sec,
+            rate_limit,
             worker_concurrency: worker_concurrency as usize,
             worker_name,
             saka_timezone,
@@ -202,10 +202,7 @@ impl Config {
             worker_metrics_addr,
             body_limit_bytes: parse_num("BODY_LIMIT_BYTES", 64 * 1024)? as usize,
             proof_max_bytes: parse_num("PROOF_MAX_BYTES", 10 * 1024 * 1024)? as usize,
-            storage_dir: PathBuf::from(
-                get("STORAGE_DIR")
-                    .unwrap_or_else(|| std::env::temp_dir().join("kobatela-proofs").to_string_lossy().into_owned()),
-            ),
+            storage_dir: storage_dir(get("STORAGE_DIR"))?,
             migrate_on_start: matches!(get("MIGRATE_ON_START").as_deref(), Some("1" | "true" | "yes")),
             db_pool_size: u32::try_from(parse_num("DB_POOL_SIZE", 16)?.clamp(1, 200)).unwrap_or(16),
             mandate_expiry_cron: get("MANDATE_EXPIRY_CRON").unwrap_or_else(|| "0 * * * * *".into()),
@@ -222,12 +219,30 @@ impl Config {
     }
 }
 
-fn parse_rate(text: &str) -> Option<u32> {
+/// `STORAGE_DIR` (default `./data/proofs`, never a temporary directory
+/// that a reboot or a cleaner may empty), made absolute once here so that
+/// nothing later depends on the working directory.
+fn storage_dir(value: Option<String>) -> Result<PathBuf, ConfigError> {
+    let dir = PathBuf::from(value.unwrap_or_else(|| "./data/proofs".into()));
+    std::path::absolute(&dir)
+        .map_err(|e| err("STORAGE_DIR", format!("`{}` cannot be made absolute: {e}", dir.display())))
+}
+
+/// A per-key request rate: `N` per second or per minute, with bursts of up
+/// to `N` (a fresh key may send its whole allowance at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    PerSecond(u32),
+    PerMinute(u32),
+}
+
+fn parse_rate(text: &str) -> Option<RateLimit> {
     let (n, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
     let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
     match unit.trim() {
-        "s" | "sec" | "second" => Some(n),
-        "m" | "min" | "minute" => Some(n.div_ceil(60)),
+        "s" | "sec" | "second" => Some(RateLimit::PerSecond(n)),
+        // Per minute stays per minute: `10/m` is 10 a minute, not one a second.
+        "m" | "min" | "minute" => Some(RateLimit::PerMinute(n)),
         _ => None,
     }
 }
@@ -246,7 +261,7 @@ mod tests {
     fn defaults_load() {
         let c = load(&[]).expect("defaults are valid");
         assert_eq!(c.bind_addr.port(), 8080);
-        assert_eq!(c.rate_limit_per_sec, 50);
+        assert_eq!(c.rate_limit, RateLimit::PerSecond(50));
         assert_eq!(c.saka_timezone, chrono_tz::UTC);
         assert!(c.require_webhook_secrets().is_err());
     }
@@ -261,6 +276,29 @@ mod tests {
         assert_eq!(load(&[("STREAM_BLOCK_MS", "0")]).err().map(|e| e.key), Some("STREAM_BLOCK_MS"));
         assert_eq!(load(&[("RELAY_EVERY_SECS", "60")]).err().map(|e| e.key), Some("RELAY_EVERY_SECS"));
         assert_eq!(load(&[("WORKER_METRICS_ADDR", "nowhere")]).err().map(|e| e.key), Some("WORKER_METRICS_ADDR"));
+    }
+
+    #[test]
+    fn a_rate_per_minute_stays_per_minute() {
+        let rate = |v: &str| load(&[("RATE_LIMIT_PER_KEY", v)]).map(|c| c.rate_limit).ok();
+        assert_eq!(rate("10/m"), Some(RateLimit::PerMinute(10)));
+        assert_eq!(rate("90/min"), Some(RateLimit::PerMinute(90)));
+        assert_eq!(rate("50/s"), Some(RateLimit::PerSecond(50)));
+        assert_eq!(rate("7"), Some(RateLimit::PerSecond(7)));
+        assert_eq!(rate("0/m"), None);
+        assert_eq!(rate("10/h"), None);
+    }
+
+    #[test]
+    fn the_storage_dir_is_absolute_and_by_default_not_temporary() {
+        let c = load(&[]).expect("defaults are valid");
+        assert!(c.storage_dir.is_absolute(), "{}", c.storage_dir.display());
+        assert!(c.storage_dir.ends_with("data/proofs"), "{}", c.storage_dir.display());
+        assert!(!c.storage_dir.starts_with(std::env::temp_dir()), "{}", c.storage_dir.display());
+        let c = load(&[("STORAGE_DIR", "relative/proofs")]).expect("valid");
+        assert_eq!(c.storage_dir, std::env::current_dir().expect("cwd").join("relative/proofs"));
+        let c = load(&[("STORAGE_DIR", "/srv/proofs")]).expect("valid");
+        assert_eq!(c.storage_dir, PathBuf::from("/srv/proofs"));
     }
 
     #[test]

@@ -87,6 +87,7 @@ codes! {
     MilestoneNotWaiting = ("MILESTONE_NOT_WAITING", 409, "Milestone is not waiting for a proof"),
     SequenceError = ("SEQUENCE_ERROR", 422, "An earlier milestone is not paid"),
     InsufficientEscrowBalance = ("INSUFFICIENT_ESCROW_BALANCE", 409, "Insufficient escrow balance"),
+    MilestoneInvalidTransition = ("MILESTONE_INVALID_TRANSITION", 409, "Illegal milestone transition"),
     ProofDuplicate = ("PROOF_DUPLICATE", 409, "This file was already used as a proof"),
     ProofAlreadyDecided = ("PROOF_ALREADY_DECIDED", 409, "Proof already decided"),
     MissingExifTimestamp = ("MISSING_EXIF_TIMESTAMP", 422, "The photo has no capture time"),
@@ -379,6 +380,10 @@ mod tests {
             "PURCHASE_COMPLETED",
             "PURCHASE_REFUSED",
             "UNAUTHORIZED_TRANSFER_ATTEMPT",
+            // Alert types.
+            "PAYEE_LIMIT_OVERRUN",
+            "ESCROW_OVERDRAWN",
+            "INVARIANT_VIOLATED",
         ];
         missing.retain(|w| !not_codes.contains(&w.as_str()));
         assert!(missing.is_empty(), "codes in DOMAIN.md without an ErrorCode: {missing:?}");

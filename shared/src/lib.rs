@@ -17,5 +17,6 @@ pub mod proofs;
 pub mod psp;
 pub mod storage;
 pub mod telemetry;
+pub mod text;
 
 pub use error::{Error, ErrorCode, FieldError, Problem, Result};

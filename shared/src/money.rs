@@ -5,17 +5,11 @@
 //! separate integer type that never converts to money.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, FieldError};
-
-/// The largest amount a `NUMERIC(18,2)` column holds, exclusive.
-fn amount_ceiling() -> Decimal {
-    Decimal::from(10_000_000_000_000_000_i64)
-}
 
 /// Supported currencies and their decimals, from `CURRENCIES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,11 +76,48 @@ pub struct Currency {
     pub decimals: u32,
 }
 
-/// An amount as a client sent it: a JSON string or number, checked later so
-/// that a wrong type becomes a field error instead of a parse failure.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(transparent)]
-pub struct AmountIn(pub serde_json::Value);
+/// An amount as a client sent it, kept as its literal text: a JSON number
+/// is never read through a float (`100000000000000.01` stays exactly that),
+/// and a wrong type becomes a field error instead of a parse failure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AmountIn {
+    /// Absent or `null`.
+    #[default]
+    Missing,
+    /// The content of a JSON string.
+    Text(String),
+    /// The literal text of a JSON number, exactly as sent.
+    Number(String),
+    /// Any other JSON type, by name (`"a boolean"`).
+    Other(&'static str),
+}
+
+impl AmountIn {
+    /// From the raw JSON token of a field (see `serde_json::value::RawValue`).
+    pub fn from_raw(raw: &serde_json::value::RawValue) -> Self {
+        let text = raw.get().trim();
+        match text.as_bytes().first() {
+            Some(b'"') => match serde_json::from_str::<String>(text) {
+                Ok(s) => AmountIn::Text(s),
+                Err(_) => AmountIn::Other("a malformed string"),
+            },
+            Some(b'-' | b'0'..=b'9') => AmountIn::Number(text.to_string()),
+            Some(b'n') => AmountIn::Missing,
+            Some(b't' | b'f') => AmountIn::Other("a boolean"),
+            Some(b'[') => AmountIn::Other("an array"),
+            Some(b'{') => AmountIn::Other("an object"),
+            _ => AmountIn::Other("not a JSON value"),
+        }
+    }
+
+    /// From JSON text holding one value (a test and tooling convenience).
+    pub fn from_json(text: &str) -> Self {
+        match serde_json::from_str::<Box<serde_json::value::RawValue>>(text) {
+            Ok(raw) => AmountIn::from_raw(&raw),
+            Err(_) => AmountIn::Other("not a JSON value"),
+        }
+    }
+}
 
 /// A positive amount in a supported currency, within its minor unit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,32 +152,99 @@ impl Money {
     }
 }
 
+/// Integer digits a `NUMERIC(18,2)` amount can have.
+const MAX_INTEGER_DIGITS: usize = 16;
+
 /// Parses a positive decimal with at most `decimals` places.
 pub fn parse_decimal(field: &str, raw: &AmountIn, decimals: u32) -> Result<Decimal, (ErrorCode, FieldError)> {
+    parse_amount(field, raw, decimals, false)
+}
+
+/// Parses a decimal ≥ 0 with at most `decimals` places (a limit, where 0
+/// freezes the payee).
+pub fn parse_non_negative(field: &str, raw: &AmountIn, decimals: u32) -> Result<Decimal, (ErrorCode, FieldError)> {
+    parse_amount(field, raw, decimals, true)
+}
+
+fn parse_amount(
+    field: &str,
+    raw: &AmountIn,
+    decimals: u32,
+    zero_allowed: bool,
+) -> Result<Decimal, (ErrorCode, FieldError)> {
     let bad = |msg: String| (ErrorCode::AmountInvalid, FieldError::new(field, msg));
-    let text = match &raw.0 {
-        serde_json::Value::String(s) => s.trim().to_string(),
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::Null => return Err((ErrorCode::ValidationError, FieldError::new(field, "is required"))),
-        other => return Err(bad(format!("must be a decimal string or number, not {}", json_type(other)))),
+    let text = match raw {
+        AmountIn::Missing => return Err((ErrorCode::ValidationError, FieldError::new(field, "is required"))),
+        AmountIn::Text(s) | AmountIn::Number(s) => s,
+        AmountIn::Other(kind) => return Err(bad(format!("must be a decimal string or number, not {kind}"))),
     };
-    let value = Decimal::from_str(&text)
-        .or_else(|_| Decimal::from_scientific(&text))
-        .map_err(|_| bad(format!("`{text}` is not a decimal number")))?;
-    if value <= Decimal::ZERO {
+    let value = plain_decimal(text, decimals).map_err(|why| bad(why.message(text, decimals)))?;
+    if value.is_zero() && !zero_allowed {
         return Err(bad("must be greater than zero".into()));
     }
-    if value.normalize().scale() > decimals {
-        return Err(bad(format!("`{text}` has more than {decimals} decimal places for this currency")));
-    }
-    if value >= amount_ceiling() {
-        return Err(bad("is too large".into()));
-    }
-    // One spelling per amount ("10" and "10.00" are the same request); the
-    // checks above guarantee this never rounds.
-    let mut value = value.normalize();
-    value.rescale(decimals);
     Ok(value)
+}
+
+/// Why a text is not an amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmountRefusal {
+    /// Not `digits[.digits]`: a sign, an exponent, an underscore, a space…
+    NotPlain,
+    TooManyDecimals,
+    TooLarge,
+}
+
+impl AmountRefusal {
+    fn message(self, text: &str, decimals: u32) -> String {
+        // The text is echoed shortened and escaped: it may be long or odd.
+        let shown: String = text.chars().take(32).collect::<String>().escape_debug().to_string();
+        let shown = if text.chars().count() > 32 { format!("{shown}…") } else { shown };
+        match self {
+            AmountRefusal::NotPlain => {
+                format!(
+                    "`{shown}` is not a plain decimal (digits with an optional fraction, such as \"12\" or \"12.50\")"
+                )
+            }
+            AmountRefusal::TooManyDecimals => {
+                format!("`{shown}` has more than {decimals} decimal places for this currency")
+            }
+            AmountRefusal::TooLarge => "is too large (at most 9999999999999999.99)".to_string(),
+        }
+    }
+}
+
+/// Reads `digits[.digits]` exactly, at `decimals` scale: no sign, exponent,
+/// underscore, space or `+`. Trailing fraction zeros beyond the scale are
+/// the same number (`"5000.00"` is a valid XOF amount); any other digit
+/// beyond it is refused, never rounded. Nothing here can overflow or panic,
+/// whatever the length of the text.
+pub fn plain_decimal(text: &str, decimals: u32) -> Result<Decimal, AmountRefusal> {
+    let (int, frac) = match text.split_once('.') {
+        Some((int, frac)) => (int, Some(frac)),
+        None => (text, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+        return Err(AmountRefusal::NotPlain);
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.unwrap_or("").trim_end_matches('0');
+    if frac.len() > decimals as usize {
+        return Err(AmountRefusal::TooManyDecimals);
+    }
+    if int.len() > MAX_INTEGER_DIGITS {
+        return Err(AmountRefusal::TooLarge);
+    }
+    // At most 16 integer digits and the scale's fraction digits, checked
+    // all the same so that no `decimals` can overflow.
+    let mut mantissa: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()).chain(std::iter::repeat_n(b'0', decimals as usize - frac.len())) {
+        mantissa = mantissa
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(i128::from(b - b'0')))
+            .ok_or(AmountRefusal::TooLarge)?;
+    }
+    Decimal::try_from_i128_with_scale(mantissa, decimals).map_err(|_| AmountRefusal::TooLarge)
 }
 
 pub fn json_type(v: &serde_json::Value) -> &'static str {
@@ -224,7 +322,7 @@ mod tests {
         Currency { code: "XOF".into(), decimals: 0 }
     }
     fn amt(v: serde_json::Value) -> AmountIn {
-        AmountIn(v)
+        AmountIn::from_json(&v.to_string())
     }
 
     #[test]
@@ -281,5 +379,168 @@ mod tests {
         let b = Money::parse("b", &amt(serde_json::json!("1")), &xof()).expect("valid");
         assert!(a.checked_add(&b).is_none());
         assert_eq!(a.checked_add(&a).map(|m| m.amount()), Some(Decimal::from(2)));
+    }
+
+    fn number(text: &str) -> AmountIn {
+        AmountIn::from_json(text)
+    }
+
+    #[test]
+    fn underscores_signs_exponents_and_spaces_are_refused_in_strings_and_numbers() {
+        for text in [
+            "1_0", "1_000", "+1", "-1", "1e2", "1E2", " 1", "1 ", "1.", ".5", "1..2", "0x10", "１", "1,5", "Infinity",
+            "NaN", "", "٣", "1.2.3", "\u{0}1",
+        ] {
+            let err = parse_decimal("amount", &AmountIn::Text(text.into()), 2).expect_err(text);
+            assert_eq!(err.0, ErrorCode::AmountInvalid, "{text:?}");
+        }
+        for text in ["1e2", "1E2", "-1", "-0.5", "1.5e1", "100E-2", "0e0"] {
+            let err = parse_decimal("amount", &number(text), 2).expect_err(text);
+            assert_eq!(err.0, ErrorCode::AmountInvalid, "{text}");
+        }
+    }
+
+    #[test]
+    fn large_numbers_are_kept_to_the_cent_or_refused_never_rounded() {
+        let exact = |text: &str| parse_decimal("amount", &number(text), 2).map(|d| d.to_string());
+        assert_eq!(exact("100000000000000.01").as_deref(), Ok("100000000000000.01"));
+        assert_eq!(exact("1234567890123456.78").as_deref(), Ok("1234567890123456.78"));
+        assert_eq!(exact("9999999999999999.99").as_deref(), Ok("9999999999999999.99"));
+        // JSON numbers have no leading zeros; strings may.
+        assert!(exact("01.10").is_err());
+        let text = AmountIn::Text("0000000000000000000001.10".into());
+        assert_eq!(parse_decimal("amount", &text, 2).map(|d| d.to_string()).as_deref(), Ok("1.10"));
+        assert_eq!(exact("1.1000000000000000000000000000000000").as_deref(), Ok("1.10"));
+        for too_large in ["10000000000000000", "12345678901234567.8", &"9".repeat(400)] {
+            let err = parse_decimal("amount", &number(too_large), 2).expect_err(too_large);
+            assert_eq!(err.0, ErrorCode::AmountInvalid);
+        }
+        assert!(parse_decimal("amount", &number("0.001"), 2).is_err());
+        assert!(parse_non_negative("limit", &number("0"), 2).is_ok_and(|d| d.is_zero()));
+        assert!(parse_decimal("amount", &number("0"), 2).is_err());
+    }
+
+    /// The reference: digits-only big-number arithmetic on the text, written
+    /// apart from `plain_decimal`, answering the canonical amount text
+    /// (`"12.50"`) or `None` for a refusal.
+    fn reference(text: &str, decimals: usize, zero_allowed: bool) -> Option<String> {
+        let mut parts = text.split('.');
+        let int = parts.next()?;
+        let frac = parts.next();
+        if parts.next().is_some() || int.is_empty() || frac == Some("") {
+            return None;
+        }
+        let frac = frac.unwrap_or("");
+        if !int.chars().chain(frac.chars()).all(|c| "0123456789".contains(c)) {
+            return None;
+        }
+        let significant_frac = frac.trim_end_matches('0');
+        if significant_frac.len() > decimals {
+            return None;
+        }
+        let int = match int.trim_start_matches('0') {
+            "" => "0",
+            rest => rest,
+        };
+        if int.len() > 16 {
+            return None;
+        }
+        let padded = format!("{significant_frac:0<decimals$}");
+        if !zero_allowed && int == "0" && padded.chars().all(|c| c == '0') {
+            return None;
+        }
+        Some(if decimals == 0 { int.to_string() } else { format!("{int}.{padded}") })
+    }
+
+    fn check_against_reference(raw: &AmountIn, text: &str, decimals: u32) {
+        for zero_allowed in [false, true] {
+            let ours =
+                if zero_allowed { parse_non_negative("a", raw, decimals) } else { parse_decimal("a", raw, decimals) };
+            let expected = reference(text, decimals as usize, zero_allowed);
+            match (&ours, &expected) {
+                (Ok(value), Some(canonical)) => {
+                    assert_eq!(&value.to_string(), canonical, "{text:?} at {decimals} decimals");
+                    assert_eq!(value.scale(), decimals);
+                    // Short texts also agree with rust_decimal's own exact parser.
+                    if text.len() <= 28 {
+                        let theirs = Decimal::from_str_exact(text).map(|d| d.normalize());
+                        assert_eq!(theirs, Ok(value.normalize()), "{text:?}");
+                    }
+                }
+                (Err(e), None) => assert!(matches!(e.0, ErrorCode::AmountInvalid | ErrorCode::ValidationError)),
+                _ => panic!("{text:?} at {decimals} decimals: ours {ours:?}, reference {expected:?}"),
+            }
+        }
+    }
+
+    fn rng() -> rand::rngs::StdRng {
+        use rand::SeedableRng;
+        let seed: u64 = rand::random();
+        println!("seed {seed}");
+        rand::rngs::StdRng::seed_from_u64(seed)
+    }
+
+    #[test]
+    fn property_random_strings_never_round_never_panic_and_agree_with_the_reference() {
+        use rand::Rng;
+        let mut rng = rng();
+        let alphabet: Vec<char> = "0000123456789...__--++eE ,x\u{0}１".chars().collect();
+        for _ in 0..20_000 {
+            let len = match rng.random_range(0..100) {
+                0 => rng.random_range(0..400),
+                _ => rng.random_range(0..24),
+            };
+            let text: String = (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            let decimals = rng.random_range(0..=2);
+            check_against_reference(&AmountIn::Text(text.clone()), &text, decimals);
+        }
+    }
+
+    #[test]
+    fn property_json_numbers_are_read_from_their_literal_text() {
+        use rand::Rng;
+        let mut rng = rng();
+        let digit = |rng: &mut rand::rngs::StdRng| char::from(b'0' + rng.random_range(0..10u8));
+        for _ in 0..20_000 {
+            // JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+            let mut text = String::new();
+            if rng.random_range(0..10) == 0 {
+                text.push('-');
+            }
+            let int_len = rng.random_range(1..24);
+            if int_len == 1 || rng.random_range(0..5) == 0 {
+                text.push(digit(&mut rng));
+            } else {
+                text.push(char::from(b'1' + rng.random_range(0..9u8)));
+                (1..int_len).for_each(|_| text.push(digit(&mut rng)));
+            }
+            if rng.random_bool(0.7) {
+                text.push('.');
+                (0..rng.random_range(1..8)).for_each(|_| text.push(digit(&mut rng)));
+            }
+            if rng.random_range(0..10) == 0 {
+                text.push(if rng.random_bool(0.5) { 'e' } else { 'E' });
+                text.push_str(["", "+", "-"][rng.random_range(0..3)]);
+                text.push(digit(&mut rng));
+            }
+            let raw = AmountIn::from_json(&format!(" {text} "));
+            assert_eq!(raw, AmountIn::Number(text.clone()), "the literal text is kept");
+            let decimals = rng.random_range(0..=2);
+            check_against_reference(&raw, &text, decimals);
+        }
+    }
+
+    #[test]
+    fn property_float_spellings_are_kept_exactly_or_refused() {
+        use rand::Rng;
+        let mut rng = rng();
+        for _ in 0..20_000 {
+            let f: f64 = rng.random_range(0.0..1e17) / 10f64.powi(rng.random_range(0..6));
+            let text = serde_json::to_string(&f).unwrap_or_default();
+            match parse_decimal("a", &number(&text), 2) {
+                Ok(d) => assert_eq!(Decimal::from_str_exact(&text).map(|t| t.normalize()), Ok(d.normalize()), "{text}"),
+                Err(e) => assert_eq!(e.0, ErrorCode::AmountInvalid, "{text}"),
+            }
+        }
     }
 }

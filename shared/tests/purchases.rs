@@ -135,3 +135,32 @@ async fn the_database_refuses_a_mandate_spent_past_its_total(pool: PgPool) {
     let err = r.expect_err("the CHECK refuses");
     assert!(err.to_string().contains("mandates_spent_within_total"), "{err}");
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_purchase_is_refused_once_its_sender_or_beneficiary_is_inactive(pool: PgPool) {
+    let f = fixture(&pool, "100.00").await;
+    let active = |id: UserId, on: bool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("UPDATE users SET is_active = $2 WHERE id = $1")
+                .bind(id)
+                .bind(on)
+                .execute(&pool)
+                .await
+                .expect("user");
+        }
+    };
+    active(f.sender, false).await;
+    assert_eq!(buy(&pool, f.beneficiary, cmd(&f, f.sender, 10)).await, Err(ErrorCode::Forbidden));
+    active(f.sender, true).await;
+    active(f.beneficiary.user_id, false).await;
+    assert_eq!(buy(&pool, f.beneficiary, cmd(&f, f.sender, 10)).await, Err(ErrorCode::Forbidden));
+    let spent: Decimal = sqlx::query_scalar("SELECT spent_amount FROM mandates WHERE id = $1")
+        .bind(f.mandate)
+        .fetch_one(&pool)
+        .await
+        .expect("m");
+    assert_eq!(spent, Decimal::ZERO, "nothing was spent");
+    active(f.beneficiary.user_id, true).await;
+    assert_eq!(buy(&pool, f.beneficiary, cmd(&f, f.sender, 10)).await, Ok(()));
+}

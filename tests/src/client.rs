@@ -100,6 +100,20 @@ impl Client {
         self.send(r).await
     }
 
+    /// A job request whose JSON body is sent as written (numbers keep the
+    /// exact spelling given), with its idempotency key.
+    pub async fn job_raw(&self, path: &str, key: &str, body: &str, wait: u32) -> anyhow::Result<Reply> {
+        let mut r = self
+            .req(reqwest::Method::POST, path)
+            .header("Idempotency-Key", key)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if wait > 0 {
+            r = r.header("Prefer", format!("wait={wait}"));
+        }
+        self.send(r).await
+    }
+
     /// `POST /proofs` as multipart/form-data with the file itself.
     pub async fn upload_proof(
         &self,

@@ -152,13 +152,17 @@ async fn a_failed_payout_frees_the_balance_and_can_be_paid_again() -> anyhow::Re
     assert_eq!(e["paid_amount"], json!("0.00"));
     let payment = e["payments"][0]["id"].as_str().unwrap_or("").to_string();
     // Re-drive: admin only; the simulator fails it again, same balance.
-    assert_eq!(deal.client.client.post(&format!("/payments/execute/{payment}"), json!({})).await?.status, 403);
+    assert_eq!(
+        deal.client.client.job(&format!("/payments/execute/{payment}"), "mine", json!({}), 0).await?.status,
+        403
+    );
     let r = env
         .admin()
         .send(
             reqwest::Client::new()
                 .post(format!("{}/payments/execute/{payment}", env.api_url))
                 .bearer_auth(&env.admin_key)
+                .header("Idempotency-Key", "redrive-1")
                 .header("Prefer", "wait=20"),
         )
         .await?;
@@ -444,10 +448,13 @@ async fn a_past_deadline_releases_unless_a_milestone_is_in_review() -> anyhow::R
     assert_eq!(d.body.pointer("/result/status"), Some(&json!("REJECTED")), "{}", d.text);
     let e = wait_escrow(&deal, "RELEASED", "40.00").await?;
     assert_eq!(e["milestones"][0]["status"], json!("PAID"));
-    let by_cron: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'escrow_deadlines' AND result->>'released' = '1'")
-            .fetch_one(&env.pool)
-            .await?;
+    // Released by the one job the sweep made for this escrow.
+    let by_cron: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs c JOIN jobs p ON p.id = c.parent_job_id
+          WHERE p.kind = 'escrow_deadlines' AND c.kind = 'escrow_transition' AND c.status = 'succeeded'",
+    )
+    .fetch_one(&env.pool)
+    .await?;
     assert_eq!(by_cron, 1);
     env.stop().await
 }
@@ -483,6 +490,7 @@ async fn a_milestone_whose_payout_failed_is_paid_on_the_redrive() -> anyhow::Res
             reqwest::Client::new()
                 .post(format!("{}/payments/execute/{payment}", env.api_url))
                 .bearer_auth(&env.admin_key)
+                .header("Idempotency-Key", "redrive-1")
                 .header("Prefer", "wait=20"),
         )
         .await?;
@@ -494,7 +502,7 @@ async fn a_milestone_whose_payout_failed_is_paid_on_the_redrive() -> anyhow::Res
     );
     assert_eq!(e["payments"].as_array().map(Vec::len), Some(1), "the same payment, not a second one");
     // A settled payment cannot be driven again.
-    let r = env.admin().post(&format!("/payments/execute/{payment}"), json!({})).await?;
+    let r = env.admin().job(&format!("/payments/execute/{payment}"), "redrive-2", json!({}), 0).await?;
     assert_eq!((r.status, r.code().as_str()), (409, "PAYMENT_NOT_REDRIVABLE"));
     env.stop().await
 }

@@ -225,3 +225,58 @@ async fn uploads_are_checked_before_anything_is_queued() -> anyhow::Result<()> {
     assert_eq!(jobs_before, jobs_after);
     env.stop().await
 }
+
+/// Every file under the store, staging included.
+fn files_on_disk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_leave_no_file_on_disk_and_an_accepted_one_is_stored_once() -> anyhow::Result<()> {
+    let env = Env::with(EnvOptions::default().var("PROOF_MAX_BYTES", "100000")).await?;
+    let root = std::path::PathBuf::from(env.var("STORAGE_DIR").unwrap_or_default());
+    let deal = funded(&env, "20.00", &[("10.00", "DOCUMENT"), ("10.00", "DOCUMENT")]).await?;
+    let doc = |n: u32| format!("%PDF-1.4 delivery note {n} {}", "x".repeat(50_000)).into_bytes();
+    let stranger = e2e::scenario::person(&env, "stranger", "beneficiary").await?;
+    let refusals: Vec<(Reply, u16, &str)> = vec![
+        (upload(&deal, "r1", 1, "app", doc(1)).await?, 0, ""),
+        (
+            deal.provider.client.upload_proof("r2", &uuid::Uuid::new_v4().to_string(), 1, "app", doc(2), 20).await?,
+            404,
+            "ESCROW_NOT_FOUND",
+        ),
+        (stranger.client.upload_proof("r3", &deal.escrow_id, 1, "app", doc(3), 20).await?, 404, "ESCROW_NOT_FOUND"),
+        (upload(&deal, "r4", 9, "app", doc(4)).await?, 404, "MILESTONE_NOT_FOUND"),
+        (upload(&deal, "r5", 2, "app", doc(5)).await?, 422, "SEQUENCE_ERROR"),
+        (upload(&deal, "r6", 1, "app", doc(6)).await?, 409, "MILESTONE_NOT_WAITING"),
+        (upload(&deal, "r7", 1, "app", doc(1)).await?, 409, "PROOF_DUPLICATE"),
+        (upload(&deal, "r8", 1, "app", vec![b'%'; 150_000]).await?, 413, "PAYLOAD_TOO_LARGE"),
+        (upload(&deal, "r9", 1, "app\u{7}", doc(9)).await?, 422, "VALIDATION_ERROR"),
+    ];
+    let (accepted, refused) = refusals.split_at(1);
+    assert_eq!(accepted[0].0.body.pointer("/result/status"), Some(&json!("PENDING_REVIEW")), "{}", accepted[0].0.text);
+    let proofs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT storage_key, size_bytes FROM proofs").fetch_all(&env.pool).await?;
+    assert_eq!(proofs.len(), 1);
+    assert_eq!(proofs[0].1, doc(1).len() as i64);
+    // On disk: the accepted file, once, with its bytes; nothing else, staging included.
+    let files = files_on_disk(&root);
+    assert_eq!(files, vec![root.join(&proofs[0].0)], "{} orphans: {files:?}", files.len() - 1);
+    assert_eq!(std::fs::read(&files[0])?, doc(1));
+    for (r, status, code) in refused {
+        assert_eq!((r.status, r.code().as_str()), (*status, *code), "{}", r.text);
+    }
+    env.stop().await
+}

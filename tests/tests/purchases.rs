@@ -255,7 +255,7 @@ async fn cleanup_expires_due_mandates_as_a_job() -> anyhow::Result<()> {
         .bind(&shop.mandate_id)
         .execute(&env.pool)
         .await?;
-    let r = shop.sender.client.post("/mandates/cleanup", json!({})).await?;
+    let r = shop.sender.client.job("/mandates/cleanup", "not-mine", json!({}), 0).await?;
     assert_eq!(r.status, 403);
     let r = env.admin().job("/mandates/cleanup", "sweep-1", json!({}), 20).await?;
     assert_eq!((r.status, r.s("status").as_str()), (200, "succeeded"), "{}", r.text);

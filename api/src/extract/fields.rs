@@ -4,9 +4,14 @@
 
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use shared::money::{AmountIn, Currencies, Money, json_type};
+use shared::text::holds_nul;
 use shared::{ErrorCode, FieldError, Problem};
 
 use crate::error::ApiError;
@@ -69,6 +74,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonFields {
 /// A JSON object being read field by field; errors accumulate.
 pub struct Fields {
     map: Map<String, Value>,
+    /// Each field's raw JSON token: amounts are read from their literal
+    /// text, never through a float.
+    raw: HashMap<String, Box<RawValue>>,
     errors: Vec<(ErrorCode, FieldError)>,
 }
 
@@ -98,7 +106,25 @@ impl Fields {
                 .map_err(|e| ApiError::field(ErrorCode::ValidationError, "body", format!("malformed JSON: {e}")))?
         };
         match value {
-            Value::Object(map) => Ok(Self { map, errors: Vec::new() }),
+            Value::Object(map) => {
+                let nul: Vec<FieldError> = map
+                    .iter()
+                    .filter(|(k, v)| k.contains('\0') || holds_nul(v))
+                    .map(|(k, _)| FieldError::new(k.replace('\0', "\\u0000"), "must not contain U+0000"))
+                    .collect();
+                if !nul.is_empty() {
+                    return Err(Problem::fields(ErrorCode::ValidationError, nul).into());
+                }
+                // The same bytes again, keeping each field's token as sent.
+                let raw = if map.is_empty() {
+                    HashMap::new()
+                } else {
+                    serde_json::from_slice(bytes).map_err(|e| {
+                        ApiError::field(ErrorCode::ValidationError, "body", format!("malformed JSON: {e}"))
+                    })?
+                };
+                Ok(Self { map, raw, errors: Vec::new() })
+            }
             other => Err(ApiError::field(
                 ErrorCode::ValidationError,
                 "body",
@@ -112,6 +138,7 @@ impl Fields {
     }
 
     fn take(&mut self, name: &str) -> Option<Value> {
+        self.raw.remove(name);
         match self.map.remove(name) {
             None | Some(Value::Null) => None,
             Some(v) => Some(v),
@@ -170,7 +197,7 @@ impl Fields {
     /// An amount with its currency, parsed together.
     pub fn money(&mut self, amount: &str, currency: &str, currencies: &Currencies) -> Option<Money> {
         let code: Option<String> = self.req(currency);
-        let raw = AmountIn(self.map.remove(amount).unwrap_or(Value::Null));
+        let raw = self.take_amount(amount);
         let cur = match code.map(|c| currencies.require(currency, c.trim())) {
             Some(Ok(c)) => c,
             Some(Err((code, e))) => {
@@ -192,13 +219,43 @@ impl Fields {
 
     /// An amount in a currency already known (e.g. the escrow's).
     pub fn amount(&mut self, name: &str, currency: &shared::money::Currency) -> Option<Money> {
-        let raw = AmountIn(self.map.remove(name).unwrap_or(Value::Null));
+        let raw = self.take_amount(name);
         match Money::parse(name, &raw, currency) {
             Ok(m) => Some(m),
             Err((code, e)) => {
                 self.errors.push((code, e));
                 None
             }
+        }
+    }
+
+    /// An amount whose currency only the rule knows (an escrow's): its
+    /// shape here, at most `decimals` places; `zero_allowed` for limits.
+    pub fn decimal(&mut self, name: &str, decimals: u32, required: bool, zero_allowed: bool) -> Option<Decimal> {
+        let raw = self.take_amount(name);
+        if raw == AmountIn::Missing && !required {
+            return None;
+        }
+        let parsed = if zero_allowed {
+            shared::money::parse_non_negative(name, &raw, decimals)
+        } else {
+            shared::money::parse_decimal(name, &raw, decimals)
+        };
+        match parsed {
+            Ok(v) => Some(v),
+            Err((code, e)) => {
+                self.errors.push((code, e));
+                None
+            }
+        }
+    }
+
+    /// Removes a field, answering its literal token.
+    fn take_amount(&mut self, name: &str) -> AmountIn {
+        self.map.remove(name);
+        match self.raw.remove(name) {
+            Some(raw) => AmountIn::from_raw(&raw),
+            None => AmountIn::Missing,
         }
     }
 

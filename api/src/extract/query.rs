@@ -18,6 +18,14 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
         let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::field(ErrorCode::ValidationError, "query", e.to_string()))?;
+        // Postgres cannot compare with U+0000: refused here, never a 500.
+        if let Some(name) = map.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')).map(|(k, _)| k) {
+            return Err(ApiError::field(
+                ErrorCode::ValidationError,
+                &name.replace('\0', "\\u0000"),
+                "must not contain U+0000",
+            ));
+        }
         Ok(QueryMap(map))
     }
 }

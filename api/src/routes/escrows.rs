@@ -14,7 +14,6 @@ use shared::domain::escrows::{
 use shared::domain::payees::{self, NewPayee, UsageSpendV1};
 use shared::ids::{EscrowId, UserId};
 use shared::jobs::JobKind;
-use shared::money::{AmountIn, parse_decimal};
 use shared::principal::Role;
 
 use crate::error::ApiResult;
@@ -41,15 +40,7 @@ pub fn router() -> Router<AppState> {
 /// edge checks the shape (positive, at most 2 decimals), the rule checks
 /// the currency's own minor unit.
 fn escrow_amount(f: &mut Fields, name: &str, required: bool) -> Option<Decimal> {
-    let raw: Option<serde_json::Value> = if required { f.req(name) } else { f.opt(name) };
-    let raw = raw?;
-    match parse_decimal(name, &AmountIn(raw), 2) {
-        Ok(v) => Some(v),
-        Err((code, e)) => {
-            f.error(code, &e.field, e.message);
-            None
-        }
-    }
+    f.decimal(name, 2, required, false)
 }
 
 #[tracing::instrument(skip_all)]
@@ -180,21 +171,25 @@ macro_rules! transition_handler {
 transition_handler!(mark_delivered, TransitionAction::MarkDelivered);
 transition_handler!(client_approve, TransitionAction::ClientApprove);
 transition_handler!(client_reject, TransitionAction::ClientReject);
-transition_handler!(check_deadline, TransitionAction::CheckDeadline);
 
+/// Only an admin may ask (the job refuses anyone else): refused here at
+/// once, with no job row.
+async fn check_deadline(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    IdPath(id): IdPath<EscrowId>,
+    IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
+    JsonFields(f): JsonFields,
+) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin])?;
+    transition(&s, &who, id, TransitionAction::CheckDeadline, key, wait, f).await
+}
+
+/// A payee limit: ≥ 0 (zero freezes the payee), its shape here; the rule
+/// checks it against the escrow currency's minor unit.
 fn limit(f: &mut Fields, name: &str) -> Option<Decimal> {
-    let raw: serde_json::Value = f.opt(name)?;
-    // A limit of zero is allowed (the payee is frozen).
-    if raw == serde_json::json!(0) || raw == serde_json::json!("0") {
-        return Some(Decimal::ZERO);
-    }
-    match parse_decimal(name, &AmountIn(raw), 2) {
-        Ok(v) => Some(v),
-        Err((code, e)) => {
-            f.error(code, &e.field, format!("{} (limits are ≥ 0)", e.message));
-            None
-        }
-    }
+    f.decimal(name, 2, false, true)
 }
 
 async fn allow_payee(

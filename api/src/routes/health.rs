@@ -52,6 +52,9 @@ async fn ready(State(s): State<AppState>) -> axum::response::Response {
 /// backwards by id (no scan of the whole table per scrape).
 const RECENT_JOBS: i64 = 2000;
 
+/// Kind, status, count, latency p50 and p99 (seconds) of recent jobs.
+type RecentRow = (String, String, i64, Option<f64>, Option<f64>);
+
 /// Gauges read at scrape time, each by an index: queue depth per kind,
 /// queued, running and dead jobs per kind (0 when none), and the outcomes
 /// and latency of the most recent jobs; counters and histograms come from
@@ -77,7 +80,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             }
         }
     }
-    let recent: Result<Vec<(String, String, i64, Option<f64>, Option<f64>)>, _> = sqlx::query_as(
+    let recent: Result<Vec<RecentRow>, _> = sqlx::query_as(
         "SELECT kind, status, count(*),
                 (percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)))::float8,
                 (percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)))::float8

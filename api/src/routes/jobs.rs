@@ -5,10 +5,10 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use shared::ErrorCode;
 use shared::ids::JobId;
 use shared::jobs::{JobKind, record};
 use shared::principal::Role;
+use shared::{ErrorCode, db};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, IdPath, PreferWait, QueryMap};
@@ -63,20 +63,10 @@ async fn list(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiRes
 
 async fn retry(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<JobId>) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin])?;
-    let mut conn = s.pool.acquire().await?;
-    let row = record::retry_dead(&mut conn, id).await?;
-    drop(conn);
+    // The retry and its audit row commit together.
+    let row = db::serializable(&s.pool, &(id, who), |tx, (id, who)| Box::pin(record::retry_dead(tx, *id, who))).await?;
     if let Some(kind) = row.job_kind() {
         crate::submit::push_soon(&s, kind, row.id);
     }
-    shared::domain::audit::write(
-        &mut *s.pool.acquire().await?,
-        &who.actor(),
-        "JOB_RETRIED",
-        "job",
-        row.id,
-        serde_json::json!({}),
-    )
-    .await?;
     Ok(receipt_response(&row, serde_json::Map::new()))
 }

@@ -14,7 +14,7 @@ use shared::principal::Role;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::fields::got;
-use crate::extract::{Auth, IdPath, JsonFields, PreferWait, QueryMap};
+use crate::extract::{Auth, IdPath, IdempotencyKey, JsonFields, PreferWait, QueryMap};
 use crate::state::AppState;
 use crate::submit::submit;
 
@@ -88,16 +88,9 @@ async fn revoke(
 async fn cleanup(
     State(s): State<AppState>,
     Auth(who): Auth,
-    headers: axum::http::HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     PreferWait(wait): PreferWait,
 ) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin])?;
-    // Each call is a new sweep unless the client names it.
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|k| k.trim().chars().take(255).collect::<String>())
-        .filter(|k| !k.is_empty())
-        .unwrap_or_else(|| format!("cleanup:{}", uuid::Uuid::now_v7()));
     submit(&s, &who, JobKind::MandateExpiry, &serde_json::json!({"requested": true}), Some(key), wait).await
 }

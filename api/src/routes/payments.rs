@@ -11,7 +11,7 @@ use shared::jobs::JobKind;
 use shared::principal::Role;
 
 use crate::error::ApiResult;
-use crate::extract::{Auth, IdPath, PreferWait};
+use crate::extract::{Auth, IdPath, IdempotencyKey, PreferWait};
 use crate::state::AppState;
 use crate::submit::submit;
 
@@ -28,16 +28,17 @@ async fn read(
     Ok(Json(payouts::get_for(&mut conn, id, &who).await?))
 }
 
+/// Needs an `Idempotency-Key` like every job request. Two re-drives under
+/// two keys are safe: the payout job drives a payment only from PENDING or
+/// ERROR, and the PSP is called with the payment's own idempotency key.
 async fn execute(
     State(s): State<AppState>,
     Auth(who): Auth,
     IdPath(id): IdPath<PaymentId>,
+    IdempotencyKey(key): IdempotencyKey,
     PreferWait(wait): PreferWait,
 ) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin])?;
     let p = db::serializable(&s.pool, &id, |tx, id| Box::pin(payouts::redrive(tx, *id))).await?;
-    // One re-drive per attempt of the payment: a repeated call while one is
-    // in flight answers that job's receipt.
-    let key = format!("execute:{}:{}", p.id, p.attempts);
     submit(&s, &who, JobKind::Payout, &PayoutV1 { payment_id: p.id }, Some(key), wait).await
 }

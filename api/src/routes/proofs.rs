@@ -4,7 +4,6 @@ use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sha2::{Digest, Sha256};
 use shared::db;
 use shared::domain::proofs::{self, Decision, NewProof, ProofValidationV1};
 use shared::ids::{EscrowId, ProofId};
@@ -38,6 +37,10 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
+/// Streams the upload into a staging file (hashing it on the way), checks
+/// the fields, then lets the rule check the request and keep the file only
+/// if it accepts it. Any early return drops the staging file, which
+/// deletes it: a refused upload leaves nothing on disk.
 #[tracing::instrument(skip_all)]
 async fn upload(
     State(s): State<AppState>,
@@ -51,19 +54,22 @@ async fn upload(
         .map_err(|e| ApiError::problem(ErrorCode::UnsupportedMediaType, format!("send multipart/form-data: {e}")))?;
     let (mut file, mut content_type, mut escrow_id, mut idx, mut source) = (None, None, None, None, None);
     let mut errors = Vec::new();
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
             "file" => {
-                content_type = field.content_type().map(str::to_string);
-                let bytes = field.bytes().await.map_err(multipart_error)?;
-                if bytes.len() > s.config.proof_max_bytes {
-                    return Err(ApiError::problem(
-                        ErrorCode::PayloadTooLarge,
-                        "the file is larger than PROOF_MAX_BYTES",
-                    ));
+                content_type = field.content_type().filter(|c| !c.chars().any(char::is_control)).map(str::to_string);
+                let mut staged = s.store.stage().await?;
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    staged.write(&chunk).await?;
+                    if staged.len() > s.config.proof_max_bytes as u64 {
+                        return Err(ApiError::problem(
+                            ErrorCode::PayloadTooLarge,
+                            "the file is larger than PROOF_MAX_BYTES",
+                        ));
+                    }
                 }
-                file = Some(bytes);
+                file = Some(staged);
             }
             "escrow_id" | "milestone_idx" | "source" => {
                 let text = field.text().await.map_err(multipart_error)?.trim().to_string();
@@ -79,10 +85,14 @@ async fn upload(
                     _ if text.is_empty() || text.len() > 64 => {
                         errors.push(FieldError::new("source", "must be 1 to 64 characters"))
                     }
+                    // U+0000 cannot be stored; no control character is a source.
+                    _ if text.chars().any(char::is_control) => {
+                        errors.push(FieldError::new("source", "must not contain control characters"))
+                    }
                     _ => source = Some(text),
                 }
             }
-            other => errors.push(FieldError::new(other, "is not a known field")),
+            other => errors.push(FieldError::new(other.replace('\0', "\\u0000"), "is not a known field")),
         }
     }
     for (present, name) in [
@@ -101,11 +111,10 @@ async fn upload(
     if !errors.is_empty() {
         return Err(Problem::fields(ErrorCode::ValidationError, errors).into());
     }
-    let file = got(file)?;
-    let sha256 = hex::encode(Sha256::digest(&file));
+    let mut staged = got(file)?;
+    let sha256 = staged.finish().await?;
+    // Content-addressed: the same bytes always have the same key.
     let storage_key = format!("proofs/{}/{sha256}", &sha256[..2]);
-    // Content-addressed: storing the same bytes twice writes the same file.
-    s.store.put(&storage_key, &file).await?;
     let new = NewProof {
         escrow_id: got(escrow_id)?,
         milestone_idx: got(idx)?,
@@ -113,11 +122,14 @@ async fn upload(
         sha256,
         storage_key,
         content_type,
-        size_bytes: file.len() as i64,
+        size_bytes: i64::try_from(staged.len()).unwrap_or(i64::MAX),
     };
-    let (proof_id, job, created) =
-        db::serializable(&s.pool, &(who, new, key), |tx, (who, new, key)| Box::pin(proofs::submit(tx, who, new, key)))
-            .await?;
+    let ctx = (who, new, key, s.store.clone(), staged);
+    let (proof_id, job, created) = db::serializable(&s.pool, &ctx, |tx, (who, new, key, store, staged)| {
+        Box::pin(proofs::submit(tx, who, new, key, store.as_ref(), staged))
+    })
+    .await?;
+    drop(ctx);
     if created {
         crate::submit::push_soon(&s, JobKind::ProofValidation, job.id);
     }
@@ -143,7 +155,11 @@ async fn decide(
     PreferWait(wait): PreferWait,
     JsonFields(mut f): JsonFields,
 ) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin, Role::Support, Role::Sender])?;
+    // Who may decide is cheap to know here: anyone else is refused at once,
+    // with no job row (the job checks again).
+    let mut conn = s.pool.acquire().await?;
+    proofs::check_decider(&mut conn, id, &who).await?;
+    drop(conn);
     let decision: Option<String> = f.req("decision");
     let decision = match decision.as_deref() {
         Some("approve") => Some(Decision::Approve),

@@ -11,10 +11,10 @@ use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
 use crate::domain::payouts::{self, PaymentKind, PaymentOut};
-use crate::domain::{audit, require_active_user};
+use crate::domain::{alerts, audit, refuse_inactive, require_active_user};
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{EscrowId, JobId, MilestoneId, UserId};
-use crate::jobs::{JobRow, Outcome};
+use crate::jobs::{JobKind, JobRow, Outcome, record};
 use crate::money::{Money, display};
 use crate::principal::{Principal, Role};
 
@@ -380,6 +380,11 @@ pub async fn deposit(
     if !(who.is_admin() || who.role == Role::Psp || (who.role == Role::Sender && who.user_id == e.client_id)) {
         return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's client or an admin deposits"));
     }
+    // A client's deposit needs both parties active; a PSP funding is the
+    // PSP's fact (the money has arrived) and is recorded whatever.
+    if event_id.is_none() {
+        require_parties_active(conn, &e).await?;
+    }
     if !matches!(e.status.as_str(), "DRAFT" | "FUNDED") {
         return Err(Error::problem(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
     }
@@ -470,6 +475,11 @@ pub async fn transition(
     let e = load_for(conn, cmd.escrow_id, who, true).await?;
     let actor = who.actor();
     let note = serde_json::json!({"note": cmd.note});
+    // The deadline's release checks the parties itself, so that a refusal
+    // raises its alert.
+    if cmd.action != TransitionAction::CheckDeadline {
+        require_parties_active(conn, &e).await?;
+    }
     let after = match cmd.action {
         TransitionAction::MarkDelivered => {
             if !(who.is_admin() || who.user_id == e.provider_id) {
@@ -506,14 +516,39 @@ pub async fn transition(
         }
         TransitionAction::CheckDeadline => {
             who.require(&[Role::Admin])?;
-            match deadline_due(conn, &e).await? {
-                true => release(conn, &e, job, &actor, "deadline").await?,
-                false => e,
+            if !deadline_due(conn, &e).await? {
+                e
+            } else {
+                // A refused release raises an alert for this escrow, which
+                // survives the refusal: only the release is rolled back.
+                sqlx::query("SAVEPOINT deadline_release").execute(&mut *conn).await?;
+                match release(conn, &e, job, &actor, "deadline").await {
+                    Ok(after) => after,
+                    Err(Error::Problem(p)) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT deadline_release").execute(&mut *conn).await?;
+                        return refuse_deadline(conn, &e, job, &actor, p).await;
+                    }
+                    Err(other) => return Err(other),
+                }
             }
         }
     };
     let after = load(conn, after.id).await?;
     Ok(Outcome::Succeeded(serde_json::to_value(full(conn, &after).await?)?))
+}
+
+async fn refuse_deadline(
+    conn: &mut PgConnection,
+    e: &Escrow,
+    job: &JobRow,
+    actor: &str,
+    p: Problem,
+) -> Result<Outcome> {
+    let data = serde_json::json!({"escrow_id": e.id, "job_id": job.id, "code": p.code.as_str(), "detail": p.detail});
+    alerts::raise(conn, "ESCROW_DEADLINE_REFUSED", "the deadline release of an escrow was refused", None, data.clone())
+        .await?;
+    audit::write(conn, actor, "ESCROW_TRANSITION_REFUSED", "escrow", e.id, data).await?;
+    Ok(Outcome::Refused(p))
 }
 
 /// Past its deadline, FUNDED or RELEASABLE, and no milestone in review.
@@ -530,21 +565,68 @@ async fn deadline_due(conn: &mut PgConnection, e: &Escrow) -> Result<bool> {
     Ok(!in_review)
 }
 
-/// FUNDED|RELEASABLE → RELEASED: every unpaid milestone, or the whole
-/// balance when there are none, is paid out through payout jobs created
-/// in this transaction.
+/// Money moves on an escrow only while both its parties are active: the
+/// client acts or is refunded, the provider is paid.
+pub async fn require_parties_active(conn: &mut PgConnection, e: &Escrow) -> Result<()> {
+    refuse_inactive(conn, &[(e.client_id, "the escrow's client"), (e.provider_id, "the escrow's provider")]).await
+}
+
+/// Moves a milestone along one guarded edge of its state machine: only from
+/// one of `from`. Answers whether it moved; nothing changes otherwise.
+pub async fn move_milestone(conn: &mut PgConnection, id: MilestoneId, from: &[&str], to: &str) -> Result<bool> {
+    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    let done =
+        sqlx::query("UPDATE milestones SET status = $3, updated_at = now() WHERE id = $1 AND (status || '') = ANY($2)")
+            .bind(id)
+            .bind(&from)
+            .bind(to)
+            .execute(conn)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`move_milestone`] where anything else is a refusal:
+/// `MILESTONE_INVALID_TRANSITION`, and the caller's writes roll back.
+pub async fn transition_milestone(conn: &mut PgConnection, m: &Milestone, from: &[&str], to: &str) -> Result<()> {
+    if move_milestone(conn, m.id, from, to).await? {
+        Ok(())
+    } else {
+        Err(Error::problem(
+            ErrorCode::MilestoneInvalidTransition,
+            format!("milestone {} is {} and cannot become {to}", m.idx, m.status),
+        ))
+    }
+}
+
+/// FUNDED|RELEASABLE → RELEASED, in this transaction with its payout jobs:
+/// the client's approval (or the deadline, acting as it) approves every
+/// unpaid milestone and pays it out; then whatever balance remains is paid
+/// to the provider as one RELEASE payout. A released escrow ends with
+/// balance 0: no money is stranded above the milestones.
 async fn release(conn: &mut PgConnection, e: &Escrow, job: &JobRow, actor: &str, why: &str) -> Result<Escrow> {
+    require_parties_active(conn, e).await?;
     let after = set_status(conn, e, &["FUNDED", "RELEASABLE"], "RELEASED").await?;
     event(conn, e.id, "RELEASED", actor, serde_json::json!({"by": why})).await?;
-    let ms = milestones(conn, e.id).await?;
-    if ms.is_empty() {
-        if after.balance() > Decimal::ZERO {
-            payouts::enqueue(conn, job, &after, PaymentKind::Release, None, after.balance()).await?;
+    for m in milestones(conn, e.id).await? {
+        if matches!(m.status.as_str(), "WAITING" | "PENDING_REVIEW") {
+            transition_milestone(conn, &m, &["WAITING", "PENDING_REVIEW"], "APPROVED").await?;
+            audit::write(
+                conn,
+                actor,
+                "MILESTONE_APPROVED",
+                "milestone",
+                m.id,
+                serde_json::json!({"escrow_id": e.id, "by": why}),
+            )
+            .await?;
         }
-    } else {
-        for m in ms.iter().filter(|m| matches!(m.status.as_str(), "WAITING" | "PENDING_REVIEW" | "APPROVED")) {
-            payouts::enqueue(conn, job, &after, PaymentKind::Milestone, Some(m), m.amount).await?;
+        if matches!(m.status.as_str(), "WAITING" | "PENDING_REVIEW" | "APPROVED") {
+            payouts::enqueue(conn, job, &after, PaymentKind::Milestone, Some(&m), m.amount).await?;
         }
+    }
+    let after = load(conn, e.id).await?;
+    if after.balance() > Decimal::ZERO {
+        payouts::enqueue(conn, job, &after, PaymentKind::Release, None, after.balance()).await?;
     }
     Ok(after)
 }
@@ -557,26 +639,32 @@ async fn refund_balance(conn: &mut PgConnection, e: &Escrow, job: &JobRow) -> Re
     Ok(())
 }
 
-/// The `escrow_deadlines` cron job: releases every escrow past its deadline
-/// with nothing in review. Returns how many.
+/// The `escrow_deadlines` cron job: one `check_deadline` job per escrow
+/// past its deadline with nothing in review, so a refusal for one escrow
+/// (with its alert) never holds back the others. Each job is keyed by
+/// escrow and hour: a refused escrow is tried (and alerted) again once an
+/// hour, not on every tick. Returns how many jobs it made.
 pub async fn release_due(conn: &mut PgConnection, job: &JobRow) -> Result<i64> {
     let due: Vec<EscrowId> = sqlx::query_scalar(
-        "SELECT id FROM escrows WHERE status IN ('FUNDED', 'RELEASABLE') AND deadline_at <= now() ORDER BY id",
+        "SELECT id FROM escrows e WHERE status IN ('FUNDED', 'RELEASABLE') AND deadline_at <= now()
+            AND NOT EXISTS (SELECT 1 FROM milestones m WHERE m.escrow_id = e.id AND m.status = 'PENDING_REVIEW')
+          ORDER BY id",
     )
     .fetch_all(&mut *conn)
     .await?;
-    let mut released = 0;
+    let hour = Utc::now().format("%Y-%m-%dT%H");
+    let mut made = 0;
     for id in due {
-        let e = load(conn, id).await?;
-        if deadline_due(conn, &e).await? {
-            release(conn, &e, job, "system", "deadline").await?;
-            released += 1;
-        }
+        let cmd = EscrowTransitionV1 { escrow_id: id, action: TransitionAction::CheckDeadline, note: None };
+        record::insert_child(conn, job, JobKind::EscrowTransition, &cmd, format!("deadline:{id}:{hour}")).await?;
+        made += 1;
     }
-    Ok(released)
+    Ok(made)
 }
 
-/// After a settlement: when every milestone is PAID, the escrow is RELEASED.
+/// After a settlement: when every milestone is PAID and no remainder is
+/// left (the balance is 0), the escrow is RELEASED. A remainder is paid
+/// by the client's approval or the deadline, which release it.
 pub async fn close_if_done(conn: &mut PgConnection, escrow: EscrowId, actor: &str) -> Result<()> {
     let (total, paid): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'PAID') FROM milestones WHERE escrow_id = $1")
@@ -584,10 +672,13 @@ pub async fn close_if_done(conn: &mut PgConnection, escrow: EscrowId, actor: &st
             .fetch_one(&mut *conn)
             .await?;
     if total > 0 && total == paid {
-        let done = sqlx::query("UPDATE escrows SET status = 'RELEASED', updated_at = now() WHERE id = $1 AND status IN ('FUNDED', 'RELEASABLE')")
-            .bind(escrow)
-            .execute(&mut *conn)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE escrows SET status = 'RELEASED', updated_at = now()
+              WHERE id = $1 AND (status || '') IN ('FUNDED', 'RELEASABLE') AND funded_amount = reserved_amount",
+        )
+        .bind(escrow)
+        .execute(&mut *conn)
+        .await?;
         if done.rows_affected() == 1 {
             event(conn, escrow, "RELEASED", actor, serde_json::json!({"by": "all_milestones_paid"})).await?;
         }

@@ -36,3 +36,19 @@ pub(crate) async fn require_active_user(conn: &mut PgConnection, id: UserId, fie
         Err(Error::problem(ErrorCode::Forbidden, format!("{field} is not an active user")))
     }
 }
+
+/// Refuses with `FORBIDDEN` when one of these users exists and is not
+/// active (an unknown one is left to the rule's own lookup and its code).
+/// Jobs run later than their request: a user deactivated meanwhile can
+/// neither act nor receive.
+pub(crate) async fn refuse_inactive(conn: &mut PgConnection, users: &[(UserId, &str)]) -> Result<(), Error> {
+    let ids: Vec<UserId> = users.iter().map(|(id, _)| *id).collect();
+    let inactive: Vec<UserId> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1) AND NOT is_active")
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?;
+    match users.iter().find(|(id, _)| inactive.contains(id)) {
+        Some((_, field)) => Err(Error::problem(ErrorCode::Forbidden, format!("{field} is not an active user"))),
+        None => Ok(()),
+    }
+}

@@ -6,15 +6,18 @@
 //!    PSP's reason, releasing the reservation.
 //!
 //! Settlement arrives later by webhook. The escrow balance counts PENDING,
-//! SENT and SETTLED payments, so concurrent payouts never overdraw it.
+//! SENT and SETTLED payments, so concurrent payouts never overdraw it. A
+//! usage payment may only take the balance that milestones do not hold,
+//! and holds its share of its payee's limits while it is PENDING, SENT or
+//! SETTLED (`limits_day` says on which day it counted).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::domain::audit;
 use crate::domain::escrows::{self, Escrow, Milestone};
+use crate::domain::{alerts, audit, payees};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{EscrowId, MilestoneId, PayeeId, PaymentId};
 use crate::jobs::{JobKind, JobRow, Outcome, record};
@@ -41,7 +44,7 @@ impl PaymentKind {
     }
 }
 
-const COLUMNS: &str = "id, escrow_id, milestone_id, payee_id, kind, recipient, amount, currency, status, idempotency_key, psp_ref, error_reason, attempts, created_at";
+const COLUMNS: &str = "id, escrow_id, milestone_id, payee_id, kind, recipient, amount, currency, status, idempotency_key, psp_ref, error_reason, attempts, created_at, limits_day";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Payment {
@@ -59,6 +62,9 @@ pub struct Payment {
     pub error_reason: Option<String>,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
+    /// The day this (usage) payment's share of its payee's limits counts
+    /// on; `None` while it holds none.
+    pub limits_day: Option<NaiveDate>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,15 +139,46 @@ pub async fn get_for(conn: &mut PgConnection, id: PaymentId, who: &Principal) ->
 
 /// Moves `amount` out of the escrow's balance, or refuses.
 async fn reserve(conn: &mut PgConnection, escrow: EscrowId, amount: Decimal) -> Result<()> {
+    if try_reserve(conn, escrow, amount).await? {
+        Ok(())
+    } else {
+        Err(Error::problem(ErrorCode::InsufficientEscrowBalance, "the escrow balance is too small for this payout"))
+    }
+}
+
+/// The guarded reservation; `false` when the balance is too small.
+async fn try_reserve(conn: &mut PgConnection, escrow: EscrowId, amount: Decimal) -> Result<bool> {
     let done = sqlx::query("UPDATE escrows SET reserved_amount = reserved_amount + $2, updated_at = now() WHERE id = $1 AND funded_amount - reserved_amount >= $2")
         .bind(escrow)
         .bind(amount)
         .execute(conn)
         .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A usage payment's reservation: only from the balance that milestones do
+/// not hold. A milestone holds its amount until a payment of it is live
+/// (PENDING, SENT or SETTLED), so approving a proof never finds the money
+/// gone.
+async fn reserve_unheld(conn: &mut PgConnection, escrow: EscrowId, amount: Decimal) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE escrows e SET reserved_amount = reserved_amount + $2, updated_at = now()
+          WHERE id = $1 AND funded_amount - reserved_amount - (
+                SELECT coalesce(sum(m.amount), 0) FROM milestones m
+                 WHERE m.escrow_id = e.id
+                   AND NOT EXISTS (SELECT 1 FROM payments p
+                                    WHERE p.escrow_id = e.id AND p.milestone_id = m.id
+                                      AND p.status IN ('PENDING', 'SENT', 'SETTLED'))
+              ) >= $2",
+    )
+    .bind(escrow)
+    .bind(amount)
+    .execute(conn)
+    .await?;
     if done.rows_affected() == 0 {
         return Err(Error::problem(
             ErrorCode::InsufficientEscrowBalance,
-            "the escrow balance is too small for this payout",
+            "the escrow balance not held for milestones is too small for this spend",
         ));
     }
     Ok(())
@@ -176,7 +213,10 @@ pub async fn create_reserved(
     {
         return Ok(existing);
     }
-    reserve(conn, e.id, amount).await?;
+    match kind {
+        PaymentKind::Usage => reserve_unheld(conn, e.id, amount).await?,
+        _ => reserve(conn, e.id, amount).await?,
+    }
     let recipient = match (kind, payee) {
         (_, Some((_, payee_ref))) => payee_ref.to_string(),
         (PaymentKind::Refund, _) => format!("user:{}", e.client_id),
@@ -212,7 +252,9 @@ pub async fn create_reserved(
 }
 
 /// Creates the payment (phase 1) and its payout job inside the caller's
-/// transaction; the job is pushed when the caller commits.
+/// transaction; the job is pushed when the caller commits. A payment its
+/// key already names is reused: an ERROR one takes its reservation again
+/// and is driven again, a live one is left to the job driving it.
 pub async fn enqueue(
     conn: &mut PgConnection,
     parent: &JobRow,
@@ -227,9 +269,42 @@ pub async fn enqueue(
         (PaymentKind::Refund, _) => format!("refund:{}", e.id),
         _ => format!("{}:{}", kind.as_str().to_lowercase(), parent.id),
     };
-    let p = create_reserved(conn, e, kind, milestone, None, amount, &key).await?;
-    enqueue_payout(conn, parent, &p).await?;
+    let mut p = create_reserved(conn, e, kind, milestone, None, amount, &key).await?;
+    if p.status == "ERROR" {
+        revive(conn, &p).await?;
+        p = load(conn, p.id).await?.ok_or_else(|| Error::internal("payment vanished"))?;
+    }
+    if p.status == "PENDING" {
+        enqueue_payout(conn, parent, &p).await?;
+    }
     Ok(p)
+}
+
+/// ERROR → PENDING for a new drive: the payment takes its share of its
+/// payee's limits again first (refused with the limit's code when they are
+/// full), then its reservation (the balance not held for milestones, for a
+/// usage payment). A new PSP idempotency key follows from `redrives`.
+async fn revive(conn: &mut PgConnection, p: &Payment) -> Result<()> {
+    let today = Utc::now().date_naive();
+    if let Some(payee) = p.payee_id {
+        let payee = payees::load_locked(conn, payee).await?;
+        payees::take_limits(conn, &payee, p.amount, today).await?;
+    }
+    if p.kind == PaymentKind::Usage.as_str() {
+        reserve_unheld(conn, p.escrow_id, p.amount).await?;
+    } else {
+        reserve(conn, p.escrow_id, p.amount).await?;
+    }
+    sqlx::query(
+        "UPDATE payments SET status = 'PENDING', error_reason = NULL, redrives = redrives + 1, updated_at = now(),
+                limits_day = CASE WHEN payee_id IS NULL THEN NULL ELSE $2::date END
+          WHERE id = $1 AND status = 'ERROR'",
+    )
+    .bind(p.id)
+    .bind(today)
+    .execute(&mut *conn)
+    .await?;
+    audit::write(conn, "system", "PAYMENT_REDRIVEN", "payment", p.id, serde_json::json!({})).await
 }
 
 /// A payout job for an existing payment, created by `parent`.
@@ -273,14 +348,7 @@ pub async fn prepare(conn: &mut PgConnection, cmd: &PayoutV1) -> Result<Outcome>
     };
     match p.status.as_str() {
         "SENT" | "SETTLED" => return Ok(Outcome::Succeeded(serde_json::to_value(PaymentOut::from(&p))?)),
-        "ERROR" => {
-            reserve(conn, p.escrow_id, p.amount).await?;
-            sqlx::query("UPDATE payments SET status = 'PENDING', error_reason = NULL, redrives = redrives + 1, updated_at = now() WHERE id = $1")
-                .bind(p.id)
-                .execute(&mut *conn)
-                .await?;
-            audit::write(conn, "system", "PAYMENT_REDRIVEN", "payment", p.id, serde_json::json!({})).await?;
-        }
+        "ERROR" => revive(conn, &p).await?,
         _ => {}
     }
     let redrives: i32 = sqlx::query_scalar(
@@ -320,11 +388,10 @@ pub async fn record_reply(
                 .bind(psp_ref)
                 .execute(&mut *conn)
                 .await?;
+            // APPROVED → PAYING; a milestone elsewhere is not moved (the
+            // payment's own state is the PSP's fact and is recorded).
             if let Some(m) = p.milestone_id {
-                sqlx::query("UPDATE milestones SET status = 'PAYING', updated_at = now() WHERE id = $1 AND status IN ('WAITING', 'PENDING_REVIEW', 'APPROVED')")
-                    .bind(m)
-                    .execute(&mut *conn)
-                    .await?;
+                escrows::move_milestone(conn, m, &["APPROVED"], "PAYING").await?;
             }
             audit::write(conn, &who.actor(), "PAYMENT_SENT", "payment", p.id, serde_json::json!({"psp_ref": psp_ref}))
                 .await?;
@@ -339,10 +406,11 @@ pub async fn record_reply(
     }
 }
 
-/// PENDING or SENT → ERROR: the reservation is released and the milestone
-/// goes back to APPROVED for a retry. SETTLED never moves.
+/// PENDING or SENT → ERROR: the reservation is released, the payee's
+/// limits are given back, and the milestone goes back to APPROVED for a
+/// retry. SETTLED never moves.
 pub async fn fail(conn: &mut PgConnection, p: &Payment, reason: &str, actor: &str) -> Result<bool> {
-    let done = sqlx::query("UPDATE payments SET status = 'ERROR', error_reason = $2, updated_at = now() WHERE id = $1 AND status IN ('PENDING', 'SENT')")
+    let done = sqlx::query("UPDATE payments SET status = 'ERROR', error_reason = $2, limits_day = NULL, updated_at = now() WHERE id = $1 AND status IN ('PENDING', 'SENT')")
         .bind(p.id)
         .bind(reason)
         .execute(&mut *conn)
@@ -351,32 +419,70 @@ pub async fn fail(conn: &mut PgConnection, p: &Payment, reason: &str, actor: &st
         return Ok(false);
     }
     unreserve(conn, p.escrow_id, p.amount).await?;
-    if let Some(payee) = p.payee_id {
-        // A failed usage payment gives its limits back.
-        sqlx::query("UPDATE allowed_payees SET spent_total = spent_total - $2, spent_today = CASE WHEN spent_day = $3 THEN greatest(spent_today - $2, 0) ELSE spent_today END WHERE id = $1")
-            .bind(payee)
-            .bind(p.amount)
-            .bind(p.created_at.date_naive())
-            .execute(&mut *conn)
-            .await?;
+    if let (Some(payee), Some(day)) = (p.payee_id, p.limits_day) {
+        payees::give_back_limits(conn, payee, p.amount, day).await?;
     }
     if let Some(m) = p.milestone_id {
-        sqlx::query("UPDATE milestones SET status = 'APPROVED', updated_at = now() WHERE id = $1 AND status IN ('PAYING', 'APPROVED')")
-            .bind(m)
-            .execute(&mut *conn)
-            .await?;
+        escrows::move_milestone(conn, m, &["PAYING"], "APPROVED").await?;
     }
     audit::write(conn, actor, "PAYMENT_FAILED", "payment", p.id, serde_json::json!({"reason": reason})).await?;
     Ok(true)
 }
 
 /// → SETTLED (final): counted as paid; its milestone is PAID; the escrow
-/// closes when every milestone is.
+/// closes when every milestone is (and no remainder is left).
+///
+/// A late settlement of an ERROR payment is recorded anyway: the PSP paid.
+/// It takes its reservation and its payee's limits again where they can
+/// still hold it; where they cannot, the money has left all the same, so it
+/// is recorded without them and ops get an alert (`ESCROW_OVERDRAWN`,
+/// `PAYEE_LIMIT_OVERRUN`).
 pub async fn settle(conn: &mut PgConnection, p: &Payment, psp_ref: Option<&str>, actor: &str) -> Result<bool> {
+    let mut counted = true;
     match p.status.as_str() {
         "SETTLED" => return Ok(false),
-        // The PSP paid after all: take the reservation again (guarded).
-        "ERROR" => reserve(conn, p.escrow_id, p.amount).await?,
+        "ERROR" => {
+            counted = try_reserve(conn, p.escrow_id, p.amount).await?;
+            if !counted {
+                alerts::raise(
+                    conn,
+                    "ESCROW_OVERDRAWN",
+                    "the PSP settled a failed payment the escrow balance can no longer hold",
+                    None,
+                    serde_json::json!({"payment_id": p.id, "escrow_id": p.escrow_id, "amount": display(p.amount, &p.currency)}),
+                )
+                .await?;
+            }
+            if let Some(payee) = p.payee_id {
+                let today = Utc::now().date_naive();
+                let payee = payees::load_locked(conn, payee).await?;
+                sqlx::query("SAVEPOINT late_limits").execute(&mut *conn).await?;
+                match payees::take_limits(conn, &payee, p.amount, today).await {
+                    Ok(()) => {
+                        sqlx::query("UPDATE payments SET limits_day = $2 WHERE id = $1")
+                            .bind(p.id)
+                            .bind(today)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Err(Error::Problem(refusal)) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT late_limits").execute(&mut *conn).await?;
+                        alerts::raise(
+                            conn,
+                            "PAYEE_LIMIT_OVERRUN",
+                            "the PSP settled a failed usage payment its payee's limits can no longer hold",
+                            None,
+                            serde_json::json!({
+                                "payment_id": p.id, "escrow_id": p.escrow_id, "payee_id": payee.id,
+                                "amount": display(p.amount, &p.currency), "limit": refusal.code.as_str(),
+                            }),
+                        )
+                        .await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         _ => {}
     }
     sqlx::query(
@@ -386,18 +492,29 @@ pub async fn settle(conn: &mut PgConnection, p: &Payment, psp_ref: Option<&str>,
     .bind(psp_ref)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE escrows SET paid_amount = paid_amount + $2, updated_at = now() WHERE id = $1")
-        .bind(p.escrow_id)
-        .bind(p.amount)
-        .execute(&mut *conn)
-        .await?;
-    audit::write(conn, actor, "PAYMENT_SETTLED", "payment", p.id, serde_json::json!({"psp_ref": psp_ref})).await?;
-    if let Some(m) = p.milestone_id {
-        sqlx::query("UPDATE milestones SET status = 'PAID', updated_at = now() WHERE id = $1")
-            .bind(m)
+    if counted {
+        sqlx::query("UPDATE escrows SET paid_amount = paid_amount + $2, updated_at = now() WHERE id = $1")
+            .bind(p.escrow_id)
+            .bind(p.amount)
             .execute(&mut *conn)
             .await?;
-        audit::write(conn, actor, "MILESTONE_PAID", "milestone", m, serde_json::json!({"payment_id": p.id})).await?;
+    }
+    audit::write(
+        conn,
+        actor,
+        "PAYMENT_SETTLED",
+        "payment",
+        p.id,
+        serde_json::json!({"psp_ref": psp_ref, "counted": counted}),
+    )
+    .await?;
+    if let Some(m) = p.milestone_id {
+        // APPROVED (the webhook came before the PSP's reply was recorded, or
+        // after a failure) or PAYING → PAID.
+        if escrows::move_milestone(conn, m, &["APPROVED", "PAYING"], "PAID").await? {
+            audit::write(conn, actor, "MILESTONE_PAID", "milestone", m, serde_json::json!({"payment_id": p.id}))
+                .await?;
+        }
         escrows::close_if_done(conn, p.escrow_id, actor).await?;
     }
     Ok(true)

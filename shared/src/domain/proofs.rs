@@ -16,7 +16,7 @@ use crate::jobs::{JobKind, JobRow, NewJob, Outcome, record};
 use crate::principal::{Principal, Role};
 use crate::proofs::geo::Geofence;
 use crate::proofs::{ProofType, Verdict, evaluate};
-use crate::storage::ProofStore;
+use crate::storage::{ProofStore, StagedFile};
 
 const COLUMNS: &str = "id, escrow_id, milestone_id, sha256, storage_key, content_type, size_bytes, source, status, captured_at, gps_lat, gps_lng, distance_m, review_reasons, rejection_code, uploaded_by, uploaded_at, decided_by, decided_at, decision_note";
 
@@ -134,21 +134,28 @@ async fn milestone(conn: &mut PgConnection, id: MilestoneId) -> Result<Milestone
     m.ok_or_else(|| Error::not_found(ErrorCode::MilestoneNotFound, "milestone"))
 }
 
-/// The upload's checks (DOMAIN.md order after the file is stored), the
-/// proof row and its job, in the caller's transaction. The same
-/// idempotency key with the same file answers the first job.
+/// The upload's checks (DOMAIN.md order, on the staged file), the proof
+/// row and its job, in the caller's transaction; only an accepted upload
+/// moves its staged file into the store, as the last step before the
+/// commit. A refusal leaves the staged file to be deleted when dropped; a
+/// commit that fails after the placement leaves a file no proof references,
+/// which retention deletes. The same idempotency key with the same file
+/// answers the first job.
 pub async fn submit(
     conn: &mut PgConnection,
     who: &Principal,
     new: &NewProof,
     idempotency_key: &str,
+    store: &dyn ProofStore,
+    staged: &StagedFile,
 ) -> Result<(ProofId, JobRow, bool)> {
-    let existing: Option<JobId> =
-        sqlx::query_scalar("SELECT id FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2")
-            .bind(who.user_id)
-            .bind(idempotency_key)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let existing: Option<JobId> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2 AND parent_job_id IS NULL",
+    )
+    .bind(who.user_id)
+    .bind(idempotency_key)
+    .fetch_optional(&mut *conn)
+    .await?;
     let existing = match existing {
         Some(id) => record::get(conn, id).await?,
         None => None,
@@ -169,8 +176,10 @@ pub async fn submit(
         return Ok((id, job, false));
     }
     let e = escrows::load_for(conn, new.escrow_id, who, true).await?;
+    // Anyone but the provider (or an admin) gets the same 404 as for a
+    // missing escrow.
     if !(who.is_admin() || who.user_id == e.provider_id) {
-        return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's provider or an admin uploads proofs"));
+        return Err(Error::not_found(ErrorCode::EscrowNotFound, "escrow"));
     }
     // DOMAIN.md's order: the file first (a file already used), then the milestone.
     let used: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM proofs WHERE sha256 = $1)")
@@ -248,7 +257,33 @@ pub async fn submit(
         serde_json::json!({"milestone_id": m.id, "sha256": p.sha256, "source": p.source, "job_id": job.id}),
     )
     .await?;
+    store.place(staged, &new.storage_key).await?;
     Ok((p.id, job, true))
+}
+
+/// Retention of proof files: deletes the stored files written more than
+/// `older_than` ago that no proof references (an upload whose commit failed
+/// after its file was placed, a staging file a crash left behind). Answers
+/// how many were deleted.
+pub async fn sweep_files(
+    conn: &mut PgConnection,
+    store: &dyn ProofStore,
+    older_than: std::time::Duration,
+) -> Result<u64> {
+    let cutoff = std::time::SystemTime::now() - older_than;
+    let mut deleted = 0;
+    for keys in store.written_before(cutoff).await?.chunks(1000) {
+        let referenced: Vec<String> = sqlx::query_scalar("SELECT storage_key FROM proofs WHERE storage_key = ANY($1)")
+            .bind(keys)
+            .fetch_all(&mut *conn)
+            .await?;
+        for key in keys.iter().filter(|k| !referenced.contains(k)) {
+            if store.delete(key).await? {
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 async fn load(conn: &mut PgConnection, id: ProofId) -> Result<Proof> {
@@ -273,14 +308,33 @@ pub async fn get_for(conn: &mut PgConnection, id: ProofId, who: &Principal) -> R
     p.as_ref().map(Into::into).ok_or_else(|| Error::not_found(ErrorCode::NotFound, "proof"))
 }
 
-async fn approve(conn: &mut PgConnection, job: &JobRow, e: &Escrow, m: &Milestone, actor: &str) -> Result<()> {
-    sqlx::query("UPDATE milestones SET status = 'APPROVED', updated_at = now() WHERE id = $1")
-        .bind(m.id)
-        .execute(&mut *conn)
-        .await?;
+/// `from` → APPROVED (guarded) and its payout job.
+async fn approve(
+    conn: &mut PgConnection,
+    job: &JobRow,
+    e: &Escrow,
+    m: &Milestone,
+    from: &str,
+    actor: &str,
+) -> Result<()> {
+    escrows::require_parties_active(conn, e).await?;
+    escrows::transition_milestone(conn, m, &[from], "APPROVED").await?;
     audit::write(conn, actor, "MILESTONE_APPROVED", "milestone", m.id, serde_json::json!({"escrow_id": e.id})).await?;
     payouts::enqueue(conn, job, e, PaymentKind::Milestone, Some(m), m.amount).await?;
     Ok(())
+}
+
+/// Validations and decisions need the escrow FUNDED or RELEASABLE: after a
+/// release or a refund nothing moves a milestone any more.
+fn require_active(e: &Escrow) -> Result<()> {
+    if matches!(e.status.as_str(), "FUNDED" | "RELEASABLE") {
+        Ok(())
+    } else {
+        Err(Error::problem(
+            ErrorCode::EscrowNotActive,
+            format!("proofs are validated and decided for a FUNDED or RELEASABLE escrow, not {}", e.status),
+        ))
+    }
 }
 
 /// The `proof_validation` job for an upload.
@@ -294,8 +348,28 @@ pub async fn validate(
     if p.status != "PENDING" {
         return Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?));
     }
-    let m = milestone(conn, p.milestone_id).await?;
     let e = escrows::load(conn, p.escrow_id).await?;
+    let m = milestone(conn, p.milestone_id).await?;
+    let actor = job.actor();
+    // The escrow ended while the proof waited (released, refunded): the proof
+    // is rejected with that reason, the milestone is left as it is.
+    if let Err(Error::Problem(refusal)) = require_active(&e) {
+        sqlx::query("UPDATE proofs SET status = 'REJECTED', rejection_code = $2 WHERE id = $1")
+            .bind(p.id)
+            .bind(refusal.code.as_str())
+            .execute(&mut *conn)
+            .await?;
+        audit::write(
+            conn,
+            &actor,
+            "PROOF_REJECTED",
+            "proof",
+            p.id,
+            serde_json::json!({"code": refusal.code.as_str(), "escrow_status": e.status}),
+        )
+        .await?;
+        return Ok(Outcome::Refused(refusal));
+    }
     // A local read today; with an object store this is the one outside read
     // a validation makes, bounded by PROOF_MAX_BYTES.
     let bytes = store.get(&p.storage_key).await?;
@@ -320,7 +394,6 @@ pub async fn validate(
     .bind(code.map(|c| c.as_str()))
     .execute(&mut *conn)
     .await?;
-    let actor = job.principal().actor();
     let facts = serde_json::json!({"captured_at": eval.captured_at, "distance_m": eval.distance_m, "reasons": reasons, "code": code.map(|c| c.as_str())});
     match eval.verdict {
         Verdict::Rejected(code) => {
@@ -328,19 +401,42 @@ pub async fn validate(
             return Ok(Outcome::Refused(Problem::new(code, format!("the proof was rejected: {}", code.title()))));
         }
         Verdict::Review(_) => {
-            sqlx::query("UPDATE milestones SET status = 'PENDING_REVIEW', updated_at = now() WHERE id = $1")
-                .bind(m.id)
-                .execute(&mut *conn)
-                .await?;
+            escrows::transition_milestone(conn, &m, &["WAITING"], "PENDING_REVIEW").await?;
             audit::write(conn, &actor, "PROOF_SENT_TO_REVIEW", "proof", p.id, facts).await?;
         }
         Verdict::Approved => {
             audit::write(conn, &actor, "PROOF_APPROVED", "proof", p.id, facts).await?;
-            approve(conn, job, &e, &m, &actor).await?;
+            approve(conn, job, &e, &m, "WAITING", &actor).await?;
         }
     }
     let p = load(conn, proof_id).await?;
     Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?))
+}
+
+/// The decision's pre-check at the edge: a proof the caller cannot see is
+/// the same 404 as a missing one; anyone but support, an admin or the
+/// escrow's client is `FORBIDDEN`. [`decide`] checks again in the job.
+pub async fn check_decider(conn: &mut PgConnection, id: ProofId, who: &Principal) -> Result<()> {
+    let parties: Option<(UserId, UserId)> = sqlx::query_as(
+        "SELECT e.client_id, e.provider_id FROM proofs p JOIN escrows e ON e.id = p.escrow_id WHERE p.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    match parties {
+        Some((client, provider)) if who.reads_all() || who.user_id == client || who.user_id == provider => {
+            may_decide(who, client)
+        }
+        _ => Err(Error::not_found(ErrorCode::NotFound, "proof")),
+    }
+}
+
+fn may_decide(who: &Principal, client: UserId) -> Result<()> {
+    if matches!(who.role, Role::Admin | Role::Support) || who.user_id == client {
+        Ok(())
+    } else {
+        Err(Error::problem(ErrorCode::Forbidden, "support, an admin or the escrow's client decides"))
+    }
 }
 
 /// A person's decision on a proof in review (support, admin, the client).
@@ -357,12 +453,11 @@ pub async fn decide(
     if !(who.reads_all() || e.is_party(who)) {
         return Err(Error::not_found(ErrorCode::NotFound, "proof"));
     }
-    if !(matches!(who.role, Role::Admin | Role::Support) || who.user_id == e.client_id) {
-        return Err(Error::problem(ErrorCode::Forbidden, "support, an admin or the escrow's client decides"));
-    }
+    may_decide(who, e.client_id)?;
     if p.status != "PENDING_REVIEW" {
         return Err(Error::problem(ErrorCode::ProofAlreadyDecided, format!("the proof is {}", p.status)));
     }
+    require_active(&e)?;
     let m = milestone(conn, p.milestone_id).await?;
     let actor = who.actor();
     let (status, action) = match decision {
@@ -386,13 +481,8 @@ pub async fn decide(
     )
     .await?;
     match decision {
-        Decision::Approve => approve(conn, job, &e, &m, &actor).await?,
-        Decision::Reject => {
-            sqlx::query("UPDATE milestones SET status = 'WAITING', updated_at = now() WHERE id = $1")
-                .bind(m.id)
-                .execute(&mut *conn)
-                .await?;
-        }
+        Decision::Approve => approve(conn, job, &e, &m, "PENDING_REVIEW", &actor).await?,
+        Decision::Reject => escrows::transition_milestone(conn, &m, &["PENDING_REVIEW"], "WAITING").await?,
     }
     let p = load(conn, proof_id).await?;
     Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?))
@@ -403,7 +493,7 @@ pub async fn run(conn: &mut PgConnection, store: &dyn ProofStore, job: &JobRow) 
     match job.payload::<ProofValidationV1>()? {
         ProofValidationV1::Validate { proof_id, .. } => validate(conn, store, job, proof_id).await,
         ProofValidationV1::Decide { proof_id, decision, note } => {
-            decide(conn, &job.principal(), job, proof_id, decision, note.as_deref()).await
+            decide(conn, &job.principal()?, job, proof_id, decision, note.as_deref()).await
         }
     }
 }

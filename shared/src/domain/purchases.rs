@@ -8,8 +8,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::domain::audit;
 use crate::domain::mandates::{COLUMNS as MANDATE_COLUMNS, Mandate};
+use crate::domain::{audit, refuse_inactive};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{CategoryId, JobId, MandateId, MerchantId, PurchaseId, UserId};
 use crate::jobs::Outcome;
@@ -80,6 +80,8 @@ const COLUMNS: &str =
 
 /// Applies DOMAIN.md's purchase rules in order; the first that fails decides.
 pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cmd: &PurchaseV1) -> Result<Outcome> {
+    // Both ends must still be active when the job runs.
+    refuse_inactive(conn, &[(cmd.sender_id, "sender_id"), (cmd.beneficiary_id, "beneficiary_id")]).await?;
     // 1. The merchant exists.
     let merchant: Option<(Option<CategoryId>, bool)> =
         sqlx::query_as("SELECT category_id, is_certified FROM merchants WHERE id = $1")

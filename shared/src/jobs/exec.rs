@@ -361,5 +361,5 @@ pub async fn audit_refusal(conn: &mut PgConnection, job: &JobRow, p: &Problem) -
     let (entity, action) = job.job_kind().map(|k| k.refusal_audit()).unwrap_or(("job", "JOB_REFUSED"));
     let data =
         serde_json::json!({"job_id": job.id, "code": p.code.as_str(), "detail": p.detail, "request": job.payload});
-    audit::write(conn, &job.principal().actor(), action, entity, job.id, data).await
+    audit::write(conn, &job.actor(), action, entity, job.id, data).await
 }

@@ -39,12 +39,21 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    pub fn principal(&self) -> Principal {
-        Principal {
-            user_id: self.actor_user_id,
-            key_id: self.actor_key_id,
-            role: Role::parse(&self.actor_role).unwrap_or(Role::Psp),
-        }
+    /// Who the job acts as. A role we do not know fails closed: the job is
+    /// refused `FORBIDDEN`, never run with some other role's rights.
+    pub fn principal(&self) -> Result<Principal> {
+        let Some(role) = Role::parse(&self.actor_role) else {
+            return Err(Error::problem(
+                ErrorCode::Forbidden,
+                format!("the job's role `{}` is unknown; it runs with no rights", self.actor_role.escape_debug()),
+            ));
+        };
+        Ok(Principal { user_id: self.actor_user_id, key_id: self.actor_key_id, role })
+    }
+
+    /// The actor string of the job's audit rows, whatever its role.
+    pub fn actor(&self) -> String {
+        if self.actor_user_id.0.is_nil() { "system".to_string() } else { format!("user:{}", self.actor_user_id) }
     }
 
     pub fn job_kind(&self) -> Option<JobKind> {
@@ -134,12 +143,18 @@ pub fn request_hash(kind: JobKind, payload: &serde_json::Value) -> Vec<u8> {
 /// Inserts the job row. With an idempotency key already used by the same
 /// principal: the same request gives back the original row (`false`), another
 /// request is `IDEMPOTENCY_KEY_REUSED`.
+///
+/// Keys live in two namespaces, each backed by its own unique index: a
+/// principal's own requests (`jobs_idempotency`, jobs without a parent) and
+/// the follow-up jobs that jobs create (`jobs_child_idempotency`, keyed
+/// globally; see [`insert_child`]). A client can therefore never take a key
+/// a child job will need, whatever key it sends.
 pub async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<(JobRow, bool)> {
     let hash = new.request_hash();
     let inserted: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, pushed_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
-         ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL AND parent_job_id IS NULL DO NOTHING
          RETURNING {COLUMNS}, ctid::text AS ctid"
     )))
     .bind(JobId::new())
@@ -163,14 +178,18 @@ pub async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<(JobRow, bo
 /// canonical payload), else `IDEMPOTENCY_KEY_REUSED`.
 pub async fn existing(conn: &mut PgConnection, new: &NewJob) -> Result<JobRow> {
     let row: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2"
+        "SELECT {COLUMNS} FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2 AND parent_job_id IS NULL"
     )))
     .bind(new.principal.user_id)
     .bind(&new.idempotency_key)
     .fetch_one(&mut *conn)
     .await?;
-    if row.request_hash.as_deref() == Some(new.request_hash().as_slice()) {
-        Ok(row)
+    Ok(same_request(row, &new.request_hash())?.0)
+}
+
+fn same_request(existing: JobRow, hash: &[u8]) -> Result<(JobRow, bool)> {
+    if existing.request_hash.as_deref() == Some(hash) {
+        Ok((existing, false))
     } else {
         Err(Error::problem(
             ErrorCode::IdempotencyKeyReused,
@@ -197,7 +216,7 @@ pub async fn insert_many(conn: &mut PgConnection, news: &[NewJob]) -> Result<Vec
          SELECT id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, now()
            FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::bytea[])
                 AS n(id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash)
-         ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         ON CONFLICT (actor_user_id, idempotency_key) WHERE idempotency_key IS NOT NULL AND parent_job_id IS NULL DO NOTHING
          RETURNING {COLUMNS}, ctid::text AS ctid"
     )))
     .bind(&ids)
@@ -215,7 +234,10 @@ pub async fn insert_many(conn: &mut PgConnection, news: &[NewJob]) -> Result<Vec
 }
 
 /// Creates a follow-up job inside the parent's transaction, under the
-/// parent's principal, keyed so a re-run of the parent finds the same child.
+/// parent's principal, keyed so a re-run of the parent (or another parent
+/// asking for the same work) finds the same child. Child keys are a
+/// namespace of their own (a unique index on the key of jobs that have a
+/// parent), apart from every client's keys.
 pub async fn insert_child(
     conn: &mut PgConnection,
     parent: &JobRow,
@@ -223,16 +245,35 @@ pub async fn insert_child(
     payload: &impl Serialize,
     key: String,
 ) -> Result<JobRow> {
-    let new = NewJob::new(kind, payload, &parent.principal(), Some(key))?;
-    let (row, created) = insert(&mut *conn, &new).await?;
-    if created {
-        sqlx::query("UPDATE jobs SET parent_job_id = $2 WHERE id = $1")
-            .bind(row.id)
-            .bind(parent.id)
-            .execute(conn)
-            .await?;
+    let new = NewJob::new(kind, payload, &parent.principal()?, Some(key))?;
+    let hash = new.request_hash();
+    let inserted: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, pushed_at, parent_job_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9)
+         ON CONFLICT (idempotency_key) WHERE parent_job_id IS NOT NULL DO NOTHING
+         RETURNING {COLUMNS}"
+    )))
+    .bind(JobId::new())
+    .bind(new.kind.as_str())
+    .bind(&new.payload)
+    .bind(new.principal.user_id)
+    .bind(new.principal.key_id)
+    .bind(new.principal.role.as_str())
+    .bind(&new.idempotency_key)
+    .bind(&hash)
+    .bind(parent.id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = inserted {
+        return Ok(row);
     }
-    Ok(row)
+    let existing: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE idempotency_key = $1 AND parent_job_id IS NOT NULL"
+    )))
+    .bind(&new.idempotency_key)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(same_request(existing, &hash)?.0)
 }
 
 /// The queued children of a job, to push after the parent commits.
@@ -562,8 +603,9 @@ pub async fn record_failure(
     Ok(status.unwrap_or_else(|| "superseded".into()))
 }
 
-/// `POST /jobs/{id}/retry`: a dead job goes back to the queue with fresh attempts.
-pub async fn retry_dead(conn: &mut PgConnection, id: JobId) -> Result<JobRow> {
+/// `POST /jobs/{id}/retry`: a dead job goes back to the queue with fresh
+/// attempts, and its audit row is written in the same transaction.
+pub async fn retry_dead(conn: &mut PgConnection, id: JobId, who: &Principal) -> Result<JobRow> {
     let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE jobs SET status = 'queued', attempts = 0, next_attempt_at = now(), pushed_at = now(),
                 finished_at = NULL, error = NULL, started_at = NULL
@@ -573,7 +615,11 @@ pub async fn retry_dead(conn: &mut PgConnection, id: JobId) -> Result<JobRow> {
     .fetch_optional(&mut *conn)
     .await?;
     match row {
-        Some(row) => Ok(row),
+        Some(row) => {
+            crate::domain::audit::write(conn, &who.actor(), "JOB_RETRIED", "job", row.id, serde_json::json!({}))
+                .await?;
+            Ok(row)
+        }
         None => match get(conn, id).await? {
             Some(_) => Err(Error::problem(ErrorCode::JobNotDead, "only a dead job can be retried")),
             None => Err(Error::not_found(ErrorCode::NotFound, "job")),
@@ -615,4 +661,42 @@ pub async fn take_for_relay(
     .bind(max_attempts)
     .fetch_all(pool)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(role: &str) -> JobRow {
+        JobRow {
+            id: JobId::new(),
+            kind: "escrow_deposit".into(),
+            payload: serde_json::json!({}),
+            actor_user_id: UserId::new(),
+            actor_key_id: ApiKeyId::new(),
+            actor_role: role.into(),
+            idempotency_key: None,
+            request_hash: None,
+            status: "queued".into(),
+            attempts: 0,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            result: None,
+            error: None,
+            ctid: None,
+        }
+    }
+
+    #[test]
+    fn an_unknown_role_fails_closed_instead_of_acting_as_the_psp() {
+        for role in ["ghost", "PSP", "", "admin ", "psp\u{0}"] {
+            let r = row(role).principal();
+            assert!(matches!(&r, Err(Error::Problem(p)) if p.code == ErrorCode::Forbidden), "{role:?}: {r:?}");
+        }
+        for role in ["admin", "support", "sender", "beneficiary", "psp"] {
+            assert_eq!(row(role).principal().map(|p| p.role.as_str()).ok(), Some(role));
+        }
+        assert!(row("ghost").actor().starts_with("user:"));
+    }
 }

@@ -12,7 +12,8 @@ use crate::error::ErrorCode;
 pub const SIGNATURE_HEADER: &str = "X-PSP-Signature";
 /// Header carrying the Unix time (seconds) the signature was made at.
 pub const TIMESTAMP_HEADER: &str = "X-PSP-Timestamp";
-/// Header carrying the PSP's event id (the body's `id` is the fallback).
+/// Header the PSP may repeat its event id in. It is not signed: the id is
+/// the signed body's `id`, and a header that differs is refused.
 pub const EVENT_ID_HEADER: &str = "X-PSP-Event-Id";
 /// Largest accepted distance, either way, between the signed timestamp and now.
 pub const TOLERANCE_SECS: u64 = 300;

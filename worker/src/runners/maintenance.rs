@@ -1,9 +1,11 @@
 //! Maintenance jobs: the relay (re-push what no worker took in time) and
-//! retention (old cron ticks and finished jobs).
+//! retention (old cron ticks and finished jobs, proof files no proof
+//! references).
 
 use std::collections::HashMap;
 
 use shared::config::Config;
+use shared::domain::proofs;
 use shared::error::Result;
 use shared::jobs::transport::JobRef;
 use shared::jobs::{JobKind, Outcome, Queue, record};
@@ -75,8 +77,11 @@ pub async fn relay_job(r: &Runners) -> Result<Outcome> {
 /// Hourly. The relay's cron ticks (one every few seconds, no job row) go
 /// after an hour, other cron ticks after two days. The receipts of
 /// maintenance runs go after a day, those of the other scheduled jobs after
-/// 30 days; jobs that move value are the record and stay.
-pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
+/// 30 days; jobs that move value are the record and stay. Stored proof
+/// files that no proof references go after a day. The audit log is never
+/// touched.
+pub async fn retention(r: &Runners, conn: &mut PgConnection) -> Result<Outcome> {
+    let files = proofs::sweep_files(conn, r.store.as_ref(), std::time::Duration::from_secs(86_400)).await?;
     let relay_ticks =
         sqlx::query("DELETE FROM cron_ticks WHERE schedule = 'job_relay' AND tick < now() - interval '1 hour'")
             .execute(&mut *conn)
@@ -99,5 +104,7 @@ pub async fn retention(conn: &mut PgConnection) -> Result<Outcome> {
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(Outcome::Succeeded(serde_json::json!({"cron_ticks_deleted": ticks, "jobs_deleted": relays + scheduled})))
+    Ok(Outcome::Succeeded(serde_json::json!({
+        "cron_ticks_deleted": ticks, "jobs_deleted": relays + scheduled, "proof_files_deleted": files,
+    })))
 }

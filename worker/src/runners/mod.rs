@@ -30,7 +30,7 @@ pub struct Runners {
 impl Runner for Runners {
     fn run<'c>(&'c self, conn: &'c mut PgConnection, job: &'c JobRow) -> BoxFuture<'c, Result<Outcome>> {
         Box::pin(async move {
-            let who = job.principal();
+            let who = job.principal()?;
             let Some(kind) = job.job_kind() else {
                 return Err(Error::internal(format!("unknown job kind {}", job.kind)));
             };
@@ -65,15 +65,16 @@ impl Runner for Runners {
                 }
                 JobKind::EscrowTransition => escrows::transition(conn, &who, job, &job.payload()?).await,
                 JobKind::EscrowDeadlines => {
-                    let released = escrows::release_due(conn, job).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"released": released})))
+                    // One check_deadline job per due escrow, pushed once this commits.
+                    let enqueued = escrows::release_due(conn, job).await?;
+                    Ok(Outcome::Succeeded(serde_json::json!({"enqueued": enqueued})))
                 }
                 JobKind::UsageSpend => payees::spend(conn, &who, job, &job.payload()?).await,
                 JobKind::ProofValidation => proofs::run(conn, self.store.as_ref(), job).await,
                 JobKind::Payout => payouts::prepare(conn, &job.payload()?).await,
                 JobKind::PspWebhook => webhooks::apply(conn, &job.payload()?).await,
                 JobKind::JobRelay => maintenance::relay_job(self).await,
-                JobKind::Retention => maintenance::retention(conn).await,
+                JobKind::Retention => maintenance::retention(self, conn).await,
             }
         })
     }
@@ -110,7 +111,7 @@ impl Runner for Runners {
         Box::pin(async move {
             let state: payouts::CallState = serde_json::from_value(state.clone())?;
             let reply: payouts::CallReply = serde_json::from_value(reply.clone())?;
-            payouts::record_reply(conn, &job.principal(), &state, &reply).await
+            payouts::record_reply(conn, &job.principal()?, &state, &reply).await
         })
     }
 }
