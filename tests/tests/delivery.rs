@@ -202,7 +202,8 @@ async fn all_succeed(env: &Env, ids: &[String], within: Duration) -> anyhow::Res
 async fn the_queue_flows_after_twenty_thousand_deliveries_and_restarts_under_new_and_same_names() -> anyhow::Result<()>
 {
     let n: usize = std::env::var("KOBATELA_DELIVERY_VOLUME").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let mut env = Env::with(fault_env().workers(1).var("WORKER_CONCURRENCY", "16")).await?;
+    let mut env =
+        Env::with(fault_env().workers(1).var("WORKER_CONCURRENCY", "16").var("RATE_LIMIT_PER_KEY", "100000/s")).await?;
     let shop = shop(&env, "1000000.00", "USD").await?;
     let started = Instant::now();
     let ids = post_purchases(&shop, "bulk", n, 16).await?;

@@ -75,8 +75,9 @@ async fn read(
     Auth(who): Auth,
     IdPath(id): IdPath<EscrowId>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut conn = s.pool.acquire().await?;
-    Ok(Json(escrows::get_for(&mut conn, id, &who).await?))
+    // One snapshot: a payment's end never shows with the balance from before it.
+    let escrow = db::snapshot(&s.pool, &(id, who), |tx, (id, who)| Box::pin(escrows::get_for(tx, *id, who))).await?;
+    Ok(Json(escrow))
 }
 
 #[tracing::instrument(skip_all)]

@@ -106,6 +106,21 @@ where
     }
 }
 
+/// Runs `f` in one read-only REPEATABLE READ transaction: several reads
+/// that must agree with each other (an escrow, its milestones and its
+/// payments) see one snapshot, never a job's commit half-way between them.
+pub async fn snapshot<C, T, F>(pool: &PgPool, ctx: &C, f: F) -> Result<T, Error>
+where
+    C: ?Sized + Sync,
+    F: for<'c> FnOnce(&'c mut PgConnection, &'c C) -> BoxFuture<'c, Result<T, Error>>,
+{
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let value = f(&mut tx, ctx).await?;
+    tx.commit().await?;
+    Ok(value)
+}
+
 /// Maps a unique or check violation on a named constraint to a problem;
 /// anything else passes through untouched.
 pub trait OnConstraint<T> {

@@ -29,6 +29,36 @@ pub async fn write(
     Ok(())
 }
 
+/// Several rows by one actor in one statement: (action, entity, entity id,
+/// data) each, in this order.
+pub async fn write_many(
+    conn: &mut PgConnection,
+    actor: &str,
+    rows: &[(&str, &str, String, serde_json::Value)],
+) -> Result<()> {
+    let ids: Vec<AuditId> = rows.iter().map(|_| AuditId::new()).collect();
+    let actions: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let entities: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let entity_ids: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    let data: Vec<&serde_json::Value> = rows.iter().map(|r| &r.3).collect();
+    sqlx::query(
+        "INSERT INTO audit_log (id, actor, action, entity, entity_id, data)
+         SELECT id, $2, action, entity, entity_id, data
+           FROM unnest($1::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[])
+                WITH ORDINALITY AS r(id, action, entity, entity_id, data, n)
+          ORDER BY n",
+    )
+    .bind(&ids)
+    .bind(actor)
+    .bind(&actions)
+    .bind(&entities)
+    .bind(&entity_ids)
+    .bind(&data)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct AuditRow {
     pub id: AuditId,
