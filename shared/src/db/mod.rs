@@ -66,18 +66,6 @@ where
 /// prefer the indexes even on small tables.
 const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
 
-/// [`serializable`] with the savepoint `rule` set in the same round trip as
-/// `BEGIN`: the job executor rolls a rule's writes back to it on a refusal.
-pub async fn serializable_with_savepoint<C, T, F>(pool: &PgPool, ctx: &C, f: F) -> Result<T, Error>
-where
-    C: ?Sized + Sync,
-    F: for<'c> FnMut(&'c mut PgConnection, &'c C) -> BoxFuture<'c, Result<T, Error>>,
-{
-    const BEGIN_WITH_SAVEPOINT: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL enable_seqscan = off; \
-                                        SET LOCAL jit = off; SAVEPOINT rule";
-    serializable_with(pool, BEGIN_WITH_SAVEPOINT, ctx, f).await
-}
-
 async fn serializable_with<C, T, F>(pool: &PgPool, begin: &'static str, ctx: &C, mut f: F) -> Result<T, Error>
 where
     C: ?Sized + Sync,

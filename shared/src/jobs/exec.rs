@@ -130,8 +130,8 @@ enum TxEnd {
     /// The first transaction of a `Continue` committed: the job (now
     /// `running` under this worker) and the state for the call.
     Continue(Box<JobRow>, serde_json::Value),
-    Superseded,
-    /// The fast path found nothing to claim.
+    /// Not this run's to end: a first delivery found the row no longer
+    /// queued, or a claimed job's claim was taken over.
     NotQueued,
 }
 
@@ -251,7 +251,7 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                 info!(code = %p.code, detail = %p.detail, "job refused");
                 (Report::Failed(p.code.as_str().to_string()), "failed")
             }
-            Ok(TxEnd::Superseded | TxEnd::Continue(..) | TxEnd::NotQueued) => (Report::Superseded, "superseded"),
+            Ok(TxEnd::Continue(..) | TxEnd::NotQueued) => (Report::Superseded, "superseded"),
             Err((status, message)) => {
                 warn!(job_id = %id, error = %message, new_status = %status, "job attempt failed");
                 let outcome = if status == "dead" { "dead" } else { "retry" };
@@ -279,53 +279,61 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
         second: Option<(&serde_json::Value, &serde_json::Value)>,
     ) -> Result<(TxEnd, Option<JobRow>)> {
         let ctx = (entry, self.runner, second, self.worker, self.lease);
-        // The savepoint comes with BEGIN (one round trip); a refusal rolls
-        // the rule's writes back to it and the job's end is written after.
-        db::serializable_with_savepoint(self.pool, &ctx, |tx, (entry, runner, second, worker, lease)| {
+        let ran = db::serializable(self.pool, &ctx, |tx, (entry, runner, second, worker, lease)| {
             Box::pin(async move {
-                let job = match entry {
-                    Entry::Claimed(job) => {
-                        if !record::still_owned(tx, job).await? {
-                            return Ok((TxEnd::Superseded, None));
-                        }
-                        (*job).clone()
-                    }
-                    Entry::Fresh(id, ctid) => match record::queued_row(tx, *id, *ctid).await? {
-                        Some(job) => job,
-                        None => return Ok((TxEnd::NotQueued, None)),
-                    },
+                let Some(job) = reach(tx, entry).await? else {
+                    return Ok((TxEnd::NotQueued, None));
                 };
-                let fresh = matches!(entry, Entry::Fresh(..));
                 let outcome = match second {
                     None => runner.run(tx, &job).await,
                     Some((state, reply)) => runner.complete(tx, &job, state, reply).await,
                 };
-                let end = match outcome {
-                    Ok(Outcome::Succeeded(value)) => {
+                // An `Err` (a refusal the rule keeps nothing of included)
+                // rolls the whole transaction back.
+                let end = match outcome? {
+                    Outcome::Succeeded(value) => {
                         record::finish(tx, &job, Ok(&value)).await?;
                         TxEnd::Done
                     }
                     // The rule kept its writes and audited its own refusal.
-                    Ok(Outcome::Refused(p)) => {
+                    Outcome::Refused(p) => {
                         record::finish(tx, &job, Err(&p)).await?;
                         TxEnd::Refused(p)
                     }
-                    Ok(Outcome::Continue(state)) if second.is_none() => {
-                        let running =
-                            if fresh { record::mark_running(tx, &job, worker, *lease).await? } else { job.clone() };
+                    Outcome::Continue(state) if second.is_none() => {
+                        let running = match entry {
+                            Entry::Fresh(..) => record::mark_running(tx, &job, worker, *lease).await?,
+                            Entry::Claimed(_) => job.clone(),
+                        };
                         TxEnd::Continue(Box::new(running), state)
                     }
-                    Ok(Outcome::Continue(_)) => return Err(Error::internal("a job may call out only once")),
-                    // The rule's writes are undone; the refusal is audited here.
-                    Err(Error::Problem(p)) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT rule").execute(&mut *tx).await?;
-                        audit_refusal(tx, &job, &p).await?;
-                        record::finish(tx, &job, Err(&p)).await?;
-                        TxEnd::Refused(p)
-                    }
-                    Err(e) => return Err(e),
+                    Outcome::Continue(_) => return Err(Error::internal("a job may call out only once")),
                 };
                 Ok((end, Some(job)))
+            })
+        })
+        .await;
+        match ran {
+            // Nothing of the rule was written; the refusal is audited and
+            // the job ended in a transaction of its own. (A savepoint around
+            // the rule would do it in one, but a savepoint that writes is a
+            // subtransaction with an id of its own in every job: the common
+            // case pays for the rare one.)
+            Err(Error::Problem(p)) => self.refuse(entry, p).await,
+            other => other,
+        }
+    }
+
+    /// Audits a refusal whose rule's writes were rolled back, and ends the job.
+    async fn refuse(&self, entry: Entry<'_>, p: Problem) -> Result<(TxEnd, Option<JobRow>)> {
+        db::serializable(self.pool, &(entry, p), |tx, (entry, p)| {
+            Box::pin(async move {
+                let Some(job) = reach(tx, entry).await? else {
+                    return Ok((TxEnd::NotQueued, None));
+                };
+                audit_refusal(tx, &job, p).await?;
+                record::finish(tx, &job, Err(p)).await?;
+                Ok((TxEnd::Refused(p.clone()), Some(job)))
             })
         })
         .await
@@ -345,6 +353,16 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
             }
             Err(e) => warn!(error = %e, "cannot list follow-up jobs; the relay will deliver them"),
         }
+    }
+}
+
+/// The job's row in its transaction: a claimed job's claim must still hold
+/// (`Superseded` reads as "not here"), a first delivery's row must still be
+/// queued.
+async fn reach(tx: &mut PgConnection, entry: &Entry<'_>) -> Result<Option<JobRow>> {
+    match entry {
+        Entry::Claimed(job) => Ok(record::still_owned(tx, job).await?.then(|| (*job).clone())),
+        Entry::Fresh(id, ctid) => record::queued_row(tx, *id, *ctid).await,
     }
 }
 
