@@ -114,14 +114,23 @@ impl Queue {
     /// only what is still to do, and announces the jobs that ended (one round
     /// trip).
     pub async fn ack(&self, kind: JobKind, entries: &[&str], ended: &[JobId]) -> Result<()> {
+        let entries: Vec<(JobKind, &str)> = entries.iter().map(|e| (kind, *e)).collect();
+        self.ack_many(&entries, ended).await
+    }
+
+    /// [`ack`](Self::ack) for entries of any kinds, in one round trip.
+    pub async fn ack_many(&self, entries: &[(JobKind, &str)], ended: &[JobId]) -> Result<()> {
         if entries.is_empty() && ended.is_empty() {
             return Ok(());
         }
-        let key = self.stream_key(kind);
         let mut pipe = redis::pipe();
-        if !entries.is_empty() {
-            pipe.cmd("XACK").arg(&key).arg(GROUP).arg(entries).ignore();
-            pipe.cmd("XDEL").arg(&key).arg(entries).ignore();
+        for kind in JobKind::ALL {
+            let ids: Vec<&str> = entries.iter().filter(|(k, _)| k == kind).map(|(_, e)| *e).collect();
+            if !ids.is_empty() {
+                let key = self.stream_key(*kind);
+                pipe.cmd("XACK").arg(&key).arg(GROUP).arg(&ids).ignore();
+                pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
+            }
         }
         self.add_ended(&mut pipe, ended);
         let mut conn = self.conn.clone();
