@@ -4,6 +4,12 @@
 //! `payment.failed`) webhook the way a real PSP would: later, retried until
 //! acknowledged, re-signed on every try. `/sim/*` lets tests push arbitrary
 //! events and look at what the simulator saw. State lives in memory only.
+//!
+//! For reconciliation it keeps what it did and lists it, paged by a
+//! sequence number (`GET /payouts?since=&limit=`, `GET /fundings?since=&limit=`),
+//! and it takes fundings as a sender's card or mobile-money payment would
+//! reach it (`POST /fundings {escrow_id, amount, currency}`), announcing each
+//! with a signed `funding.succeeded`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -83,6 +89,9 @@ impl Settings {
 /// One idempotency key as the simulator saw it.
 #[derive(Debug, Clone, Serialize)]
 struct PayoutRecord {
+    /// Its place in the PSP's log, for paging (`?since=`).
+    seq: u64,
+    created_at: String,
     payment_id: String,
     /// `None` for a refused payout: a refusal creates nothing at the PSP.
     psp_ref: Option<String>,
@@ -95,8 +104,23 @@ struct PayoutRecord {
     calls: u32,
     /// `accepted` or `refused`.
     status: &'static str,
+    /// What the PSP reported of an accepted payout: `settled` or `failed`.
+    outcome: Option<&'static str>,
     #[serde(skip)]
     amount_value: Decimal,
+}
+
+/// A sender's funding the PSP took, announced by `funding.succeeded`.
+#[derive(Debug, Clone, Serialize)]
+struct FundingRecord {
+    seq: u64,
+    id: String,
+    escrow_id: String,
+    amount: String,
+    currency: String,
+    /// The id of its `funding.succeeded` event (our deposit is keyed by it).
+    event_id: String,
+    created_at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +137,9 @@ struct WebhookRecord {
 
 #[derive(Default)]
 struct Ledger {
+    /// The last sequence number given (payouts and fundings share it).
+    seq: u64,
+    fundings: Vec<FundingRecord>,
     payouts: Vec<PayoutRecord>,
     payout_by_key: HashMap<String, usize>,
     webhooks: Vec<WebhookRecord>,
@@ -120,6 +147,11 @@ struct Ledger {
 }
 
 impl Ledger {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
     /// The record for an event id, created on first use (a replayed id from
     /// `/sim/events` keeps counting on the same record).
     fn webhook(&mut self, event_id: &str, kind: &str, payment_id: Option<String>) -> &mut WebhookRecord {
@@ -265,7 +297,16 @@ async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: B
 
     let is_refused = sim.settings.refuse_amounts.contains(&payout.amount_value);
     let psp_ref = (!is_refused).then(|| format!("sim_{}", Uuid::new_v4()));
+    let failed = !is_refused
+        && match &*sim.fail_override.lock().unwrap_or_else(PoisonError::into_inner) {
+            // Decimal equality is by value, so "25" in the list matches "25.00".
+            Some(list) => list.contains(&payout.amount_value),
+            None => sim.settings.fail_amounts.contains(&payout.amount_value),
+        };
+    let seq = ledger.next_seq();
     ledger.payouts.push(PayoutRecord {
+        seq,
+        created_at: now_text(),
         payment_id: payout.payment_id.clone(),
         psp_ref: psp_ref.clone(),
         amount: payout.amount.clone(),
@@ -275,6 +316,7 @@ async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: B
         idempotency_key: key.to_string(),
         calls: 1,
         status: if is_refused { "refused" } else { "accepted" },
+        outcome: (!is_refused).then_some(if failed { "failed" } else { "settled" }),
         amount_value: payout.amount_value,
     });
     let index = ledger.payouts.len() - 1;
@@ -284,11 +326,6 @@ async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: B
         return refused(&payout.amount);
     };
 
-    // Decimal equality is by value, so "25" in the list matches "25.00".
-    let failed = match &*sim.fail_override.lock().unwrap_or_else(PoisonError::into_inner) {
-        Some(list) => list.contains(&payout.amount_value),
-        None => sim.settings.fail_amounts.contains(&payout.amount_value),
-    };
     let mut data = json!({
         "payment_id": payout.payment_id,
         "psp_ref": psp_ref,
@@ -311,6 +348,10 @@ async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: B
         keep_delivering(sim, event_id, body, 0).await;
     });
     accepted(&psp_ref)
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The event as sent; serialized once so every retry carries the same bytes.
@@ -457,6 +498,94 @@ async fn list_payouts(State(sim): State<SharedSim>) -> Json<Vec<PayoutRecord>> {
     Json(sim.ledger().payouts.clone())
 }
 
+/// `?since=<seq>&limit=<n>`: records after `since`, oldest first, at most
+/// `limit` (default 100, at most 1000).
+#[derive(Deserialize)]
+struct PageIn {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// One page and where the next starts (`null`: nothing after it).
+fn page<T: Serialize + Clone>(records: &[T], seq: impl Fn(&T) -> u64, p: &PageIn) -> Json<Value> {
+    let since = p.since.unwrap_or(0);
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let after: Vec<&T> = records.iter().filter(|r| seq(r) > since).collect();
+    let items: Vec<T> = after.iter().take(limit).map(|r| (*r).clone()).collect();
+    let next = (after.len() > limit).then(|| items.last().map(&seq)).flatten();
+    Json(json!({"items": items, "next_since": next}))
+}
+
+/// `GET /payouts?since=&limit=`: every payout the PSP holds (accepted or
+/// refused, and what it reported of the accepted ones), for reconciliation.
+async fn payouts_page(
+    State(sim): State<SharedSim>,
+    axum::extract::Query(p): axum::extract::Query<PageIn>,
+) -> Json<Value> {
+    page(&sim.ledger().payouts, |r| r.seq, &p)
+}
+
+/// `GET /fundings?since=&limit=`.
+async fn fundings_page(
+    State(sim): State<SharedSim>,
+    axum::extract::Query(p): axum::extract::Query<PageIn>,
+) -> Json<Value> {
+    page(&sim.ledger().fundings, |r| r.seq, &p)
+}
+
+#[derive(Deserialize)]
+struct FundingIn {
+    escrow_id: String,
+    amount: Value,
+    currency: String,
+}
+
+/// `POST /fundings {escrow_id, amount, currency}`: a sender's funding
+/// reaches the PSP; it is recorded, then announced by a signed
+/// `funding.succeeded` (retried until acknowledged, like every webhook).
+async fn create_funding(State(sim): State<SharedSim>, body: Bytes) -> Response {
+    let input: FundingIn = match serde_json::from_slice(&body) {
+        Ok(i) => i,
+        Err(e) => {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", format!("invalid funding: {e}"));
+        }
+    };
+    let amount = match &input.amount {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "amount: a decimal string"),
+    };
+    if Decimal::from_str(&amount).map_or(true, |a| a <= Decimal::ZERO) {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "amount: a positive decimal");
+    }
+    if input.escrow_id.trim().is_empty() || input.currency.trim().is_empty() {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "escrow_id and currency are required");
+    }
+    let id = format!("fund_{}", Uuid::new_v4());
+    let event_id = Uuid::new_v4().to_string();
+    let data = json!({"escrow_id": input.escrow_id, "amount": amount, "currency": input.currency, "funding_id": id});
+    let body = event_body(&event_id, "funding.succeeded", &data);
+    let record = {
+        let mut ledger = sim.ledger();
+        let seq = ledger.next_seq();
+        let record = FundingRecord {
+            seq,
+            id,
+            escrow_id: input.escrow_id,
+            amount,
+            currency: input.currency,
+            event_id: event_id.clone(),
+            created_at: now_text(),
+        };
+        ledger.fundings.push(record.clone());
+        ledger.webhook(&event_id, "funding.succeeded", None);
+        record
+    };
+    tracing::info!(funding_id = %record.id, escrow_id = %record.escrow_id, event_id, "funding taken");
+    tokio::spawn(keep_delivering(sim, event_id, body, 0));
+    (StatusCode::CREATED, Json(record)).into_response()
+}
+
 async fn list_webhooks(State(sim): State<SharedSim>) -> Json<Vec<WebhookRecord>> {
     Json(sim.ledger().webhooks.clone())
 }
@@ -464,7 +593,8 @@ async fn list_webhooks(State(sim): State<SharedSim>) -> Json<Vec<WebhookRecord>>
 fn router(sim: SharedSim) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/payouts", post(create_payout))
+        .route("/payouts", post(create_payout).get(payouts_page))
+        .route("/fundings", post(create_funding).get(fundings_page))
         .route("/sim/events", post(send_event))
         .route("/sim/payouts", get(list_payouts))
         .route("/sim/webhooks", get(list_webhooks))
@@ -559,6 +689,19 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_follow_the_sequence_and_say_where_the_next_starts() {
+        let records: Vec<(u64, &str)> = (1..=5).map(|n| (n, "x")).collect();
+        let take = |since, limit| page(&records, |r| r.0, &PageIn { since, limit });
+        let first = take(None, Some(2)).0;
+        assert_eq!(first["items"].as_array().map(Vec::len), Some(2));
+        assert_eq!(first["next_since"], json!(2));
+        let last = take(Some(4), Some(2)).0;
+        assert_eq!(last["items"][0][0], json!(5));
+        assert_eq!(last["next_since"], Value::Null);
+        assert_eq!(take(Some(5), None).0["items"].as_array().map(Vec::len), Some(0));
+    }
 
     #[test]
     fn backoff_doubles_from_200ms_to_a_5s_cap() {
