@@ -131,6 +131,95 @@ impl HttpPspClient {
     }
 }
 
+/// A payout as the PSP holds it (`GET /payouts`), for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PspPayout {
+    pub seq: u64,
+    pub payment_id: String,
+    pub psp_ref: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    /// `accepted` or `refused`.
+    pub status: String,
+    /// What the PSP reported of an accepted payout: `settled` or `failed`.
+    pub outcome: Option<String>,
+}
+
+/// A funding as the PSP holds it (`GET /fundings`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PspFunding {
+    pub seq: u64,
+    pub id: String,
+    pub escrow_id: String,
+    pub amount: String,
+    pub currency: String,
+    /// The `funding.succeeded` event that announced it.
+    pub event_id: String,
+}
+
+#[derive(Deserialize)]
+struct PageIn<T> {
+    items: Vec<T>,
+    next_since: Option<u64>,
+}
+
+/// Records per page when reading the PSP's log.
+const PAGE: usize = 500;
+
+impl HttpPspClient {
+    /// Every payout the PSP holds, read page by page (`?since=`), each page
+    /// with the payout call's timeout and retries.
+    pub async fn payouts(&self) -> Result<Vec<PspPayout>, PspError> {
+        self.all_pages("payouts").await
+    }
+
+    /// Every funding the PSP holds.
+    pub async fn fundings(&self) -> Result<Vec<PspFunding>, PspError> {
+        self.all_pages("fundings").await
+    }
+
+    async fn all_pages<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<Vec<T>, PspError> {
+        let base = self.payouts_url.trim_end_matches("/payouts");
+        let mut items = Vec::new();
+        let mut since = 0u64;
+        loop {
+            let url = format!("{base}/{what}?since={since}&limit={PAGE}");
+            let page: PageIn<T> = self.get_json(&url).await?;
+            items.extend(page.items);
+            match page.next_since {
+                Some(next) if next > since => since = next,
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, PspError> {
+        let mut last = PspError::Transport("not attempted".into());
+        for attempt in 0..=BACKOFF.len() {
+            if attempt > 0 {
+                tokio::time::sleep(BACKOFF[attempt - 1]).await;
+            }
+            let mut call = self.http.get(url).timeout(self.timeout);
+            if let Some(key) = &self.api_key {
+                call = call.bearer_auth(key);
+            }
+            let answer = match call.send().await {
+                Ok(resp) if resp.status().is_success() => resp.json::<T>().await.map_err(|e| describe(&e)),
+                Ok(resp) => Err(format!("PSP answered {}", resp.status())),
+                Err(e) => Err(describe(&e)),
+            };
+            match answer {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    tracing::warn!(url, attempt = attempt + 1, error = %e, "PSP read failed");
+                    last = PspError::Transport(e);
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
 impl PspClient for HttpPspClient {
     fn payout<'a>(&'a self, req: &'a PayoutRequest) -> BoxFuture<'a, Result<PayoutResponse, PspError>> {
         self.send_payout(req).boxed()
@@ -310,6 +399,19 @@ mod tests {
         let client = HttpPspClient::new(format!("http://{addr}"), None, Duration::from_secs(2));
         let err = client.payout(&request()).await.expect_err("nobody listens");
         assert!(matches!(err, PspError::Transport(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_psp_log_is_read_page_by_page_with_retries() {
+        let first = r#"{"items":[{"seq":1,"id":"f1","escrow_id":"e","amount":"10.00","currency":"USD","event_id":"ev1"}],"next_since":1}"#;
+        let second = r#"{"items":[{"seq":2,"id":"f2","escrow_id":"e","amount":"5","currency":"XOF","event_id":"ev2"}],"next_since":null}"#;
+        let psp = fake_psp(vec![(200, first), (503, ""), (200, second)]).await;
+        let client = HttpPspClient::new(psp.base_url.clone(), None, Duration::from_secs(5));
+        let fundings = client.fundings().await.expect("both pages");
+        assert_eq!(fundings.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), ["f1", "f2"]);
+        let seen = psp.seen.lock().expect("lock").clone();
+        assert!(seen[0].starts_with("GET /fundings?since=0&limit=500"), "{}", seen[0]);
+        assert!(seen[2].starts_with("GET /fundings?since=1&limit=500"), "{}", seen[2]);
     }
 
     #[test]
