@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::transfers::router())
         .merge(routes::jobs::router())
         .merge(routes::audit::router())
+        .merge(routes::ops::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))

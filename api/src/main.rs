@@ -54,8 +54,49 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", key.key);
             Ok(())
         }
-        _ => bail!("usage: api [serve] | api migrate | api keys create --user NAME --role ROLE"),
+        ["check", rest @ ..] => check(&config, rest).await,
+        _ => bail!("usage: api [serve] | api migrate | api keys create --user NAME --role ROLE | api check [--no-psp]"),
     }
+}
+
+/// `api check [--no-psp]`: runs the invariants and the PSP reconciliation
+/// now, stores the run (alerts included), prints a table, and exits 1 when
+/// any row violates one (for ops scripts and CI).
+async fn check(config: &Config, args: &[&str]) -> anyhow::Result<()> {
+    let with_psp = match args {
+        [] => true,
+        ["--no-psp"] => false,
+        _ => bail!("usage: api check [--no-psp]"),
+    };
+    let pool = db::connect(&config.database_url, 2).await.context("connecting to Postgres")?;
+    let client = shared::psp::client::HttpPspClient::new(
+        config.psp_base_url.clone(),
+        config.psp_api_key.clone(),
+        std::time::Duration::from_secs(5),
+    );
+    let psp = with_psp.then_some(shared::domain::invariants::PspSide { client: &client });
+    let run = shared::domain::invariants::run(
+        &pool,
+        psp,
+        config.saka_timezone.name(),
+        shared::domain::invariants::stale_lease_secs(config),
+    )
+    .await
+    .context("running the invariants")?;
+    println!("invariants run {} at {}", run.run_id, run.checked_at.to_rfc3339());
+    println!("{:<20} {:>10}  description", "invariant", "violations");
+    for inv in &run.invariants {
+        println!("{:<20} {:>10}  {}", inv.name, inv.violations, inv.description);
+        for row in &inv.sample {
+            println!("{:<20} {:>10}  {row}", "", "");
+        }
+    }
+    let total = run.violations();
+    println!("{total} violating row(s)");
+    if total > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn user_name(s: &str) -> &str {

@@ -28,6 +28,8 @@ pub struct Inner {
     pub store: Arc<dyn ProofStore>,
     pub pusher: Pusher,
     pub batcher: Batcher,
+    /// The PSP over HTTP, for reading its log (reconciliation).
+    pub psp: shared::psp::client::HttpPspClient,
 }
 
 impl std::ops::Deref for AppState {
@@ -47,6 +49,11 @@ impl AppState {
         let store: Arc<dyn ProofStore> = Arc::new(LocalDirStore::new(config.storage_dir.clone()));
         let pusher = Pusher::start(queue.clone());
         let batcher = Batcher::start(pool.clone());
-        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter, store, pusher, batcher }))
+        let psp = shared::psp::client::HttpPspClient::new(
+            config.psp_base_url.clone(),
+            config.psp_api_key.clone(),
+            std::time::Duration::from_secs(5),
+        );
+        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter, store, pusher, batcher, psp }))
     }
 }

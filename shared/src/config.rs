@@ -57,6 +57,8 @@ pub struct Config {
     pub mandate_expiry_cron: String,
     /// Cron expression (with seconds) of the `escrow_deadlines` job.
     pub escrow_deadlines_cron: String,
+    /// Cron expression (with seconds) of the invariants run (hourly).
+    pub invariants_cron: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -207,6 +209,7 @@ impl Config {
             db_pool_size: u32::try_from(parse_num("DB_POOL_SIZE", 16)?.clamp(1, 200)).unwrap_or(16),
             mandate_expiry_cron: get("MANDATE_EXPIRY_CRON").unwrap_or_else(|| "0 * * * * *".into()),
             escrow_deadlines_cron: get("ESCROW_DEADLINES_CRON").unwrap_or_else(|| "15 * * * * *".into()),
+            invariants_cron: get("INVARIANTS_CRON").unwrap_or_else(|| "0 41 * * * *".into()),
         })
     }
 

@@ -54,4 +54,5 @@ id_type!(
     SakaTxId,
     SakaAdjustmentId,
     AuditId,
+    InvariantRunId,
 );

@@ -164,6 +164,11 @@ async fn run() -> anyhow::Result<()> {
         metrics,
     };
     let ops_addr = ops.serve(config.worker_metrics_addr).await?;
+    let psp_http = shared::psp::client::HttpPspClient::new(
+        config.psp_base_url.clone(),
+        config.psp_api_key.clone(),
+        Duration::from_secs(5),
+    );
     let ctx = Arc::new(WorkerCtx {
         pool: pool.clone(),
         runners: Runners {
@@ -171,11 +176,8 @@ async fn run() -> anyhow::Result<()> {
             queue: queue.clone(),
             config: config.clone(),
             store: Arc::new(shared::storage::LocalDirStore::new(config.storage_dir.clone())),
-            psp: Arc::new(shared::psp::client::HttpPspClient::new(
-                config.psp_base_url.clone(),
-                config.psp_api_key.clone(),
-                Duration::from_secs(5),
-            )),
+            psp: Arc::new(psp_http.clone()),
+            psp_http,
         },
         slots: Semaphore::new(config.worker_concurrency),
         keys: keylocks::KeyLocks::default(),
@@ -215,8 +217,8 @@ async fn run() -> anyhow::Result<()> {
     }
     for schedule in cron::schedules(&config) {
         let expr = cron_parse(&schedule.expr)?;
-        let job = cron::CronJob { kind: schedule.kind, ctx: ctx.clone() };
-        let name = format!("{}.cron.{}", config.worker_name, schedule.kind);
+        let job = cron::CronJob { action: schedule.action, ctx: ctx.clone() };
+        let name = format!("{}.cron.{}", config.worker_name, schedule.action);
         let tz = config.saka_timezone;
         if schedule.saka_tz {
             monitor = monitor.register(move |_| {

@@ -7,6 +7,7 @@ pub mod escrows;
 pub mod health;
 pub mod jobs;
 pub mod mandates;
+pub mod ops;
 pub mod payments;
 pub mod proofs;
 pub mod purchases;

@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod catalogue;
 pub mod escrows;
+pub mod invariants;
 pub mod mandates;
 pub mod payees;
 pub mod payouts;

@@ -25,6 +25,8 @@ pub struct Runners {
     pub config: Config,
     pub store: Arc<dyn ProofStore>,
     pub psp: Arc<dyn PspClient>,
+    /// The same PSP over HTTP, for reading its log (reconciliation).
+    pub psp_http: shared::psp::client::HttpPspClient,
 }
 
 impl Runner for Runners {

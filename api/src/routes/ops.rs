@@ -1,0 +1,41 @@
+//! `GET /ops/invariants` (support, admin): the last invariants run, or a
+//! run now with `?run=1` (DOMAIN.md, "Invariants and reconciliation").
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use shared::domain::invariants::{self, PspSide};
+use shared::principal::Role;
+use shared::{Error, ErrorCode};
+
+use crate::error::ApiResult;
+use crate::extract::{Auth, QueryMap};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ops/invariants", get(read))
+}
+
+async fn read(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Support])?;
+    let run_now = match q.get("run") {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(_) => return Err(Error::problem(ErrorCode::ValidationError, "run: 1 or 0").into()),
+    };
+    let run = if run_now {
+        let psp = PspSide { client: &s.psp };
+        Some(
+            invariants::run(&s.pool, Some(psp), s.config.saka_timezone.name(), invariants::stale_lease_secs(&s.config))
+                .await?,
+        )
+    } else {
+        let mut conn = s.pool.acquire().await?;
+        invariants::latest(&mut conn).await?
+    };
+    match run {
+        Some(run) => Ok(Json(serde_json::to_value(run).map_err(Error::from)?)),
+        None => Ok(Json(serde_json::json!({"run_id": null, "checked_at": null, "invariants": []}))),
+    }
+}
