@@ -627,17 +627,40 @@ pub async fn retry_dead(conn: &mut PgConnection, id: JobId, who: &Principal) -> 
     }
 }
 
-/// The relay's pick: jobs due but not taken. A `queued` job pushed longer
-/// than `after` ago, or due for a retry since its last push, or a `running`
-/// job whose lease ran out. They are marked pushed now and returned with
-/// their new status: `queued` to push again, or `dead` for a running job
-/// whose attempts are used up (its worker died on the last one).
+/// The relay's candidates, read only: jobs due but not taken. A `queued`
+/// job pushed longer than `after` ago, or due for a retry since its last
+/// push, or a `running` job whose lease ran out. (Reading first lets the
+/// relay leave alone the ones whose entry is still in a stream: a backlog
+/// being worked costs it no write.)
+pub async fn relay_candidates(pool: &PgPool, after: std::time::Duration, limit: i64) -> Result<Vec<(JobId, String)>> {
+    let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX) as f64;
+    Ok(sqlx::query_as(
+        "SELECT id, kind FROM jobs
+          WHERE status IN ('queued', 'running') AND next_attempt_at <= now()
+            AND ((status = 'queued' AND (pushed_at IS NULL OR pushed_at < now() - make_interval(secs => $1 / 1000)
+                                          OR pushed_at < next_attempt_at))
+              OR (status = 'running' AND locked_until < now()))
+          ORDER BY next_attempt_at LIMIT $2",
+    )
+    .bind(after_ms)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Takes the given candidates for the relay, those that still qualify:
+/// marked pushed now and returned with their new status, `queued` to push
+/// again, or `dead` for a running job whose attempts are used up (its
+/// worker died on the last one).
 pub async fn take_for_relay(
     pool: &PgPool,
+    ids: &[JobId],
     after: std::time::Duration,
-    limit: i64,
     max_attempts: i32,
 ) -> Result<Vec<(JobId, String, String, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX) as f64;
     let gave_up = gave_up_json();
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -647,17 +670,14 @@ pub async fn take_for_relay(
                 finished_at = CASE WHEN status = 'running' AND attempts >= $3 THEN now() ELSE finished_at END,
                 error = CASE WHEN status = 'running' AND attempts >= $3 THEN {gave_up} ELSE error END,
                 locked_by = NULL, locked_until = NULL
-          WHERE id IN (
-            SELECT id FROM jobs
-             WHERE status IN ('queued', 'running') AND next_attempt_at <= now()
-               AND ((status = 'queued' AND (pushed_at IS NULL OR pushed_at < now() - make_interval(secs => $1 / 1000)
-                                             OR pushed_at < next_attempt_at))
-                 OR (status = 'running' AND locked_until < now()))
-             ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+          WHERE id = ANY($2) AND status IN ('queued', 'running') AND next_attempt_at <= now()
+            AND ((status = 'queued' AND (pushed_at IS NULL OR pushed_at < now() - make_interval(secs => $1 / 1000)
+                                          OR pushed_at < next_attempt_at))
+              OR (status = 'running' AND locked_until < now()))
           RETURNING id, kind, status, ctid::text"
     )))
     .bind(after_ms)
-    .bind(limit)
+    .bind(ids)
     .bind(max_attempts)
     .fetch_all(pool)
     .await?)

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use shared::config::Config;
 use shared::domain::proofs;
 use shared::error::Result;
+use shared::ids::JobId;
 use shared::jobs::transport::JobRef;
 use shared::jobs::{JobKind, Outcome, Queue, record};
 use sqlx::{PgConnection, PgPool};
@@ -29,32 +30,39 @@ pub const STREAM_CHECK_MAX: u64 = 20_000;
 /// again: duplicates would only lengthen the backlog. A stream longer than
 /// [`STREAM_CHECK_MAX`] is not read on a tick; its jobs wait for a later one.
 pub async fn relay(pool: &PgPool, queue: &Queue, config: &Config) -> Result<(u64, u64)> {
-    let picked = record::take_for_relay(pool, config.job_relay_after, 1000, config.job_max_attempts).await?;
-    let mut by_kind: HashMap<JobKind, Vec<JobRef>> = HashMap::new();
+    let candidates = record::relay_candidates(pool, config.job_relay_after, 1000).await?;
+    let mut by_kind: HashMap<JobKind, Vec<JobId>> = HashMap::new();
+    for (id, kind) in candidates {
+        if let Some(kind) = JobKind::parse(&kind) {
+            by_kind.entry(kind).or_default().push(id);
+        }
+    }
+    let mut missing = Vec::new();
+    for (kind, ids) in by_kind {
+        match queue.job_ids_in_stream(kind, STREAM_CHECK_MAX).await {
+            Ok(Some(present)) => missing.extend(ids.into_iter().filter(|id| !present.contains(id))),
+            Ok(None) => tracing::info!(kind = %kind, "stream backlog too long to check; relay waits"),
+            Err(e) => {
+                tracing::warn!(error = %e, "relay cannot read the streams; the next tick retries");
+                return Ok((0, 0));
+            }
+        }
+    }
+    let taken = record::take_for_relay(pool, &missing, config.job_relay_after, config.job_max_attempts).await?;
+    let mut to_push = Vec::with_capacity(taken.len());
     let mut dead = Vec::new();
-    for (id, kind, status, ctid) in picked {
+    for (id, kind, status, ctid) in taken {
         if status == "dead" {
             tracing::warn!(job_id = %id, kind = %kind, "job gave up: its last attempt never ended");
             dead.push(id);
         } else if let Some(kind) = JobKind::parse(&kind) {
-            by_kind.entry(kind).or_default().push(JobRef { kind, id, ctid: Some(ctid), key: None });
+            to_push.push(JobRef { kind, id, ctid: Some(ctid), key: None });
         }
     }
     if let Err(e) = queue.announce_ended(&dead).await {
         tracing::warn!(error = %e, "cannot announce dead jobs; their waiters read the rows");
     }
     let dead = dead.len() as u64;
-    let mut to_push = Vec::new();
-    for (kind, jobs) in by_kind {
-        match queue.job_ids_in_stream(kind, STREAM_CHECK_MAX).await {
-            Ok(Some(present)) => to_push.extend(jobs.into_iter().filter(|j| !present.contains(&j.id))),
-            Ok(None) => tracing::info!(kind = %kind, "stream backlog too long to check; relay waits"),
-            Err(e) => {
-                tracing::warn!(error = %e, "relay cannot read the streams; the next tick retries");
-                return Ok((0, dead));
-            }
-        }
-    }
     if let Err(e) = queue.push_batch(&to_push).await {
         tracing::warn!(jobs = to_push.len(), error = %e, "relay push failed; the next tick retries");
         return Ok((0, dead));
