@@ -5,7 +5,7 @@ use kobatela_api::state::AppState;
 use kobatela_api::waiter::JobWaiter;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shared::config::Config;
-use shared::domain::api_keys;
+use shared::domain::access::keys as api_keys;
 use shared::jobs::Queue;
 use shared::principal::Role;
 use shared::{db, telemetry};

@@ -10,10 +10,10 @@ use common::{Deal, code, deal, dec, job, user};
 use rust_decimal::Decimal;
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::escrows::{self, EscrowTransitionV1, TransitionAction};
-use shared::domain::payees::{self, NewPayee, UsageSpendV1};
-use shared::domain::payouts::{self, CallReply, CallState, PayoutV1};
-use shared::domain::proofs::{self, Decision};
+use shared::domain::escrow::escrows::{self, EscrowTransitionV1, TransitionAction};
+use shared::domain::escrow::payees::{self, NewPayee, UsageSpendV1};
+use shared::domain::escrow::payouts::{self, CallReply, CallState, PayoutV1};
+use shared::domain::escrow::proofs::{self, Decision};
 use shared::ids::{EscrowId, JobId, PaymentId, ProofId};
 use shared::jobs::{JobKind, JobRow, Outcome};
 use shared::principal::{Principal, Role};
@@ -478,7 +478,7 @@ async fn no_escrow_money_moves_once_a_party_is_inactive(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("off");
-    let cmd = shared::domain::escrows::EscrowDepositV1 { escrow_id: d.escrow, amount: dec("30.00") };
+    let cmd = shared::domain::escrow::escrows::EscrowDepositV1 { escrow_id: d.escrow, amount: dec("30.00") };
     let r = db::serializable(&pool, &(d.client, cmd), |tx, (who, cmd)| {
         Box::pin(escrows::deposit(tx, who, None, None, cmd))
     })

@@ -5,7 +5,7 @@ mod common;
 
 use common::user;
 use shared::db;
-use shared::domain::audit;
+use shared::domain::ops::audit;
 use shared::domain::saka::{self, HarvestReason, NewAdjustment};
 use shared::ids::JobId;
 use shared::jobs::Outcome;

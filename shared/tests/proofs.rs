@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::deal;
-use shared::domain::proofs;
+use shared::domain::escrow::proofs;
 use shared::ids::ProofId;
 use shared::storage::{LocalDirStore, ProofStore};
 use sqlx::PgPool;

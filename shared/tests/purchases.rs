@@ -5,7 +5,7 @@
 
 use rust_decimal::Decimal;
 use shared::db;
-use shared::domain::purchases::{self, PurchaseV1};
+use shared::domain::spend::purchases::{self, PurchaseV1};
 use shared::ids::{ApiKeyId, CategoryId, JobId, MandateId, MerchantId, UserId};
 use shared::jobs::Outcome;
 use shared::principal::{Principal, Role};

@@ -8,10 +8,10 @@ use axum::{Json, Router};
 use rust_decimal::Decimal;
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::escrows::{
+use shared::domain::escrow::escrows::{
     self, EscrowDepositV1, EscrowTransitionV1, GeofenceIn, NewEscrow, NewMilestone, TransitionAction,
 };
-use shared::domain::payees::{self, NewPayee, UsageSpendV1};
+use shared::domain::escrow::payees::{self, NewPayee, UsageSpendV1};
 use shared::ids::{EscrowId, UserId};
 use shared::jobs::JobKind;
 use shared::principal::Role;

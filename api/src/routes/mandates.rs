@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::mandates::{self, MandateFilter, NewMandate};
+use shared::domain::spend::mandates::{self, MandateFilter, NewMandate};
 use shared::ids::{CategoryId, MandateId, MerchantId, UserId};
 use shared::jobs::JobKind;
 use shared::principal::Role;

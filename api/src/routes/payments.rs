@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::db;
-use shared::domain::payouts::{self, PayoutV1};
+use shared::domain::escrow::payouts::{self, PayoutV1};
 use shared::ids::PaymentId;
 use shared::jobs::JobKind;
 use shared::principal::Role;

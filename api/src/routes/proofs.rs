@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::db;
-use shared::domain::proofs::{self, Decision, NewProof, ProofValidationV1};
+use shared::domain::escrow::proofs::{self, Decision, NewProof, ProofValidationV1};
 use shared::ids::{EscrowId, ProofId};
 use shared::jobs::JobKind;
 use shared::principal::Role;

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use shared::domain::purchases::{self, PurchaseV1};
+use shared::domain::spend::purchases::{self, PurchaseV1};
 use shared::ids::{CategoryId, MerchantId, PurchaseId, UserId};
 use shared::jobs::JobKind;
 use shared::principal::Role;

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::db;
-use shared::domain::users::{self, NewUser};
+use shared::domain::access::users::{self, NewUser};
 use shared::ids::UserId;
 use shared::principal::Role;
 

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use shared::ErrorCode;
-use shared::domain::webhooks;
+use shared::domain::psp::webhooks;
 use shared::psp::signature;
 
 use crate::error::{ApiError, ApiResult};

@@ -33,7 +33,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::{Instrument, info, warn};
 
 use crate::db;
-use crate::domain::audit;
+use crate::domain::ops::audit;
 use crate::error::{Error, Problem, Result};
 use crate::ids::JobId;
 use crate::jobs::Queue;

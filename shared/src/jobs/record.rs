@@ -616,7 +616,7 @@ pub async fn retry_dead(conn: &mut PgConnection, id: JobId, who: &Principal) -> 
     .await?;
     match row {
         Some(row) => {
-            crate::domain::audit::write(conn, &who.actor(), "JOB_RETRIED", "job", row.id, serde_json::json!({}))
+            crate::domain::ops::audit::write(conn, &who.actor(), "JOB_RETRIED", "job", row.id, serde_json::json!({}))
                 .await?;
             Ok(row)
         }

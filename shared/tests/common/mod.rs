@@ -5,7 +5,7 @@
 
 use rust_decimal::Decimal;
 use shared::db;
-use shared::domain::escrows::{self, EscrowDepositV1, NewEscrow, NewMilestone};
+use shared::domain::escrow::escrows::{self, EscrowDepositV1, NewEscrow, NewMilestone};
 use shared::ids::{ApiKeyId, EscrowId, UserId};
 use shared::jobs::{JobKind, JobRow, NewJob, Outcome, record};
 use shared::money::{AmountIn, Currency, Money};

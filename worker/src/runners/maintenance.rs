@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use shared::config::Config;
-use shared::domain::proofs;
+use shared::domain::escrow::proofs;
 use shared::error::Result;
 use shared::jobs::transport::JobRef;
 use shared::jobs::{JobKind, Outcome, Queue, record};

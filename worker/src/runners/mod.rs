@@ -5,7 +5,10 @@ pub mod maintenance;
 
 use futures::future::BoxFuture;
 use shared::config::Config;
-use shared::domain::{escrows, mandates, payees, payouts, proofs, purchases, saka, transfers, webhooks};
+use shared::domain::escrow::{escrows, payees, payouts, proofs};
+use shared::domain::psp::webhooks;
+use shared::domain::saka;
+use shared::domain::spend::{mandates, purchases, transfers};
 use shared::error::{Error, Result};
 use shared::jobs::{JobKind, JobRow, Outcome, Queue, Runner};
 use shared::psp::client::{PayoutRequest, PspClient, PspError};

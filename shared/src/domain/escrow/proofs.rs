@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
-use crate::domain::audit;
-use crate::domain::escrows::{self, Escrow, MILESTONE_COLUMNS, Milestone};
-use crate::domain::payouts::{self, PaymentKind};
+use crate::domain::escrow::escrows::{self, Escrow, MILESTONE_COLUMNS, Milestone};
+use crate::domain::escrow::payouts::{self, PaymentKind};
+use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{EscrowId, JobId, MilestoneId, ProofId, UserId};
 use crate::jobs::{JobKind, JobRow, NewJob, Outcome, record};

@@ -5,7 +5,8 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
-use crate::domain::{audit, require_user};
+use crate::domain::access::users::require_user;
+use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{AllowlistId, CategoryId, MerchantId, UsageRuleId, UserId};
 use crate::principal::Principal;

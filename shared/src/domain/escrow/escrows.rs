@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
-use crate::domain::payouts::{self, PaymentKind, PaymentOut};
-use crate::domain::{alerts, audit, refuse_inactive, require_active_user};
+use crate::domain::access::users::{refuse_inactive, require_active_user};
+use crate::domain::escrow::payouts::{self, PaymentKind, PaymentOut};
+use crate::domain::ops::{alerts, audit};
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{EscrowId, JobId, MilestoneId, UserId};
 use crate::jobs::{JobKind, JobRow, Outcome, record};

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
 
-use crate::domain::escrows::{self, EscrowDepositV1};
-use crate::domain::payouts::{self, Payment};
-use crate::domain::{alerts, audit};
+use crate::domain::escrow::escrows::{self, EscrowDepositV1};
+use crate::domain::escrow::payouts::{self, Payment};
+use crate::domain::ops::{alerts, audit};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{EscrowId, PaymentId, WebhookEventId};
 use crate::jobs::{JobKind, Outcome};
@@ -262,7 +262,7 @@ pub async fn apply(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Result<Outcom
 }
 
 async fn unknown_payment(conn: &mut PgConnection, cmd: &PspWebhookV1, event_type: &str) -> Result<serde_json::Value> {
-    crate::domain::alerts::raise(
+    crate::domain::ops::alerts::raise(
         conn,
         "PSP_UNKNOWN_PAYMENT",
         &format!("{event_type} for a payment we do not know"),

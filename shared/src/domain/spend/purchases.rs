@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::domain::audit;
+use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{CategoryId, JobId, MandateId, MerchantId, PurchaseId, UserId};
 use crate::jobs::Outcome;

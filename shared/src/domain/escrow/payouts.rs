@@ -16,8 +16,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::domain::escrows::{self, Escrow, Milestone};
-use crate::domain::{alerts, audit, payees};
+use crate::domain::escrow::escrows::{self, Escrow, Milestone};
+use crate::domain::escrow::payees;
+use crate::domain::ops::{alerts, audit};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{EscrowId, MilestoneId, PayeeId, PaymentId};
 use crate::jobs::{JobKind, JobRow, Outcome, record};

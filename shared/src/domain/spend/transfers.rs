@@ -7,7 +7,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::domain::{alerts, audit, require_active_user};
+use crate::domain::access::users::require_active_user;
+use crate::domain::ops::{alerts, audit};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{JobId, TransferId, UserId};
 use crate::jobs::Outcome;

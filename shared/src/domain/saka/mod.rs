@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
-use crate::domain::{audit, require_active_user};
+use crate::domain::access::users::require_active_user;
+use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{JobId, SakaAdjustmentId, SakaTxId, UserId};
 use crate::jobs::Outcome;

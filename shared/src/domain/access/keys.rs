@@ -8,7 +8,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::{audit, require_user};
+use crate::domain::access::users::require_user;
+use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{ApiKeyId, UserId};
 use crate::principal::{Principal, Role};

@@ -9,8 +9,9 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
-use crate::domain::catalogue::check_refs;
-use crate::domain::{audit, require_active_user};
+use crate::domain::access::users::require_active_user;
+use crate::domain::ops::audit;
+use crate::domain::spend::catalogue::check_refs;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{CategoryId, MandateId, MerchantId, UserId};
 use crate::money::{Money, display};

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
-use crate::domain::audit;
-use crate::domain::escrows::{self};
-use crate::domain::payouts::{self, PaymentKind};
+use crate::domain::escrow::escrows::{self};
+use crate::domain::escrow::payouts::{self, PaymentKind};
+use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{EscrowId, PayeeId};
 use crate::jobs::{JobRow, Outcome};
