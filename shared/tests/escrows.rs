@@ -10,10 +10,11 @@ use common::{Deal, code, deal, dec, job, user};
 use rust_decimal::Decimal;
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::escrow::escrows::{self, EscrowTransitionV1, TransitionAction};
 use shared::domain::escrow::payees::{self, NewPayee, UsageSpendV1};
 use shared::domain::escrow::payouts::{self, CallReply, CallState, PayoutV1};
 use shared::domain::escrow::proofs::{self, Decision};
+use shared::domain::escrow::transitions::{self, EscrowTransitionV1, TransitionAction};
+use shared::domain::escrow::{deadlines, settlement, state};
 use shared::ids::{EscrowId, JobId, PaymentId, ProofId};
 use shared::jobs::{JobKind, JobRow, Outcome};
 use shared::principal::{Principal, Role};
@@ -27,7 +28,7 @@ async fn transition(
     action: TransitionAction,
 ) -> shared::Result<Outcome> {
     let ctx = (who, job.clone(), EscrowTransitionV1 { escrow_id: escrow, action, note: None });
-    db::serializable(pool, &ctx, |tx, (who, job, cmd)| Box::pin(escrows::transition(tx, who, job, cmd))).await
+    db::serializable(pool, &ctx, |tx, (who, job, cmd)| Box::pin(transitions::transition(tx, who, job, cmd))).await
 }
 
 /// (id, kind, amount, status) of an escrow's payments, oldest first.
@@ -58,11 +59,11 @@ async fn drive(pool: &PgPool, id: PaymentId) -> shared::Result<Outcome> {
 async fn psp_says(pool: &PgPool, id: PaymentId, settled: bool) -> bool {
     db::serializable(pool, &(id, settled), |tx, (id, settled)| {
         Box::pin(async move {
-            let p = payouts::load(tx, *id).await?.expect("payment");
+            let p = state::payment(tx, *id).await?.expect("payment");
             if *settled {
-                payouts::settle(tx, &p, None, "psp").await
+                settlement::settle(tx, &p, None, "psp").await
             } else {
-                payouts::fail(tx, &p, "PSP_FAILED", "psp").await
+                settlement::fail(tx, &p, "PSP_FAILED", "psp").await
             }
         })
     })
@@ -107,7 +108,7 @@ async fn allow(
     payee: &str,
     daily: Option<&str>,
     total: Option<&str>,
-) -> shared::Result<payees::PayeeOut> {
+) -> shared::Result<shared::domain::escrow::limits::PayeeOut> {
     let new = NewPayee {
         escrow_id: d.escrow,
         payee_ref: payee.into(),
@@ -368,7 +369,7 @@ async fn the_deadline_sweep_makes_one_job_per_escrow_and_a_refusal_holds_back_no
     let sweep = job(&pool, &Principal::system(), JobKind::EscrowDeadlines).await;
     let ctx = sweep.clone();
     let made =
-        db::serializable(&pool, &ctx, |tx, sweep| Box::pin(escrows::release_due(tx, sweep))).await.expect("sweep");
+        db::serializable(&pool, &ctx, |tx, sweep| Box::pin(deadlines::release_due(tx, sweep))).await.expect("sweep");
     assert_eq!(made, 2);
     let children: Vec<JobRow> = {
         let ids: Vec<JobId> =
@@ -401,7 +402,7 @@ async fn the_deadline_sweep_makes_one_job_per_escrow_and_a_refusal_holds_back_no
     // The same hour's sweep makes no second job (and no second alert).
     let again = job(&pool, &Principal::system(), JobKind::EscrowDeadlines).await;
     let made =
-        db::serializable(&pool, &again, |tx, sweep| Box::pin(escrows::release_due(tx, sweep))).await.expect("sweep");
+        db::serializable(&pool, &again, |tx, sweep| Box::pin(deadlines::release_due(tx, sweep))).await.expect("sweep");
     assert_eq!(made, 1, "only the stuck one is still due");
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'escrow_transition'")
         .fetch_one(&pool)
@@ -478,9 +479,14 @@ async fn no_escrow_money_moves_once_a_party_is_inactive(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("off");
-    let cmd = shared::domain::escrow::escrows::EscrowDepositV1 { escrow_id: d.escrow, amount: dec("30.00") };
+    let cmd = shared::domain::escrow::deposits::EscrowDepositV1 { escrow_id: d.escrow, amount: dec("30.00") };
     let r = db::serializable(&pool, &(d.client, cmd), |tx, (who, cmd)| {
-        Box::pin(escrows::deposit(tx, who, None, None, cmd))
+        Box::pin(shared::domain::escrow::deposits::deposit(
+            tx,
+            who,
+            shared::domain::escrow::deposits::Source::Job(JobId::new()),
+            cmd,
+        ))
     })
     .await;
     assert!(matches!(&r, Err(shared::Error::Problem(p)) if p.code == ErrorCode::Forbidden), "{r:?}");

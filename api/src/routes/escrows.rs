@@ -8,10 +8,12 @@ use axum::{Json, Router};
 use rust_decimal::Decimal;
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::escrow::escrows::{
-    self, EscrowDepositV1, EscrowTransitionV1, GeofenceIn, NewEscrow, NewMilestone, TransitionAction,
-};
+use shared::domain::escrow::deposits::EscrowDepositV1;
+use shared::domain::escrow::escrows::{self, NewEscrow};
+use shared::domain::escrow::milestones::{self, NewMilestone};
+use shared::domain::escrow::model::GeofenceIn;
 use shared::domain::escrow::payees::{self, NewPayee, UsageSpendV1};
+use shared::domain::escrow::transitions::{EscrowTransitionV1, TransitionAction};
 use shared::ids::{EscrowId, UserId};
 use shared::jobs::JobKind;
 use shared::principal::Role;
@@ -118,7 +120,7 @@ async fn add_milestone(
         geofence,
     };
     let m = db::serializable(&s.pool, &(who, id, new), |tx, (who, id, new)| {
-        Box::pin(escrows::add_milestone(tx, who, *id, new))
+        Box::pin(milestones::add_milestone(tx, who, *id, new))
     })
     .await?;
     Ok((StatusCode::CREATED, Json(m)))

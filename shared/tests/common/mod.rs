@@ -5,7 +5,9 @@
 
 use rust_decimal::Decimal;
 use shared::db;
-use shared::domain::escrow::escrows::{self, EscrowDepositV1, NewEscrow, NewMilestone};
+use shared::domain::escrow::deposits::{self, EscrowDepositV1, Source};
+use shared::domain::escrow::escrows::{self, NewEscrow};
+use shared::domain::escrow::milestones::{self, NewMilestone};
 use shared::ids::{ApiKeyId, EscrowId, UserId};
 use shared::jobs::{JobKind, JobRow, NewJob, Outcome, record};
 use shared::money::{AmountIn, Currency, Money};
@@ -65,7 +67,7 @@ pub async fn deal(pool: &PgPool, total: &str, currency: &str, milestones: &[(&st
             geofence: None,
         };
         db::serializable(pool, &(client, e.id, new), |tx, (who, id, new)| {
-            Box::pin(escrows::add_milestone(tx, who, *id, new))
+            Box::pin(milestones::add_milestone(tx, who, *id, new))
         })
         .await
         .expect("milestone");
@@ -77,7 +79,7 @@ impl Deal {
     pub async fn deposit(&self, pool: &PgPool, amount: &str) {
         let cmd = EscrowDepositV1 { escrow_id: self.escrow, amount: dec(amount) };
         db::serializable(pool, &(self.client, cmd), |tx, (who, cmd)| {
-            Box::pin(escrows::deposit(tx, who, None, None, cmd))
+            Box::pin(deposits::deposit(tx, who, Source::Job(shared::ids::JobId::new()), cmd))
         })
         .await
         .expect("deposit");

@@ -5,8 +5,9 @@ pub mod maintenance;
 
 use futures::future::BoxFuture;
 use shared::config::Config;
-use shared::domain::escrow::{escrows, payees, payouts, proofs};
-use shared::domain::psp::webhooks;
+use shared::domain::escrow::deposits::{self, Source};
+use shared::domain::escrow::{deadlines, escrows, payees, payouts, proofs, transitions};
+use shared::domain::psp::events;
 use shared::domain::saka;
 use shared::domain::spend::{mandates, purchases, transfers};
 use shared::error::{Error, Result};
@@ -63,19 +64,19 @@ impl Runner for Runners {
                 }
                 JobKind::Transfer => transfers::execute(conn, &who, job.id, &job.payload()?).await,
                 JobKind::EscrowDeposit => {
-                    let e = escrows::deposit(conn, &who, Some(job.id), None, &job.payload()?).await?;
+                    let e = deposits::deposit(conn, &who, Source::Job(job.id), &job.payload()?).await?;
                     Ok(Outcome::Succeeded(serde_json::to_value(escrows::full(conn, &e).await?)?))
                 }
-                JobKind::EscrowTransition => escrows::transition(conn, &who, job, &job.payload()?).await,
+                JobKind::EscrowTransition => transitions::transition(conn, &who, job, &job.payload()?).await,
                 JobKind::EscrowDeadlines => {
                     // One check_deadline job per due escrow, pushed once this commits.
-                    let enqueued = escrows::release_due(conn, job).await?;
+                    let enqueued = deadlines::release_due(conn, job).await?;
                     Ok(Outcome::Succeeded(serde_json::json!({"enqueued": enqueued})))
                 }
                 JobKind::UsageSpend => payees::spend(conn, &who, job, &job.payload()?).await,
                 JobKind::ProofValidation => proofs::run(conn, self.store.as_ref(), job).await,
                 JobKind::Payout => payouts::prepare(conn, &job.payload()?).await,
-                JobKind::PspWebhook => webhooks::apply(conn, &job.payload()?).await,
+                JobKind::PspWebhook => events::apply(conn, &job.payload()?).await,
                 JobKind::JobRelay => maintenance::relay_job(self).await,
                 JobKind::Retention => maintenance::retention(self, conn).await,
             }

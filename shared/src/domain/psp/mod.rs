@@ -2,4 +2,5 @@
 //! applied by a job (settlements, failures, fundings). Depends on `escrow`
 //! (an event moves a payment or funds an escrow) and `ops`.
 
+pub mod events;
 pub mod webhooks;

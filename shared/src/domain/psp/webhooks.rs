@@ -1,22 +1,16 @@
-//! PSP webhooks: the API stores the raw event under its unique id and
-//! enqueues a `psp_webhook` job in one short transaction; the job applies
-//! it. Out-of-order events never move a payment backwards (SETTLED is final).
+//! PSP webhooks as they arrive: the API reads the signed body's envelope,
+//! stores the raw event under its unique id and enqueues a `psp_webhook`
+//! job in one short statement; the job applies it (`events`).
 //!
 //! Only the body is signed, so everything the job acts on comes from the
 //! raw body: the event id is the body's `id` (an `X-PSP-Event-Id` header
 //! must repeat it), and amounts are read from their literal text.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use sqlx::PgConnection;
 
-use crate::domain::escrow::escrows::{self, EscrowDepositV1};
-use crate::domain::escrow::payouts::{self, Payment};
-use crate::domain::ops::{alerts, audit};
-use crate::error::{Error, ErrorCode, Problem, Result};
-use crate::ids::{EscrowId, PaymentId, WebhookEventId};
-use crate::jobs::{JobKind, Outcome};
-use crate::money::{AmountIn, parse_decimal};
+use crate::error::{ErrorCode, Problem, Result};
+use crate::ids::WebhookEventId;
+use crate::jobs::JobKind;
 use crate::principal::{Principal, Role};
 use crate::text::holds_nul;
 
@@ -131,146 +125,6 @@ pub async fn receive(pool: &sqlx::PgPool, envelope: &Envelope, raw: &str) -> Res
         },
         None => Received { received: true, event_id: event_id.to_string(), duplicate: true, job: None },
     })
-}
-
-async fn find_payment(conn: &mut PgConnection, data: &serde_json::Value) -> Result<Option<Payment>> {
-    if let Some(id) = data.get("payment_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<PaymentId>().ok())
-        && let Some(p) = payouts::load(conn, id).await?
-    {
-        return Ok(Some(p));
-    }
-    if let Some(psp_ref) = data.get("psp_ref").and_then(|v| v.as_str()) {
-        let id: Option<PaymentId> = sqlx::query_scalar("SELECT id FROM payments WHERE psp_ref = $1")
-            .bind(psp_ref)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(id) = id {
-            return payouts::load(conn, id).await;
-        }
-    }
-    Ok(None)
-}
-
-/// `data.amount` of an event, from its literal text.
-fn data_amount(raw: &str) -> std::result::Result<AmountIn, Problem> {
-    #[derive(Deserialize)]
-    struct Event<'a> {
-        #[serde(borrow)]
-        data: Option<&'a RawValue>,
-    }
-    #[derive(Deserialize)]
-    struct Data<'a> {
-        #[serde(borrow)]
-        amount: Option<&'a RawValue>,
-    }
-    let invalid = || Problem::new(ErrorCode::WebhookPayloadInvalid, "the event's data cannot be read");
-    let event: Event = serde_json::from_str(raw).map_err(|_| invalid())?;
-    let Some(data) = event.data else { return Ok(AmountIn::Missing) };
-    let data: Data = serde_json::from_str(data.get()).map_err(|_| invalid())?;
-    Ok(data.amount.map(AmountIn::from_raw).unwrap_or_default())
-}
-
-/// A signed event Postgres cannot hold (U+0000): acknowledged and stored
-/// raw by the API, refused here with an alert for ops (the refusal commits
-/// with the alert).
-async fn refuse_unholdable(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Result<Outcome> {
-    let problem = Problem::new(ErrorCode::WebhookPayloadInvalid, "the event holds U+0000, which cannot be stored");
-    alerts::raise(
-        conn,
-        ErrorCode::WebhookPayloadInvalid.as_str(),
-        "a signed PSP event could not be applied: it holds U+0000",
-        None,
-        serde_json::json!({"event_id": cmd.event_id}),
-    )
-    .await?;
-    audit::write(
-        conn,
-        "psp",
-        "WEBHOOK_REFUSED",
-        "webhook_event",
-        &cmd.event_id,
-        serde_json::json!({"code": problem.code.as_str(), "detail": problem.detail}),
-    )
-    .await?;
-    Ok(Outcome::Refused(problem))
-}
-
-/// Applies a stored event (the `psp_webhook` job), read from its raw body.
-pub async fn apply(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Result<Outcome> {
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT type, raw_body FROM psp_webhook_events WHERE event_id = $1")
-            .bind(&cmd.event_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some((event_type, raw)) = row else {
-        return Err(Error::internal(format!("webhook event {} is not stored", cmd.event_id)));
-    };
-    let payload = match serde_json::from_str::<serde_json::Value>(&raw) {
-        Ok(payload) if !holds_nul(&payload) => payload,
-        _ => return refuse_unholdable(conn, cmd).await,
-    };
-    let data = payload.get("data").cloned().unwrap_or(serde_json::Value::Null);
-    let actor = "psp";
-    let result = match event_type.as_str() {
-        "payment.settled" => match find_payment(conn, &data).await? {
-            Some(p) => {
-                let psp_ref = data.get("psp_ref").and_then(|v| v.as_str());
-                let moved = payouts::settle(conn, &p, psp_ref, actor).await?;
-                serde_json::json!({"event_id": cmd.event_id, "type": event_type, "payment_id": p.id, "applied": moved})
-            }
-            None => unknown_payment(conn, cmd, &event_type).await?,
-        },
-        "payment.failed" => match find_payment(conn, &data).await? {
-            Some(p) => {
-                let reason = data.get("reason").and_then(|v| v.as_str()).unwrap_or("PSP_FAILED");
-                let moved = payouts::fail(conn, &p, reason, actor).await?;
-                serde_json::json!({"event_id": cmd.event_id, "type": event_type, "payment_id": p.id, "applied": moved})
-            }
-            None => unknown_payment(conn, cmd, &event_type).await?,
-        },
-        "funding.succeeded" => {
-            let escrow = data.get("escrow_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<EscrowId>().ok());
-            // Exactly as the PSP wrote it; the deposit checks the escrow
-            // currency's minor unit.
-            let amount = match data_amount(&raw)? {
-                AmountIn::Missing => None,
-                amount => Some(
-                    parse_decimal("data.amount", &amount, 2)
-                        .map_err(|(code, e)| Error::problem(code, format!("{}: {}", e.field, e.message)))?,
-                ),
-            };
-            let (Some(escrow_id), Some(amount)) = (escrow, amount) else {
-                return Err(Error::problem(
-                    ErrorCode::WebhookPayloadInvalid,
-                    "funding.succeeded needs data.escrow_id and data.amount",
-                ));
-            };
-            let e = escrows::deposit(
-                conn,
-                &psp_principal(),
-                None,
-                Some(&cmd.event_id),
-                &EscrowDepositV1 { escrow_id, amount },
-            )
-            .await?;
-            serde_json::json!({"event_id": cmd.event_id, "type": event_type, "escrow_id": e.id, "status": e.status})
-        }
-        _ => serde_json::json!({"event_id": cmd.event_id, "type": event_type, "ignored": true}),
-    };
-    audit::write(conn, actor, "WEBHOOK_APPLIED", "webhook_event", &cmd.event_id, result.clone()).await?;
-    Ok(Outcome::Succeeded(result))
-}
-
-async fn unknown_payment(conn: &mut PgConnection, cmd: &PspWebhookV1, event_type: &str) -> Result<serde_json::Value> {
-    crate::domain::ops::alerts::raise(
-        conn,
-        "PSP_UNKNOWN_PAYMENT",
-        &format!("{event_type} for a payment we do not know"),
-        None,
-        serde_json::json!({"event_id": cmd.event_id}),
-    )
-    .await?;
-    Ok(serde_json::json!({"event_id": cmd.event_id, "type": event_type, "ignored": true, "reason": "unknown payment"}))
 }
 
 #[cfg(test)]
