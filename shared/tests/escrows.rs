@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Deal, code, deal, dec, job, user};
+use common::{Deal, as_job, code, deal, dec, job, succeeded, user};
 use rust_decimal::Decimal;
 use shared::ErrorCode;
 use shared::db;
@@ -16,7 +16,7 @@ use shared::domain::escrow::proofs::{self, Decision};
 use shared::domain::escrow::transitions::{self, EscrowTransitionV1, TransitionAction};
 use shared::domain::escrow::{deadlines, settlement, state};
 use shared::ids::{EscrowId, JobId, PaymentId, ProofId};
-use shared::jobs::{JobKind, JobRow, Outcome};
+use shared::jobs::{End, JobKind, JobRow, Outcome};
 use shared::principal::{Principal, Role};
 use sqlx::PgPool;
 
@@ -27,8 +27,8 @@ async fn transition(
     escrow: EscrowId,
     action: TransitionAction,
 ) -> shared::Result<Outcome> {
-    let ctx = (who, job.clone(), EscrowTransitionV1 { escrow_id: escrow, action, note: None });
-    db::serializable(pool, &ctx, |tx, (who, job, cmd)| Box::pin(transitions::transition(tx, who, job, cmd))).await
+    let ctx = (who, job.id, EscrowTransitionV1 { escrow_id: escrow, action, note: None });
+    as_job(pool, job, &ctx, |tx, (who, job, cmd)| Box::pin(transitions::transition(tx, who, *job, cmd))).await
 }
 
 /// (id, kind, amount, status) of an escrow's payments, oldest first.
@@ -46,7 +46,7 @@ async fn drive(pool: &PgPool, id: PaymentId) -> shared::Result<Outcome> {
         Box::pin(async move { payouts::prepare(tx, &PayoutV1 { payment_id: *id }).await })
     })
     .await?;
-    let Outcome::Continue(state) = first else { return Ok(first) };
+    let Outcome { end: End::Continue(state), .. } = first else { return Ok(first) };
     let state: CallState = serde_json::from_value(state).expect("call state");
     let ctx = (state, CallReply::Accepted { psp_ref: format!("psp-{id}-{}", uuid::Uuid::new_v4()) });
     db::serializable(pool, &ctx, |tx, (state, reply)| {
@@ -95,9 +95,9 @@ async fn proof_in_review(pool: &PgPool, d: &Deal, idx: i32) -> ProofId {
 
 async fn decide(pool: &PgPool, who: Principal, proof: ProofId, decision: Decision) -> shared::Result<Outcome> {
     let parent = job(pool, &who, JobKind::ProofValidation).await;
-    let ctx = (who, parent, proof, decision);
-    db::serializable(pool, &ctx, |tx, (who, job, proof, decision)| {
-        Box::pin(proofs::decide(tx, who, job, *proof, *decision, None))
+    let ctx = (who, parent.id, proof, decision);
+    as_job(pool, &parent, &ctx, |tx, (who, job, proof, decision)| {
+        Box::pin(proofs::decide(tx, who, *job, *proof, *decision, None))
     })
     .await
 }
@@ -123,13 +123,11 @@ async fn allow(
 async fn spend(pool: &PgPool, d: &Deal, payee: &str, amount: &str) -> Result<PaymentId, ErrorCode> {
     let parent = job(pool, &d.client, JobKind::UsageSpend).await;
     let cmd = UsageSpendV1 { escrow_id: d.escrow, payee_ref: payee.into(), amount: dec(amount), note: None };
-    let r = db::serializable(pool, &(d.client, parent, cmd), |tx, (who, job, cmd)| {
-        Box::pin(payees::spend(tx, who, job, cmd))
-    })
-    .await;
-    match r {
-        Ok(Outcome::Succeeded(v)) => Ok(v["payment_id"].as_str().and_then(|s| s.parse().ok()).expect("payment id")),
-        other => Err(code(&other).expect("a refusal")),
+    let ctx = (d.client, parent.id, cmd);
+    let r = as_job(pool, &parent, &ctx, |tx, (who, job, cmd)| Box::pin(payees::spend(tx, who, *job, cmd))).await;
+    match code(&r) {
+        None => Ok(succeeded(r)["payment_id"].as_str().and_then(|s| s.parse().ok()).expect("payment id")),
+        Some(refused) => Err(refused),
     }
 }
 
@@ -246,8 +244,8 @@ async fn after_a_release_no_decision_or_validation_moves_a_paid_milestone_back(p
     .expect("pending proof");
     let store = shared::storage::LocalDirStore::new(std::env::temp_dir().join("kobatela-none"));
     let v = job(&pool, &d.provider, JobKind::ProofValidation).await;
-    let r = db::serializable(&pool, &(v, pending, store), |tx, (job, id, store)| {
-        Box::pin(proofs::validate(tx, store, job, *id))
+    let r = as_job(&pool, &v, &(v.id, d.provider, pending, store), |tx, (job, who, id, store)| {
+        Box::pin(proofs::validate(tx, store, who, *job, *id))
     })
     .await;
     assert_eq!(code(&r), Some(ErrorCode::EscrowNotActive));
@@ -367,10 +365,8 @@ async fn the_deadline_sweep_makes_one_job_per_escrow_and_a_refusal_holds_back_no
     .await
     .expect("a payment in flight");
     let sweep = job(&pool, &Principal::system(), JobKind::EscrowDeadlines).await;
-    let ctx = sweep.clone();
-    let made =
-        db::serializable(&pool, &ctx, |tx, sweep| Box::pin(deadlines::release_due(tx, sweep))).await.expect("sweep");
-    assert_eq!(made, 2);
+    let made = succeeded(as_job(&pool, &sweep, &(), |tx, _| Box::pin(deadlines::release_due(tx))).await);
+    assert_eq!(made["enqueued"], 2);
     let children: Vec<JobRow> = {
         let ids: Vec<JobId> =
             sqlx::query_scalar("SELECT id FROM jobs WHERE parent_job_id = $1 AND kind = 'escrow_transition'")
@@ -401,9 +397,8 @@ async fn the_deadline_sweep_makes_one_job_per_escrow_and_a_refusal_holds_back_no
     assert_eq!((funded - reserved, status.as_str()), (Decimal::ZERO, "RELEASED"), "the other escrow was released");
     // The same hour's sweep makes no second job (and no second alert).
     let again = job(&pool, &Principal::system(), JobKind::EscrowDeadlines).await;
-    let made =
-        db::serializable(&pool, &again, |tx, sweep| Box::pin(deadlines::release_due(tx, sweep))).await.expect("sweep");
-    assert_eq!(made, 1, "only the stuck one is still due");
+    let made = succeeded(as_job(&pool, &again, &(), |tx, _| Box::pin(deadlines::release_due(tx))).await);
+    assert_eq!(made["enqueued"], 1, "only the stuck one is still due");
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'escrow_transition'")
         .fetch_one(&pool)
         .await

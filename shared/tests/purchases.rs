@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use shared::db;
 use shared::domain::spend::purchases::{self, PurchaseV1};
 use shared::ids::{ApiKeyId, CategoryId, JobId, MandateId, MerchantId, UserId};
-use shared::jobs::Outcome;
+use shared::jobs::{End, Outcome};
 use shared::principal::{Principal, Role};
 use shared::{Error, ErrorCode};
 use sqlx::PgPool;
@@ -78,9 +78,9 @@ async fn buy(pool: &PgPool, who: Principal, cmd: PurchaseV1) -> Result<(), Error
     let r =
         db::serializable(pool, &ctx, |tx, (who, cmd)| Box::pin(purchases::execute(tx, who, JobId::new(), cmd))).await;
     match r {
-        Ok(Outcome::Succeeded(_)) => Ok(()),
-        Ok(Outcome::Refused(p)) | Err(Error::Problem(p)) => Err(p.code),
-        Ok(Outcome::Continue(_)) => panic!("a purchase makes no outside call"),
+        Ok(Outcome { end: End::Succeeded(_), .. }) => Ok(()),
+        Ok(Outcome { end: End::Refused(p), .. }) | Err(Error::Problem(p)) => Err(p.code),
+        Ok(Outcome { end: End::Continue(_), .. }) => panic!("a purchase makes no outside call"),
         Err(e) => panic!("infrastructure error: {e}"),
     }
 }

@@ -126,7 +126,7 @@ async fn upload(
     };
     let ctx = (who, new, key, s.store.clone(), staged);
     let (proof_id, job, created) = db::serializable(&s.pool, &ctx, |tx, (who, new, key, store, staged)| {
-        Box::pin(proofs::submit(tx, who, new, key, store.as_ref(), staged))
+        Box::pin(shared::intake::proof_upload(tx, who, new, key, store.as_ref(), staged))
     })
     .await?;
     drop(ctx);

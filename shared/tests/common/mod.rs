@@ -3,17 +3,18 @@
 
 #![allow(dead_code)]
 
+use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 use shared::db;
 use shared::domain::escrow::deposits::{self, EscrowDepositV1, Source};
 use shared::domain::escrow::escrows::{self, NewEscrow};
 use shared::domain::escrow::milestones::{self, NewMilestone};
 use shared::ids::{ApiKeyId, EscrowId, UserId};
-use shared::jobs::{JobKind, JobRow, NewJob, Outcome, record};
+use shared::jobs::{End, JobKind, JobRow, NewJob, Outcome, record};
 use shared::money::{AmountIn, Currency, Money};
 use shared::principal::{Principal, Role};
 use shared::{Error, ErrorCode};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 pub fn dec(text: &str) -> Decimal {
     text.parse().expect("a decimal")
@@ -117,11 +118,37 @@ pub async fn job(pool: &PgPool, who: &Principal, kind: JobKind) -> JobRow {
     record::insert(&mut conn, &new).await.expect("insert job").0
 }
 
+/// Runs a rule in one SERIALIZABLE transaction as the executor does: the
+/// rule, then the follow-up jobs it asks for as children of `parent`, one
+/// commit (retried on serialization failures).
+pub async fn as_job<C, F>(pool: &PgPool, parent: &JobRow, ctx: &C, rule: F) -> shared::Result<Outcome>
+where
+    C: Sync,
+    F: for<'c> Fn(&'c mut PgConnection, &'c C) -> BoxFuture<'c, shared::Result<Outcome>> + Sync,
+{
+    db::serializable(pool, &(parent, ctx, &rule), |tx, (parent, ctx, rule)| {
+        Box::pin(async move {
+            let outcome = rule(&mut *tx, ctx).await?;
+            record::insert_children(tx, parent, &outcome.follow_ups).await?;
+            Ok(outcome)
+        })
+    })
+    .await
+}
+
 /// The code of a refusal (kept or rolled back), `None` on success.
 pub fn code(r: &shared::Result<Outcome>) -> Option<ErrorCode> {
     match r {
-        Ok(Outcome::Succeeded(_)) | Ok(Outcome::Continue(_)) => None,
-        Ok(Outcome::Refused(p)) | Err(Error::Problem(p)) => Some(p.code),
+        Ok(Outcome { end: End::Succeeded(_) | End::Continue(_), .. }) => None,
+        Ok(Outcome { end: End::Refused(p), .. }) | Err(Error::Problem(p)) => Some(p.code),
         Err(e) => panic!("infrastructure error: {e}"),
+    }
+}
+
+/// The result of a rule that succeeded.
+pub fn succeeded(r: shared::Result<Outcome>) -> serde_json::Value {
+    match r {
+        Ok(Outcome { end: End::Succeeded(v), .. }) => v,
+        other => panic!("expected a success: {other:?}"),
     }
 }

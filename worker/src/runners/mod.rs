@@ -6,6 +6,7 @@ pub mod maintenance;
 use futures::future::BoxFuture;
 use shared::config::Config;
 use shared::domain::escrow::deposits::{self, Source};
+use shared::domain::escrow::proofs::ProofValidationV1;
 use shared::domain::escrow::{deadlines, escrows, payees, payouts, proofs, transitions};
 use shared::domain::psp::events;
 use shared::domain::saka;
@@ -45,7 +46,7 @@ impl Runner for Runners {
                 JobKind::Purchase => purchases::execute(conn, &who, job.id, &job.payload()?).await,
                 JobKind::MandateExpiry => {
                     let expired = mandates::expire_due(conn, &who.actor()).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"expired": expired})))
+                    Ok(Outcome::succeeded(serde_json::json!({"expired": expired})))
                 }
                 JobKind::SakaHarvest => {
                     saka::harvest(conn, &who, job.id, &job.payload()?, now(), self.config.saka_timezone).await
@@ -56,25 +57,29 @@ impl Runner for Runners {
                 }
                 JobKind::SakaDayRollover => {
                     let reset = saka::rollover(conn, now(), self.config.saka_timezone).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"reset": reset})))
+                    Ok(Outcome::succeeded(serde_json::json!({"reset": reset})))
                 }
                 JobKind::SakaApprovalExpiry => {
                     let expired = saka::expire_pending(conn, now()).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"expired": expired})))
+                    Ok(Outcome::succeeded(serde_json::json!({"expired": expired})))
                 }
                 JobKind::Transfer => transfers::execute(conn, &who, job.id, &job.payload()?).await,
                 JobKind::EscrowDeposit => {
                     let e = deposits::deposit(conn, &who, Source::Job(job.id), &job.payload()?).await?;
-                    Ok(Outcome::Succeeded(serde_json::to_value(escrows::full(conn, &e).await?)?))
+                    Ok(Outcome::succeeded(serde_json::to_value(escrows::full(conn, &e).await?)?))
                 }
-                JobKind::EscrowTransition => transitions::transition(conn, &who, job, &job.payload()?).await,
-                JobKind::EscrowDeadlines => {
-                    // One check_deadline job per due escrow, pushed once this commits.
-                    let enqueued = deadlines::release_due(conn, job).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"enqueued": enqueued})))
-                }
-                JobKind::UsageSpend => payees::spend(conn, &who, job, &job.payload()?).await,
-                JobKind::ProofValidation => proofs::run(conn, self.store.as_ref(), job).await,
+                JobKind::EscrowTransition => transitions::transition(conn, &who, job.id, &job.payload()?).await,
+                // One check_deadline job per due escrow, pushed once this commits.
+                JobKind::EscrowDeadlines => deadlines::release_due(conn).await,
+                JobKind::UsageSpend => payees::spend(conn, &who, job.id, &job.payload()?).await,
+                JobKind::ProofValidation => match job.payload()? {
+                    ProofValidationV1::Validate { proof_id, .. } => {
+                        proofs::validate(conn, self.store.as_ref(), &who, job.id, proof_id).await
+                    }
+                    ProofValidationV1::Decide { proof_id, decision, note } => {
+                        proofs::decide(conn, &who, job.id, proof_id, decision, note.as_deref()).await
+                    }
+                },
                 JobKind::Payout => payouts::prepare(conn, &job.payload()?).await,
                 JobKind::PspWebhook => events::apply(conn, &job.payload()?).await,
                 JobKind::JobRelay => maintenance::relay_job(self).await,

@@ -15,8 +15,8 @@ use crate::domain::escrow::payouts::{self, NewPayment};
 use crate::domain::escrow::state::{load_for, require_parties_active};
 use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
-use crate::ids::{EscrowId, PayeeId};
-use crate::jobs::{JobRow, Outcome};
+use crate::ids::{EscrowId, JobId, PayeeId};
+use crate::jobs::Outcome;
 use crate::money::display;
 use crate::principal::{Principal, Role};
 
@@ -73,7 +73,7 @@ pub struct UsageSpendV1 {
     pub note: Option<String>,
 }
 
-pub async fn spend(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: &UsageSpendV1) -> Result<Outcome> {
+pub async fn spend(conn: &mut PgConnection, who: &Principal, job: JobId, cmd: &UsageSpendV1) -> Result<Outcome> {
     let e = load_for(conn, cmd.escrow_id, who, true).await?;
     if !(who.is_admin() || (who.role == Role::Sender && who.user_id == e.client_id)) {
         return Err(Error::problem(ErrorCode::Forbidden, "only the escrow's client or an admin spends"));
@@ -100,15 +100,15 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job: &JobRow, cmd: 
         payee: Some((payee.id, &payee.payee_ref)),
         amount: cmd.amount,
     };
-    let p = payouts::create_reserved(conn, &e, &new, &format!("usage:{}", job.id)).await?;
+    let p = payouts::create_reserved(conn, &e, &new, &format!("usage:{job}")).await?;
     // The payment holds its share of the limits, counted on this day.
     limits::mark_payment(conn, p.id, today).await?;
-    payouts::enqueue_payout(conn, job, &p).await?;
     audit::write(conn, &who.actor(), "USAGE_SPENT", "escrow", e.id, serde_json::json!({
         "payment_id": p.id, "payee_ref": payee.payee_ref, "amount": display(cmd.amount, &e.currency), "note": cmd.note,
     })).await?;
-    Ok(Outcome::Succeeded(serde_json::json!({
+    let result = serde_json::json!({
         "payment_id": p.id, "escrow_id": e.id, "amount": display(p.amount, &p.currency), "status": p.status,
         "payee_ref": payee.payee_ref, "href": format!("/payments/{}", p.id),
-    })))
+    });
+    Ok(Outcome::succeeded(result).then([payouts::payout_job(&p)?]))
 }

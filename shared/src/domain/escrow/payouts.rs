@@ -1,6 +1,7 @@
 //! Payouts in three phases, never a network call inside a transaction:
 //! 1. (transaction) create or reuse the payment under its deterministic key
 //!    and reserve its amount from the escrow balance with a guarded UPDATE;
+//!    the rule that wants it paid asks for its `payout` job (a follow-up);
 //! 2. (no transaction) call the PSP with the payment id as idempotency key;
 //! 3. (transaction) record `SENT` with the PSP reference, or `ERROR` with the
 //!    PSP's reason, releasing the reservation.
@@ -20,8 +21,8 @@ use crate::domain::escrow::model::{Escrow, Milestone, PAYMENT_COLUMNS, Payment, 
 use crate::domain::escrow::{balance, limits, settlement, state};
 use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, Problem, Result};
-use crate::ids::{PayeeId, PaymentId};
-use crate::jobs::{JobKind, JobRow, Outcome, record};
+use crate::ids::{JobId, PayeeId, PaymentId};
+use crate::jobs::{FollowUp, JobKind, Outcome};
 use crate::money::display;
 use crate::principal::Principal;
 
@@ -100,23 +101,24 @@ pub async fn create_reserved(conn: &mut PgConnection, e: &Escrow, new: &NewPayme
     Ok(p)
 }
 
-/// Creates the payment (phase 1) and its payout job inside the caller's
-/// transaction; the job is pushed when the caller commits. A payment its
-/// key already names is reused: an ERROR one takes its reservation again
-/// and is driven again, a live one is left to the job driving it.
+/// Creates the payment (phase 1) inside the caller's transaction and asks
+/// for its payout job (created by the executor in the same transaction,
+/// pushed once it commits). A payment its key already names is reused: an
+/// ERROR one takes its reservation again and is driven again, a live one
+/// is left to the job driving it (no follow-up).
 pub async fn enqueue(
     conn: &mut PgConnection,
-    parent: &JobRow,
+    parent: JobId,
     e: &Escrow,
     kind: PaymentKind,
     milestone: Option<&Milestone>,
     amount: Decimal,
-) -> Result<Payment> {
+) -> Result<(Payment, Option<FollowUp>)> {
     let key = match (kind, milestone) {
         (PaymentKind::Milestone, Some(m)) => format!("milestone:{}", m.id),
         (PaymentKind::Release, _) => format!("release:{}", e.id),
         (PaymentKind::Refund, _) => format!("refund:{}", e.id),
-        _ => format!("{}:{}", kind.as_str().to_lowercase(), parent.id),
+        _ => format!("{}:{parent}", kind.as_str().to_lowercase()),
     };
     let new = NewPayment { kind, milestone, payee: None, amount };
     let mut p = create_reserved(conn, e, &new, &key).await?;
@@ -124,10 +126,8 @@ pub async fn enqueue(
         revive(conn, &p).await?;
         p = state::payment(conn, p.id).await?.ok_or_else(|| Error::internal("payment vanished"))?;
     }
-    if p.status == "PENDING" {
-        enqueue_payout(conn, parent, &p).await?;
-    }
-    Ok(p)
+    let job = if p.status == "PENDING" { Some(payout_job(&p)?) } else { None };
+    Ok((p, job))
 }
 
 /// ERROR → PENDING for a new drive: the payment takes its share of its
@@ -157,17 +157,10 @@ async fn revive(conn: &mut PgConnection, p: &Payment) -> Result<()> {
     audit::write(conn, "system", "PAYMENT_REDRIVEN", "payment", p.id, serde_json::json!({})).await
 }
 
-/// A payout job for an existing payment, created by `parent`.
-pub async fn enqueue_payout(conn: &mut PgConnection, parent: &JobRow, p: &Payment) -> Result<()> {
-    record::insert_child(
-        conn,
-        parent,
-        JobKind::Payout,
-        &PayoutV1 { payment_id: p.id },
-        format!("payout:{}:{}", p.id, p.attempts),
-    )
-    .await?;
-    Ok(())
+/// The payout job of a payment, keyed by payment and drive: a re-run of
+/// the parent finds the same child.
+pub fn payout_job(p: &Payment) -> Result<FollowUp> {
+    FollowUp::new(JobKind::Payout, &PayoutV1 { payment_id: p.id }, format!("payout:{}:{}", p.id, p.attempts))
 }
 
 /// What phase 1 hands to the PSP call.
@@ -197,7 +190,7 @@ pub async fn prepare(conn: &mut PgConnection, cmd: &PayoutV1) -> Result<Outcome>
         return Err(Error::not_found(ErrorCode::NotFound, "payment"));
     };
     match p.status.as_str() {
-        "SENT" | "SETTLED" => return Ok(Outcome::Succeeded(serde_json::to_value(PaymentOut::from(&p))?)),
+        "SENT" | "SETTLED" => return Ok(Outcome::succeeded(serde_json::to_value(PaymentOut::from(&p))?)),
         "ERROR" => revive(conn, &p).await?,
         _ => {}
     }
@@ -207,7 +200,7 @@ pub async fn prepare(conn: &mut PgConnection, cmd: &PayoutV1) -> Result<Outcome>
     .bind(p.id)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Outcome::Continue(serde_json::to_value(CallState {
+    Ok(Outcome::call(serde_json::to_value(CallState {
         idempotency_key: if redrives == 0 { p.id.to_string() } else { format!("{}-r{redrives}", p.id) },
         payment_id: p.id,
         amount: display(p.amount, &p.currency),
@@ -229,7 +222,7 @@ pub async fn record_reply(
     };
     if p.status != "PENDING" {
         // A webhook got here first (settled or failed): never move back.
-        return Ok(Outcome::Succeeded(serde_json::to_value(PaymentOut::from(&p))?));
+        return Ok(Outcome::succeeded(serde_json::to_value(PaymentOut::from(&p))?));
     }
     match reply {
         CallReply::Accepted { psp_ref } => {
@@ -246,12 +239,12 @@ pub async fn record_reply(
             let data = serde_json::json!({"psp_ref": psp_ref});
             audit::write(conn, &who.actor(), "PAYMENT_SENT", "payment", p.id, data).await?;
             let p = state::payment(conn, p.id).await?.ok_or_else(|| Error::internal("payment vanished"))?;
-            Ok(Outcome::Succeeded(serde_json::to_value(PaymentOut::from(&p))?))
+            Ok(Outcome::succeeded(serde_json::to_value(PaymentOut::from(&p))?))
         }
         CallReply::Refused { code, message } => {
             let reason = format!("{code}: {message}");
             settlement::fail(conn, &p, &reason, &who.actor()).await?;
-            Ok(Outcome::Refused(Problem::new(ErrorCode::PayoutFailed, format!("the PSP refused the payout: {reason}"))))
+            Ok(Outcome::refused(Problem::new(ErrorCode::PayoutFailed, format!("the PSP refused the payout: {reason}"))))
         }
     }
 }

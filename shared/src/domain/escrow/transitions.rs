@@ -17,7 +17,8 @@ use crate::domain::escrow::state::{event, load, load_for, milestones, require_pa
 use crate::domain::ops::{alerts, audit};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::EscrowId;
-use crate::jobs::{JobRow, Outcome};
+use crate::ids::JobId;
+use crate::jobs::{FollowUp, Outcome};
 use crate::principal::{Principal, Role};
 
 /// `escrow_transition` job payload, version 1.
@@ -60,7 +61,7 @@ fn only(allowed: bool, detail: &str) -> Result<()> {
 pub async fn transition(
     conn: &mut PgConnection,
     who: &Principal,
-    job: &JobRow,
+    job: JobId,
     cmd: &EscrowTransitionV1,
 ) -> Result<Outcome> {
     let e = load_for(conn, cmd.escrow_id, who, true).await?;
@@ -72,7 +73,7 @@ pub async fn transition(
         require_parties_active(conn, &e).await?;
     }
     let client = who.is_admin() || who.user_id == e.client_id;
-    let after = match cmd.action {
+    let (after, payouts) = match cmd.action {
         TransitionAction::MarkDelivered => {
             only(
                 who.is_admin() || who.user_id == e.provider_id,
@@ -80,7 +81,7 @@ pub async fn transition(
             )?;
             let after = set_status(conn, &e, &["FUNDED"], "RELEASABLE").await?;
             event(conn, e.id, "RELEASABLE", &actor, note).await?;
-            after
+            (after, Vec::new())
         }
         TransitionAction::ClientApprove => {
             only(client, "only the client or an admin approves")?;
@@ -99,7 +100,7 @@ pub async fn transition(
         }
     };
     let after = load(conn, after.id).await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(full(conn, &after).await?)?))
+    Ok(Outcome::succeeded(serde_json::to_value(full(conn, &after).await?)?).then(payouts))
 }
 
 /// DRAFT → CANCELLED, or FUNDED|RELEASABLE → REFUNDED; either way what
@@ -107,18 +108,19 @@ pub async fn transition(
 async fn reject(
     conn: &mut PgConnection,
     e: &Escrow,
-    job: &JobRow,
+    job: JobId,
     actor: &str,
     note: serde_json::Value,
-) -> Result<Escrow> {
+) -> Result<(Escrow, Vec<FollowUp>)> {
     let (from, to): (&[&str], &str) =
         if e.status == "DRAFT" { (&["DRAFT"], "CANCELLED") } else { (&["FUNDED", "RELEASABLE"], "REFUNDED") };
     let after = set_status(conn, e, from, to).await?;
     event(conn, e.id, to, actor, note).await?;
+    let mut jobs = Vec::new();
     if after.balance() > Decimal::ZERO {
-        payouts::enqueue(conn, job, &after, PaymentKind::Refund, None, after.balance()).await?;
+        jobs.extend(payouts::enqueue(conn, job, &after, PaymentKind::Refund, None, after.balance()).await?.1);
     }
-    Ok(after)
+    Ok((after, jobs))
 }
 
 /// The deadline: releases a due escrow as if the client approved. A
@@ -127,11 +129,11 @@ async fn reject(
 async fn check_deadline(
     conn: &mut PgConnection,
     e: &Escrow,
-    job: &JobRow,
+    job: JobId,
     actor: &str,
-) -> Result<std::result::Result<Escrow, Outcome>> {
+) -> Result<std::result::Result<(Escrow, Vec<FollowUp>), Outcome>> {
     if !deadline_due(conn, e).await? {
-        return Ok(Ok(e.clone()));
+        return Ok(Ok((e.clone(), Vec::new())));
     }
     sqlx::query("SAVEPOINT deadline_release").execute(&mut *conn).await?;
     match release(conn, e, job, actor, "deadline").await {
@@ -144,18 +146,12 @@ async fn check_deadline(
     }
 }
 
-async fn refuse_deadline(
-    conn: &mut PgConnection,
-    e: &Escrow,
-    job: &JobRow,
-    actor: &str,
-    p: Problem,
-) -> Result<Outcome> {
-    let data = serde_json::json!({"escrow_id": e.id, "job_id": job.id, "code": p.code.as_str(), "detail": p.detail});
+async fn refuse_deadline(conn: &mut PgConnection, e: &Escrow, job: JobId, actor: &str, p: Problem) -> Result<Outcome> {
+    let data = serde_json::json!({"escrow_id": e.id, "job_id": job, "code": p.code.as_str(), "detail": p.detail});
     alerts::raise(conn, "ESCROW_DEADLINE_REFUSED", "the deadline release of an escrow was refused", None, data.clone())
         .await?;
     audit::write(conn, actor, "ESCROW_TRANSITION_REFUSED", "escrow", e.id, data).await?;
-    Ok(Outcome::Refused(p))
+    Ok(Outcome::refused(p))
 }
 
 /// FUNDED|RELEASABLE → RELEASED, in this transaction with its payout jobs:
@@ -163,10 +159,17 @@ async fn refuse_deadline(
 /// unpaid milestone and pays it out; then whatever balance remains is paid
 /// to the provider as one RELEASE payout. A released escrow ends with
 /// balance 0: no money is stranded above the milestones.
-async fn release(conn: &mut PgConnection, e: &Escrow, job: &JobRow, actor: &str, why: &str) -> Result<Escrow> {
+async fn release(
+    conn: &mut PgConnection,
+    e: &Escrow,
+    job: JobId,
+    actor: &str,
+    why: &str,
+) -> Result<(Escrow, Vec<FollowUp>)> {
     require_parties_active(conn, e).await?;
     let after = set_status(conn, e, &["FUNDED", "RELEASABLE"], "RELEASED").await?;
     event(conn, e.id, "RELEASED", actor, serde_json::json!({"by": why})).await?;
+    let mut jobs = Vec::new();
     for m in milestones(conn, e.id).await? {
         if matches!(m.status.as_str(), "WAITING" | "PENDING_REVIEW") {
             transition_milestone(conn, &m, &["WAITING", "PENDING_REVIEW"], "APPROVED").await?;
@@ -174,14 +177,14 @@ async fn release(conn: &mut PgConnection, e: &Escrow, job: &JobRow, actor: &str,
             audit::write(conn, actor, "MILESTONE_APPROVED", "milestone", m.id, data).await?;
         }
         if matches!(m.status.as_str(), "WAITING" | "PENDING_REVIEW" | "APPROVED") {
-            payouts::enqueue(conn, job, &after, PaymentKind::Milestone, Some(&m), m.amount).await?;
+            jobs.extend(payouts::enqueue(conn, job, &after, PaymentKind::Milestone, Some(&m), m.amount).await?.1);
         }
     }
     let after = load(conn, e.id).await?;
     if after.balance() > Decimal::ZERO {
-        payouts::enqueue(conn, job, &after, PaymentKind::Release, None, after.balance()).await?;
+        jobs.extend(payouts::enqueue(conn, job, &after, PaymentKind::Release, None, after.balance()).await?.1);
     }
-    Ok(after)
+    Ok((after, jobs))
 }
 
 /// Past its deadline, FUNDED or RELEASABLE, and no milestone in review.

@@ -77,7 +77,7 @@ async fn refuse_unholdable(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Resul
         serde_json::json!({"code": problem.code.as_str(), "detail": problem.detail}),
     )
     .await?;
-    Ok(Outcome::Refused(problem))
+    Ok(Outcome::refused(problem))
 }
 
 /// Applies a stored event (the `psp_webhook` job), read from its raw body.
@@ -102,7 +102,7 @@ pub async fn apply(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Result<Outcom
         _ => serde_json::json!({"event_id": cmd.event_id, "type": event_type, "ignored": true}),
     };
     audit::write(conn, ACTOR, "WEBHOOK_APPLIED", "webhook_event", &cmd.event_id, result.clone()).await?;
-    Ok(Outcome::Succeeded(result))
+    Ok(Outcome::succeeded(result))
 }
 
 /// The actor of what PSP events do.

@@ -8,9 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ErrorCode, Problem, Result};
-use crate::ids::WebhookEventId;
-use crate::jobs::JobKind;
+use crate::error::{ErrorCode, Problem};
 use crate::principal::{Principal, Role};
 use crate::text::holds_nul;
 
@@ -69,62 +67,6 @@ pub fn psp_principal() -> Principal {
     let mut p = Principal::system();
     p.role = Role::Psp;
     p
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Received {
-    pub received: bool,
-    pub event_id: String,
-    pub duplicate: bool,
-    #[serde(skip)]
-    pub job: Option<(crate::ids::JobId, JobKind)>,
-}
-
-/// Stores a verified event and its job, once per event id, in one
-/// statement (atomic on its own, one round trip): a replay inserts nothing.
-pub async fn receive(pool: &sqlx::PgPool, envelope: &Envelope, raw: &str) -> Result<Received> {
-    let (event_id, event_type, payload) = (&envelope.event_id, &envelope.event_type, &envelope.payload);
-    let job_id = crate::ids::JobId::new();
-    let p = psp_principal();
-    let job_payload = serde_json::to_value(PspWebhookV1 { event_id: event_id.to_string() })?;
-    let key = format!("webhook:{event_id}");
-    let hash = crate::jobs::record::request_hash(JobKind::PspWebhook, &job_payload);
-    let stored: Option<crate::ids::JobId> = sqlx::query_scalar(
-        "WITH ev AS (
-            INSERT INTO psp_webhook_events (id, event_id, type, payload, raw_body, job_id) VALUES ($1, $2, $3, $4, $5, $6)
-            ON CONFLICT ON CONSTRAINT psp_webhook_events_event_key DO NOTHING RETURNING job_id
-         ), job AS (
-            INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, pushed_at)
-            SELECT job_id, 'psp_webhook', $7, $8, $9, 'psp', $10, $11, now() FROM ev RETURNING id
-         ), audit AS (
-            INSERT INTO audit_log (id, actor, action, entity, entity_id, data)
-            SELECT $12, 'psp', 'WEBHOOK_RECEIVED', 'webhook_event', $2, jsonb_build_object('type', $3::text, 'job_id', id) FROM job
-         )
-         SELECT id FROM job",
-    )
-    .bind(WebhookEventId::new())
-    .bind(event_id)
-    .bind(event_type)
-    .bind(payload)
-    .bind(raw)
-    .bind(job_id)
-    .bind(&job_payload)
-    .bind(p.user_id)
-    .bind(p.key_id)
-    .bind(&key)
-    .bind(&hash)
-    .bind(crate::ids::AuditId::new())
-    .fetch_optional(pool)
-    .await?;
-    Ok(match stored {
-        Some(id) => Received {
-            received: true,
-            event_id: event_id.to_string(),
-            duplicate: false,
-            job: Some((id, JobKind::PspWebhook)),
-        },
-        None => Received { received: true, event_id: event_id.to_string(), duplicate: true, job: None },
-    })
 }
 
 #[cfg(test)]

@@ -2,24 +2,22 @@
 //! only, 1 to 1,000 grains, never to one's own wallet; up to 500 applied at
 //! once within the daily cap, above that waiting for a second admin.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use sqlx::PgConnection;
 
 use crate::domain::access::users::require_active_user;
 use crate::domain::ops::audit;
 use crate::domain::saka::approvals::approve_adjustment;
-use crate::domain::saka::cap::{cap_problem, take_daily_cap, used_today};
+use crate::domain::saka::cap::{Applied, credit_applied, take_cap};
 use crate::domain::saka::model::{
     ADJUSTMENT_COLUMNS, Adjustment, AdjustmentOut, NewAdjustment, SakaAdjustmentV1, invalid, status,
 };
-use crate::domain::saka::wallet::{credit, ensure_wallet};
-use crate::domain::saka::{
-    ADJUSTMENT_ENTITY, ADJUSTMENT_MAX, APPROVAL_TTL_HOURS, DUAL_APPROVAL_ABOVE, MANUAL_ADJUST, NOTE_MAX_CHARS,
-    WALLET_ENTITY, saka_day,
+use crate::domain::saka::model::{
+    ADJUSTMENT_ENTITY, ADJUSTMENT_MAX, APPROVAL_TTL_HOURS, DUAL_APPROVAL_ABOVE, NOTE_MAX_CHARS, WALLET_ENTITY, saka_day,
 };
-use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
-use crate::ids::{JobId, SakaAdjustmentId, UserId};
+use crate::error::{Error, ErrorCode, FieldError, Result};
+use crate::ids::{JobId, SakaAdjustmentId};
 use crate::jobs::Outcome;
 use crate::money::Grains;
 use crate::principal::{Principal, Role};
@@ -45,7 +43,7 @@ pub async fn run_adjustment(
 /// is applied at once within the daily cap (`APPLIED`); above, it waits
 /// `PENDING_APPROVAL` for a second admin for 24 h.
 ///
-/// A cap refusal is returned as `Ok(Outcome::Refused)`: it changed nothing
+/// A cap refusal is returned as `Ok` with `End::Refused`: it changed nothing
 /// but its audit row, which is kept. Other refusals are `Err` (the caller
 /// rolls back).
 #[tracing::instrument(skip_all, fields(job_id = %job_id, user_id = %cmd.user_id, amount = %cmd.amount))]
@@ -118,7 +116,7 @@ impl Request<'_> {
             "expires_at": expires_at, "job_id": self.job_id,
         });
         audit::write(conn, &self.who.actor(), "SAKA_ADJUSTMENT_REQUESTED", ADJUSTMENT_ENTITY, id, data).await?;
-        Ok(Outcome::Succeeded(serde_json::to_value(AdjustmentOut::from(adj))?))
+        Ok(Outcome::succeeded(serde_json::to_value(AdjustmentOut::from(adj))?))
     }
 
     /// Up to 500 grains: applied at once within the daily cap, or refused
@@ -135,7 +133,7 @@ impl Request<'_> {
                     "day": day, "job_id": self.job_id,
                 });
                 audit::write(conn, &actor, "SAKA_ADJUSTMENT_REFUSED", WALLET_ENTITY, cmd.user_id, data).await?;
-                return Ok(Outcome::Refused(problem));
+                return Ok(Outcome::refused(problem));
             }
         };
         let adj: Adjustment = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -157,56 +155,6 @@ impl Request<'_> {
         });
         audit::write(conn, &actor, "SAKA_ADJUSTMENT_REQUESTED", ADJUSTMENT_ENTITY, id, data).await?;
         credit_applied(conn, &actor, &adj, Applied { used, day, job_id: self.job_id }).await?;
-        Ok(Outcome::Succeeded(serde_json::to_value(AdjustmentOut::from(adj))?))
+        Ok(Outcome::succeeded(serde_json::to_value(AdjustmentOut::from(adj))?))
     }
-}
-
-/// Takes `amount` of the user's daily cap (creating the wallet on first
-/// use): the day's new total, or the refusal saying how much was used.
-pub(crate) async fn take_cap(
-    conn: &mut PgConnection,
-    user: UserId,
-    amount: Grains,
-    day: NaiveDate,
-) -> Result<std::result::Result<Grains, Problem>> {
-    ensure_wallet(conn, user).await?;
-    Ok(match take_daily_cap(conn, user, amount, day).await? {
-        Some(used) => Ok(used),
-        None => Err(cap_problem(used_today(conn, user, day).await?, amount, day)),
-    })
-}
-
-/// What the cap said when an adjustment was applied.
-pub(crate) struct Applied {
-    pub used: Grains,
-    pub day: NaiveDate,
-    pub job_id: JobId,
-}
-
-/// Credits an applied adjustment (a MANUAL_ADJUST ledger row the database
-/// accepts only with its applied adjustment) and writes its audit row.
-pub(crate) async fn credit_applied(conn: &mut PgConnection, actor: &str, adj: &Adjustment, at: Applied) -> Result<()> {
-    let entry = credit(conn, adj.user_id, MANUAL_ADJUST, adj.amount, at.job_id, Some(adj.id)).await?;
-    let data = serde_json::json!({
-        "user_id": adj.user_id, "amount": adj.amount, "ledger_id": entry.id, "balance_after": entry.balance_after,
-        "manual_adjust_today": at.used, "day": at.day, "job_id": at.job_id,
-    });
-    audit::write(conn, actor, "SAKA_ADJUSTMENT_APPLIED", ADJUSTMENT_ENTITY, adj.id, data).await
-}
-
-pub(crate) async fn lock_adjustment(conn: &mut PgConnection, id: SakaAdjustmentId) -> Result<Adjustment> {
-    let adj: Option<Adjustment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ADJUSTMENT_COLUMNS} FROM saka_adjustments WHERE id = $1 FOR UPDATE"
-    )))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    adj.ok_or_else(|| Error::not_found(ErrorCode::SakaAdjustmentNotFound, "SAKA adjustment"))
-}
-
-pub(crate) fn not_pending(adj: &Adjustment) -> Error {
-    Error::problem(
-        ErrorCode::SakaAdjustmentNotPending,
-        format!("the adjustment is {}, not {}", adj.status, status::PENDING_APPROVAL),
-    )
 }

@@ -8,9 +8,9 @@ use sqlx::PgConnection;
 
 use crate::domain::access::users::require_active_user;
 use crate::domain::ops::audit;
-use crate::domain::saka::adjustments::{Applied, credit_applied, lock_adjustment, not_pending, take_cap};
+use crate::domain::saka::cap::{Applied, credit_applied, lock_adjustment, not_pending, take_cap};
 use crate::domain::saka::model::{ADJUSTMENT_COLUMNS, Adjustment, AdjustmentOut, invalid, status};
-use crate::domain::saka::{ADJUSTMENT_ENTITY, NOTE_MAX_CHARS, saka_day};
+use crate::domain::saka::model::{ADJUSTMENT_ENTITY, NOTE_MAX_CHARS, saka_day};
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{JobId, SakaAdjustmentId};
 use crate::jobs::Outcome;
@@ -20,7 +20,7 @@ use crate::principal::{Principal, Role};
 /// an admin other than the requester (and other than the credited user)
 /// applies it within the daily cap. A request past its expiry is expired
 /// here (kept) and refused. A cap refusal leaves the request pending and is
-/// returned as `Ok(Outcome::Refused)` with its audit row kept.
+/// returned as `Ok` with `End::Refused` with its audit row kept.
 #[tracing::instrument(skip_all, fields(job_id = %job_id, adjustment_id = %id))]
 pub async fn approve_adjustment(
     conn: &mut PgConnection,
@@ -36,7 +36,7 @@ pub async fn approve_adjustment(
     let actor = who.actor();
     if adj.expires_at.is_some_and(|at| at <= now) {
         expire_one(conn, &actor, &adj, now, Some(job_id)).await?;
-        return Ok(Outcome::Refused(Problem::new(
+        return Ok(Outcome::refused(Problem::new(
             ErrorCode::SakaAdjustmentNotPending,
             "the adjustment expired before it was approved; it is now EXPIRED",
         )));
@@ -51,7 +51,7 @@ pub async fn approve_adjustment(
                 "status": status::PENDING_APPROVAL, "day": day, "job_id": job_id,
             });
             audit::write(conn, &actor, "SAKA_ADJUSTMENT_REFUSED", ADJUSTMENT_ENTITY, adj.id, data).await?;
-            return Ok(Outcome::Refused(problem));
+            return Ok(Outcome::refused(problem));
         }
     };
     let applied: Option<Adjustment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -73,7 +73,7 @@ pub async fn approve_adjustment(
     });
     audit::write(conn, &actor, "SAKA_ADJUSTMENT_APPROVED", ADJUSTMENT_ENTITY, adj.id, data).await?;
     credit_applied(conn, &actor, &applied, Applied { used, day, job_id }).await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(AdjustmentOut::from(applied))?))
+    Ok(Outcome::succeeded(serde_json::to_value(AdjustmentOut::from(applied))?))
 }
 
 /// A second admin, other than the credited user, approves a pending request.

@@ -8,8 +8,8 @@ use sqlx::PgConnection;
 use crate::domain::access::users::require_active_user;
 use crate::domain::ops::audit;
 use crate::domain::saka::model::{HarvestReason, SakaHarvestV1, SakaTxOut};
+use crate::domain::saka::model::{WALLET_ENTITY, saka_day};
 use crate::domain::saka::wallet::{credit, ensure_wallet};
-use crate::domain::saka::{WALLET_ENTITY, saka_day};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::JobId;
 use crate::jobs::Outcome;
@@ -59,7 +59,7 @@ pub async fn harvest(
             }),
         )
         .await?;
-        return Ok(Outcome::Succeeded(serde_json::json!({"credited": 0, "reason": "DAILY_LIMIT"})));
+        return Ok(Outcome::succeeded(serde_json::json!({"credited": 0, "reason": "DAILY_LIMIT"})));
     };
     let entry = credit(conn, cmd.user_id, reason.as_str(), reason.reward(), job_id, None).await?;
     audit::write(conn, &actor, "SAKA_HARVESTED", WALLET_ENTITY, cmd.user_id, serde_json::json!({
@@ -67,7 +67,7 @@ pub async fn harvest(
         "count_today": count, "daily_limit": reason.daily_limit(), "day": day, "job_id": job_id,
     }))
     .await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(SakaTxOut::from(entry))?))
+    Ok(Outcome::succeeded(serde_json::to_value(SakaTxOut::from(entry))?))
 }
 
 /// A known reason, with no client-chosen amount (rewards are fixed).

@@ -7,7 +7,7 @@ use chrono_tz::Tz;
 use sqlx::PgConnection;
 
 use crate::domain::ops::audit;
-use crate::domain::saka::{WALLET_ENTITY, saka_day};
+use crate::domain::saka::model::{WALLET_ENTITY, saka_day};
 use crate::error::Result;
 use crate::principal::Principal;
 

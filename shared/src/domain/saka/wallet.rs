@@ -10,7 +10,7 @@ use crate::db::OnConstraint;
 use crate::domain::access::users::require_active_user;
 use crate::domain::ops::audit;
 use crate::domain::saka::model::{LEDGER_COLUMNS, LedgerEntry, SakaSpendV1, SakaTxOut, WalletOut, invalid};
-use crate::domain::saka::{SPEND_REASON_MAX_CHARS, WALLET_ENTITY, saka_day};
+use crate::domain::saka::model::{SPEND_REASON_MAX_CHARS, WALLET_ENTITY, saka_day};
 use crate::error::{Error, ErrorCode, FieldError, Result};
 use crate::ids::{JobId, SakaAdjustmentId, SakaTxId, UserId};
 use crate::jobs::Outcome;
@@ -96,7 +96,7 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job_id: JobId, cmd:
         "ledger_id": entry.id, "reason": entry.reason, "amount": entry.amount, "balance_after": entry.balance_after, "job_id": job_id,
     }))
     .await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(SakaTxOut::from(entry))?))
+    Ok(Outcome::succeeded(serde_json::to_value(SakaTxOut::from(entry))?))
 }
 
 /// A user's wallet as of `now`'s SAKA day, for the user, support and admin;

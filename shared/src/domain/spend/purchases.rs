@@ -221,7 +221,7 @@ async fn expire(conn: &mut PgConnection, who: &Principal, job_id: JobId, mandate
         ],
     )
     .await?;
-    Ok(Outcome::Refused(refusal))
+    Ok(Outcome::refused(refusal))
 }
 
 /// Rules 6 and 7: the guarded decrement (never read-modify-write), then the
@@ -280,7 +280,7 @@ async fn spend(
         ],
     )
     .await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(PurchaseOut::from(purchase))?))
+    Ok(Outcome::succeeded(serde_json::to_value(PurchaseOut::from(purchase))?))
 }
 
 /// The parties, support and admin see a purchase.

@@ -101,7 +101,7 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
             serde_json::json!({"code": refusal.code.as_str(), "request": payload}),
         )
         .await?;
-        return Ok(Outcome::Refused(refusal));
+        return Ok(Outcome::refused(refusal));
     }
     let t: Transfer = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO transactions (id, job_id, sender_id, receiver_id, amount, currency, status) VALUES ($1, $2, $3, $4, $5, $6, 'COMPLETED') RETURNING {COLUMNS}"
@@ -123,7 +123,7 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
         serde_json::json!({"receiver_id": t.receiver_id, "amount": amount, "currency": t.currency}),
     )
     .await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(TransferOut::from(t))?))
+    Ok(Outcome::succeeded(serde_json::to_value(TransferOut::from(t))?))
 }
 
 pub async fn get_for(conn: &mut PgConnection, id: TransferId, who: &Principal) -> Result<TransferOut> {

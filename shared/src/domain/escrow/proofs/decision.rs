@@ -4,12 +4,12 @@
 
 use sqlx::PgConnection;
 
-use crate::domain::escrow::proofs::{Decision, ProofOut, approve, load, require_active};
+use crate::domain::escrow::proofs::proof::{Decision, ProofOut, approve, load, require_active};
 use crate::domain::escrow::state;
 use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::{ProofId, UserId};
-use crate::jobs::{JobRow, Outcome};
+use crate::ids::{JobId, ProofId, UserId};
+use crate::jobs::Outcome;
 use crate::principal::{Principal, Role};
 
 /// The decision's pre-check at the edge: a proof the caller cannot see is
@@ -42,7 +42,7 @@ fn may_decide(who: &Principal, client: UserId) -> Result<()> {
 pub async fn decide(
     conn: &mut PgConnection,
     who: &Principal,
-    job: &JobRow,
+    job: JobId,
     proof_id: ProofId,
     decision: Decision,
     note: Option<&str>,
@@ -70,19 +70,15 @@ pub async fn decide(
         .bind(note)
         .execute(&mut *conn)
         .await?;
-    audit::write(
-        conn,
-        &actor,
-        action,
-        "proof",
-        p.id,
-        serde_json::json!({"decision": decision, "note": note, "job_id": job.id}),
-    )
-    .await?;
-    match decision {
+    let data = serde_json::json!({"decision": decision, "note": note, "job_id": job});
+    audit::write(conn, &actor, action, "proof", p.id, data).await?;
+    let payout = match decision {
         Decision::Approve => approve(conn, job, &e, &m, "PENDING_REVIEW", &actor).await?,
-        Decision::Reject => state::transition_milestone(conn, &m, &["PENDING_REVIEW"], "WAITING").await?,
-    }
+        Decision::Reject => {
+            state::transition_milestone(conn, &m, &["PENDING_REVIEW"], "WAITING").await?;
+            None
+        }
+    };
     let p = load(conn, proof_id).await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?))
+    Ok(Outcome::succeeded(serde_json::to_value(ProofOut::from(&p))?).then(payout))
 }

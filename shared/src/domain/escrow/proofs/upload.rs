@@ -1,19 +1,19 @@
-//! A proof upload: the checks in DOMAIN.md's order on the staged file, the
-//! proof row and its `proof_validation` job, in the caller's transaction;
-//! and the retention of stored files no proof references.
+//! A proof upload: the checks in DOMAIN.md's order on the staged file and
+//! the proof row (`crate::intake` writes its `proof_validation` job in the
+//! same transaction); and the retention of stored files no proof
+//! references.
 
 use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
 use crate::domain::escrow::model::{Escrow, Milestone};
-use crate::domain::escrow::proofs::{COLUMNS, Proof, ProofValidationV1};
+use crate::domain::escrow::proofs::proof::{COLUMNS, Proof, ProofValidationV1};
 use crate::domain::escrow::state;
 use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{EscrowId, JobId, ProofId};
-use crate::jobs::{JobKind, JobRow, NewJob, record};
 use crate::principal::Principal;
-use crate::storage::{ProofStore, StagedFile};
+use crate::storage::ProofStore;
 
 #[derive(Debug, Clone)]
 pub struct NewProof {
@@ -26,51 +26,12 @@ pub struct NewProof {
     pub size_bytes: i64,
 }
 
-/// The upload's checks (DOMAIN.md order, on the staged file), the proof
-/// row and its job, in the caller's transaction; only an accepted upload
-/// moves its staged file into the store, as the last step before the
-/// commit. A refusal leaves the staged file to be deleted when dropped; a
-/// commit that fails after the placement leaves a file no proof references,
-/// which retention deletes. The same idempotency key with the same file
-/// answers the first job.
-pub async fn submit(
-    conn: &mut PgConnection,
-    who: &Principal,
-    new: &NewProof,
-    idempotency_key: &str,
-    store: &dyn ProofStore,
-    staged: &StagedFile,
-) -> Result<(ProofId, JobRow, bool)> {
-    let existing: Option<JobId> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2 AND parent_job_id IS NULL",
-    )
-    .bind(who.user_id)
-    .bind(idempotency_key)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let existing = match existing {
-        Some(id) => record::get(conn, id).await?,
-        None => None,
-    };
-    if let Some(job) = existing {
-        return Ok((replayed(&job, new)?, job, false));
-    }
-    let p = accept(conn, who, new).await?;
-    let (job, _) = record::insert(
-        &mut *conn,
-        &NewJob::new(JobKind::ProofValidation, &p.payload, who, Some(idempotency_key.to_string()))?,
-    )
-    .await?;
-    submitted(conn, who, &p.proof, job.id).await?;
-    store.place(staged, &new.storage_key).await?;
-    Ok((p.proof.id, job, true))
-}
-
-/// The proof of an earlier upload under the same idempotency key: the
+/// The proof of an earlier upload under the same idempotency key (its
+/// job's payload): the
 /// same file for the same milestone answers it again; anything else is
 /// `IDEMPOTENCY_KEY_REUSED`.
-pub fn replayed(job: &JobRow, new: &NewProof) -> Result<ProofId> {
-    match job.payload::<ProofValidationV1>() {
+pub fn replayed(payload: &serde_json::Value, new: &NewProof) -> Result<ProofId> {
+    match serde_json::from_value::<ProofValidationV1>(payload.clone()) {
         Ok(ProofValidationV1::Validate { proof_id, ref sha256, escrow_id, milestone_idx, .. })
             if *sha256 == new.sha256 && escrow_id == new.escrow_id && milestone_idx == new.milestone_idx =>
         {

@@ -4,12 +4,13 @@
 use sqlx::PgConnection;
 
 use crate::domain::escrow::model::Escrow;
-use crate::domain::escrow::proofs::{Proof, ProofOut, approve, load, require_active};
+use crate::domain::escrow::proofs::proof::{Proof, ProofOut, approve, load, require_active};
 use crate::domain::escrow::state;
 use crate::domain::ops::audit;
 use crate::error::{Error, Problem, Result};
-use crate::ids::ProofId;
-use crate::jobs::{JobRow, Outcome};
+use crate::ids::{JobId, ProofId};
+use crate::jobs::Outcome;
+use crate::principal::Principal;
 use crate::proofs::geo::Geofence;
 use crate::proofs::{Evaluation, ProofType, Verdict, evaluate};
 use crate::storage::ProofStore;
@@ -18,16 +19,17 @@ use crate::storage::ProofStore;
 pub async fn validate(
     conn: &mut PgConnection,
     store: &dyn ProofStore,
-    job: &JobRow,
+    who: &Principal,
+    job: JobId,
     proof_id: ProofId,
 ) -> Result<Outcome> {
     let p = load(conn, proof_id).await?;
     if p.status != "PENDING" {
-        return Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?));
+        return Ok(Outcome::succeeded(serde_json::to_value(ProofOut::from(&p))?));
     }
     let e = state::load(conn, p.escrow_id).await?;
     let m = state::milestone(conn, p.milestone_id).await?;
-    let actor = job.actor();
+    let actor = who.actor();
     // The escrow ended while the proof waited (released, refunded): the proof
     // is rejected with that reason, the milestone is left as it is.
     if let Err(Error::Problem(refusal)) = require_active(&e) {
@@ -40,10 +42,11 @@ pub async fn validate(
     let fence = m.geofence().map(|g| Geofence { lat: g.lat, lng: g.lng, radius_m: g.radius_m });
     let eval = evaluate(&bytes, proof_type, fence.as_ref(), &p.source, p.uploaded_at);
     let facts = record_facts(conn, &p, &eval).await?;
+    let mut payout = None;
     match eval.verdict {
         Verdict::Rejected(code) => {
             audit::write(conn, &actor, "PROOF_REJECTED", "proof", p.id, facts).await?;
-            return Ok(Outcome::Refused(Problem::new(code, format!("the proof was rejected: {}", code.title()))));
+            return Ok(Outcome::refused(Problem::new(code, format!("the proof was rejected: {}", code.title()))));
         }
         Verdict::Review(_) => {
             state::transition_milestone(conn, &m, &["WAITING"], "PENDING_REVIEW").await?;
@@ -51,11 +54,11 @@ pub async fn validate(
         }
         Verdict::Approved => {
             audit::write(conn, &actor, "PROOF_APPROVED", "proof", p.id, facts).await?;
-            approve(conn, job, &e, &m, "WAITING", &actor).await?;
+            payout = approve(conn, job, &e, &m, "WAITING", &actor).await?;
         }
     }
     let p = load(conn, proof_id).await?;
-    Ok(Outcome::Succeeded(serde_json::to_value(ProofOut::from(&p))?))
+    Ok(Outcome::succeeded(serde_json::to_value(ProofOut::from(&p))?).then(payout))
 }
 
 /// A proof whose escrow is no longer active: REJECTED with that code, kept.
@@ -73,7 +76,7 @@ async fn reject_for_escrow(
         .await?;
     let data = serde_json::json!({"code": refusal.code.as_str(), "escrow_status": e.status});
     audit::write(conn, actor, "PROOF_REJECTED", "proof", p.id, data).await?;
-    Ok(Outcome::Refused(refusal))
+    Ok(Outcome::refused(refusal))
 }
 
 /// The proof's status and the facts read from the file; answers them as
