@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Deal, as_job, code, deal, dec, job, succeeded, user};
+use common::{Deal, as_job, code, deal, dec, job, money, succeeded, user};
 use rust_decimal::Decimal;
 use shared::ErrorCode;
 use shared::db;
@@ -122,7 +122,8 @@ async fn allow(
 /// A usage spend; answers its payment.
 async fn spend(pool: &PgPool, d: &Deal, payee: &str, amount: &str) -> Result<PaymentId, ErrorCode> {
     let parent = job(pool, &d.client, JobKind::UsageSpend).await;
-    let cmd = UsageSpendV1 { escrow_id: d.escrow, payee_ref: payee.into(), amount: dec(amount), note: None };
+    let cmd =
+        UsageSpendV1 { escrow_id: d.escrow, payee_ref: payee.into(), money: money(amount, &d.currency), note: None };
     let ctx = (d.client, parent.id, cmd);
     let r = as_job(pool, &parent, &ctx, |tx, (who, job, cmd)| Box::pin(payees::spend(tx, who, *job, cmd))).await;
     match code(&r) {
@@ -474,7 +475,7 @@ async fn no_escrow_money_moves_once_a_party_is_inactive(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("off");
-    let cmd = shared::domain::escrow::deposits::EscrowDepositV1 { escrow_id: d.escrow, amount: dec("30.00") };
+    let cmd = shared::domain::escrow::deposits::EscrowDepositV1 { escrow_id: d.escrow, money: money("30.00", "USD") };
     let r = db::serializable(&pool, &(d.client, cmd), |tx, (who, cmd)| {
         Box::pin(shared::domain::escrow::deposits::deposit(
             tx,

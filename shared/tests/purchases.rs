@@ -3,6 +3,8 @@
 //! against one mandate never overspend it, and a mandate sealed to one
 //! sender is invisible to purchases naming another.
 
+mod common;
+
 use rust_decimal::Decimal;
 use shared::db;
 use shared::domain::spend::purchases::{self, PurchaseV1};
@@ -66,8 +68,7 @@ fn cmd(f: &Fixture, sender: UserId, amount: i64) -> PurchaseV1 {
         sender_id: sender,
         beneficiary_id: f.beneficiary.user_id,
         merchant_id: f.merchant,
-        amount: Decimal::new(amount * 100, 2),
-        currency: "USD".into(),
+        money: common::money(&amount.to_string(), "USD"),
         category_id: None,
     }
 }

@@ -6,7 +6,6 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rust_decimal::Decimal;
-use shared::ErrorCode;
 use shared::db;
 use shared::domain::escrow::deposits::EscrowDepositV1;
 use shared::domain::escrow::escrows::{self, NewEscrow};
@@ -16,7 +15,10 @@ use shared::domain::escrow::payees::{self, NewPayee, UsageSpendV1};
 use shared::domain::escrow::transitions::{EscrowTransitionV1, TransitionAction};
 use shared::ids::{EscrowId, UserId};
 use shared::jobs::JobKind;
+use shared::money::Money;
+use shared::principal::Principal;
 use shared::principal::Role;
+use shared::{ErrorCode, Problem};
 
 use crate::error::ApiResult;
 use crate::extract::fields::got;
@@ -38,11 +40,18 @@ pub fn router() -> Router<AppState> {
         .route("/spend", post(spend))
 }
 
-/// An amount whose currency is the escrow's, known only to the rule: the
-/// edge checks the shape (positive, at most 2 decimals), the rule checks
-/// the currency's own minor unit.
+/// An amount whose currency is the escrow's: its shape first, with the
+/// other fields (positive, at most 2 decimals), then [`escrow_money`].
 fn escrow_amount(f: &mut Fields, name: &str, required: bool) -> Option<Decimal> {
     f.decimal(name, 2, required, false)
+}
+
+/// The amount in the escrow's own currency and minor unit (an escrow the
+/// caller cannot see is `ESCROW_NOT_FOUND`; cents for XOF `AMOUNT_INVALID`).
+async fn escrow_money(s: &AppState, who: &Principal, id: EscrowId, field: &str, amount: Decimal) -> ApiResult<Money> {
+    let mut conn = s.pool.acquire().await?;
+    let currency = escrows::currency_for(&mut conn, id, who).await?;
+    Money::of(field, amount, &currency).map_err(|(code, e)| Problem::fields(code, vec![e]).into())
 }
 
 #[tracing::instrument(skip_all)]
@@ -115,7 +124,7 @@ async fn add_milestone(
     let new = NewMilestone {
         idx: got(idx)?,
         label: got(label)?,
-        amount: got(amount)?,
+        amount: escrow_money(&s, &who, id, "amount", got(amount)?).await?,
         proof_type: got(proof_type)?,
         geofence,
     };
@@ -137,8 +146,8 @@ async fn deposit(
     who.require(&[Role::Admin, Role::Sender])?;
     let amount = escrow_amount(&mut f, "amount", true);
     f.finish()?;
-    submit(&s, &who, JobKind::EscrowDeposit, &EscrowDepositV1 { escrow_id: id, amount: got(amount)? }, Some(key), wait)
-        .await
+    let money = escrow_money(&s, &who, id, "amount", got(amount)?).await?;
+    submit(&s, &who, JobKind::EscrowDeposit, &EscrowDepositV1 { escrow_id: id, money }, Some(key), wait).await
 }
 
 async fn transition(
@@ -231,6 +240,8 @@ async fn spend(
     let amount = escrow_amount(&mut f, "amount", true);
     let note = f.opt_text("note", 1000);
     f.finish()?;
-    let cmd = UsageSpendV1 { escrow_id: got(escrow_id)?, payee_ref: got(payee_ref)?, amount: got(amount)?, note };
+    let escrow_id = got(escrow_id)?;
+    let money = escrow_money(&s, &who, escrow_id, "amount", got(amount)?).await?;
+    let cmd = UsageSpendV1 { escrow_id, payee_ref: got(payee_ref)?, money, note };
     submit(&s, &who, JobKind::UsageSpend, &cmd, Some(key), wait).await
 }

@@ -38,14 +38,8 @@ async fn create(
     // A beneficiary spends only what is sealed to them.
     who.require_self_or_admin(beneficiary_id, &[Role::Beneficiary])?;
     let money = got(money)?;
-    let cmd = PurchaseV1 {
-        sender_id: got(sender_id)?,
-        beneficiary_id,
-        merchant_id: got(merchant_id)?,
-        amount: money.amount(),
-        currency: money.currency().to_string(),
-        category_id,
-    };
+    let cmd =
+        PurchaseV1 { sender_id: got(sender_id)?, beneficiary_id, merchant_id: got(merchant_id)?, money, category_id };
     submit(&s, &who, JobKind::Purchase, &cmd, Some(key), wait).await
 }
 

@@ -38,12 +38,7 @@ async fn create(
     let sender_id = got(sender_id)?;
     who.require_self_or_admin(sender_id, &[Role::Sender])?;
     let money = got(money)?;
-    let cmd = TransferV1 {
-        sender_id,
-        receiver_id: got(receiver_id)?,
-        amount: money.amount(),
-        currency: money.currency().to_string(),
-    };
+    let cmd = TransferV1 { sender_id, receiver_id: got(receiver_id)?, money };
     submit(&s, &who, JobKind::Transfer, &cmd, Some(key), wait).await
 }
 

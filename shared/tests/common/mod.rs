@@ -20,6 +20,13 @@ pub fn dec(text: &str) -> Decimal {
     text.parse().expect("a decimal")
 }
 
+/// An amount of `currency` (USD and EUR with 2 decimals, XOF with none).
+pub fn money(text: &str, currency: &str) -> Money {
+    let decimals = if currency == "XOF" { 0 } else { 2 };
+    Money::parse("amount", &AmountIn::Text(text.into()), &Currency { code: currency.into(), decimals })
+        .expect("a valid amount")
+}
+
 pub async fn user(pool: &PgPool, role: Role) -> Principal {
     let id = UserId::new();
     sqlx::query("INSERT INTO users (id, username, email) VALUES ($1, $2, $3)")
@@ -46,9 +53,7 @@ pub async fn deal(pool: &PgPool, total: &str, currency: &str, milestones: &[(&st
     let client = user(pool, Role::Sender).await;
     let provider = user(pool, Role::Beneficiary).await;
     let admin = user(pool, Role::Admin).await;
-    let decimals = if currency == "XOF" { 0 } else { 2 };
-    let total = Money::parse("total", &AmountIn::Text(total.into()), &Currency { code: currency.into(), decimals })
-        .expect("a valid total");
+    let total = money(total, currency);
     let new = NewEscrow {
         client_id: client.user_id,
         provider_id: provider.user_id,
@@ -63,7 +68,7 @@ pub async fn deal(pool: &PgPool, total: &str, currency: &str, milestones: &[(&st
         let new = NewMilestone {
             idx: i as i32 + 1,
             label: format!("step {}", i + 1),
-            amount: dec(amount),
+            amount: money(amount, currency),
             proof_type: kind.to_string(),
             geofence: None,
         };
@@ -78,7 +83,7 @@ pub async fn deal(pool: &PgPool, total: &str, currency: &str, milestones: &[(&st
 
 impl Deal {
     pub async fn deposit(&self, pool: &PgPool, amount: &str) {
-        let cmd = EscrowDepositV1 { escrow_id: self.escrow, amount: dec(amount) };
+        let cmd = EscrowDepositV1 { escrow_id: self.escrow, money: money(amount, &self.currency) };
         db::serializable(pool, &(self.client, cmd), |tx, (who, cmd)| {
             Box::pin(deposits::deposit(tx, who, Source::Job(shared::ids::JobId::new()), cmd))
         })

@@ -6,19 +6,22 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
+use crate::domain::escrow::milestones::in_escrow_currency;
 use crate::domain::escrow::model::{ESCROW_COLUMNS, Escrow};
 use crate::domain::escrow::state::{event, load, load_for, require_parties_active};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{EscrowId, JobId};
-use crate::money::display;
+use crate::money::{Money, display};
 use crate::principal::{Principal, Role};
 
 /// `escrow_deposit` job payload, version 1.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EscrowDepositV1 {
     pub escrow_id: EscrowId,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
+    /// `amount` and `currency` (the escrow's), checked again when the
+    /// payload is read.
+    #[serde(flatten)]
+    pub money: Money,
 }
 
 /// Where a deposit comes from.
@@ -53,15 +56,9 @@ pub async fn deposit(
     if !matches!(e.status.as_str(), "DRAFT" | "FUNDED") {
         return Err(Error::problem(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
     }
-    let decimals = crate::money::currencies().decimals(&e.currency);
-    if cmd.amount <= Decimal::ZERO || cmd.amount.normalize().scale() > decimals {
-        return Err(Error::problem(
-            ErrorCode::AmountInvalid,
-            format!("a deposit must be positive with at most {decimals} decimals"),
-        ));
-    }
-    let after = fund(conn, &e, cmd.amount).await?;
-    record(conn, &e, &after, who, source, cmd.amount).await?;
+    let amount = in_escrow_currency(&e, &cmd.money)?;
+    let after = fund(conn, &e, amount).await?;
+    record(conn, &e, &after, who, source, amount).await?;
     Ok(after)
 }
 

@@ -9,7 +9,7 @@ use crate::domain::escrow::model::{ESCROW_COLUMNS, Escrow, EscrowOut};
 use crate::domain::escrow::state::{self, event};
 use crate::error::{ErrorCode, FieldError, Problem, Result};
 use crate::ids::{EscrowId, UserId};
-use crate::money::{Money, display};
+use crate::money::{Currency, Money, display};
 use crate::principal::{Principal, Role};
 
 #[derive(Debug, Clone)]
@@ -72,9 +72,9 @@ pub async fn full(conn: &mut PgConnection, e: &Escrow) -> Result<EscrowOut> {
     Ok(out)
 }
 
-/// The currency of an escrow the caller may see: the API parses amounts
-/// for it (an escrow's deposits, spends and milestones are in its own
-/// currency, at its own minor unit).
-pub async fn currency_for(conn: &mut PgConnection, id: EscrowId, who: &Principal) -> Result<String> {
-    Ok(state::load_for(conn, id, who, false).await?.currency)
+/// The currency of an escrow the caller may see (anyone else gets
+/// `ESCROW_NOT_FOUND`): the API reads an escrow's amounts (deposits,
+/// spends, milestones) in it, at its own minor unit.
+pub async fn currency_for(conn: &mut PgConnection, id: EscrowId, who: &Principal) -> Result<Currency> {
+    Ok(state::load_for(conn, id, who, false).await?.currency())
 }

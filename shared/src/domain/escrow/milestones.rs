@@ -11,14 +11,14 @@ use crate::domain::escrow::state::{event, load_for};
 use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{EscrowId, MilestoneId};
-use crate::money::display;
+use crate::money::{Money, display};
 use crate::principal::{Principal, Role};
 
 #[derive(Debug, Clone)]
 pub struct NewMilestone {
     pub idx: i32,
     pub label: String,
-    pub amount: Decimal,
+    pub amount: Money,
     pub proof_type: String,
     pub geofence: Option<GeofenceIn>,
 }
@@ -39,7 +39,7 @@ pub async fn add_milestone(
             format!("milestones can be added to a DRAFT or FUNDED escrow, not {}", e.status),
         ));
     }
-    let amount = in_escrow_scale(&e, "amount", new.amount)?;
+    let amount = in_escrow_currency(&e, &new.amount)?;
     check_sequence_and_sum(conn, &e, new.idx, amount).await?;
     let m = insert(conn, &e, new, amount).await?;
     let data = serde_json::json!({"milestone_id": m.id, "idx": m.idx, "amount": display(m.amount, &e.currency)});
@@ -49,17 +49,16 @@ pub async fn add_milestone(
     Ok(m.out(&e.currency))
 }
 
-/// An amount for this escrow, within its currency's minor unit.
-pub(crate) fn in_escrow_scale(e: &Escrow, field: &str, amount: Decimal) -> Result<Decimal> {
-    let decimals = crate::money::currencies().decimals(&e.currency);
-    if amount.normalize().scale() > decimals {
-        return Err(Problem::fields(
+/// An amount for this escrow: in its currency (the API parsed it at that
+/// currency's minor unit), or `AMOUNT_INVALID`.
+pub(crate) fn in_escrow_currency(e: &Escrow, amount: &Money) -> Result<Decimal> {
+    if amount.currency() != e.currency {
+        return Err(Error::problem(
             ErrorCode::AmountInvalid,
-            vec![FieldError::new(field, format!("has more than {decimals} decimal places for {}", e.currency))],
-        )
-        .into());
+            format!("the amount is in {}, the escrow in {}", amount.currency(), e.currency),
+        ));
     }
-    Ok(amount)
+    Ok(amount.amount())
 }
 
 /// The next index in sequence, and the sum of milestones within the total.

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{EscrowId, MilestoneId, PayeeId, PaymentId, UserId};
-use crate::money::display;
+use crate::money::{Currency, display};
 use crate::principal::Principal;
 
 pub(crate) const ESCROW_COLUMNS: &str = "id, client_id, provider_id, amount_total, currency, status, funded_amount, reserved_amount, paid_amount, release_conditions, deadline_at, created_at";
@@ -37,6 +37,12 @@ impl Escrow {
 
     pub fn is_party(&self, who: &Principal) -> bool {
         who.user_id == self.client_id || who.user_id == self.provider_id
+    }
+
+    /// The escrow's currency with its decimals: every amount of the escrow
+    /// is in it.
+    pub fn currency(&self) -> Currency {
+        Currency { code: self.currency.clone(), decimals: crate::money::currencies().decimals(&self.currency) }
     }
 
     /// FUNDED or RELEASABLE: money may move (proofs, spends, releases).

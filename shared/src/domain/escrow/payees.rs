@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 
 use crate::db::OnConstraint;
 use crate::domain::escrow::limits::{self, PAYEE_COLUMNS, Payee, PayeeOut};
+use crate::domain::escrow::milestones::in_escrow_currency;
 use crate::domain::escrow::model::{Escrow, PaymentKind};
 use crate::domain::escrow::payouts::{self, NewPayment};
 use crate::domain::escrow::state::{load_for, require_parties_active};
@@ -17,7 +18,7 @@ use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, FieldError, Problem, Result};
 use crate::ids::{EscrowId, JobId, PayeeId};
 use crate::jobs::Outcome;
-use crate::money::display;
+use crate::money::{Money, display};
 use crate::principal::{Principal, Role};
 
 #[derive(Debug, Clone)]
@@ -68,8 +69,10 @@ fn limits_in_scale(e: &Escrow, new: &NewPayee) -> Result<()> {
 pub struct UsageSpendV1 {
     pub escrow_id: EscrowId,
     pub payee_ref: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
+    /// `amount` and `currency` (the escrow's), checked again when the
+    /// payload is read.
+    #[serde(flatten)]
+    pub money: Money,
     pub note: Option<String>,
 }
 
@@ -82,30 +85,28 @@ pub async fn spend(conn: &mut PgConnection, who: &Principal, job: JobId, cmd: &U
     if !e.is_active() {
         return Err(Error::problem(ErrorCode::EscrowNotActive, format!("the escrow is {}", e.status)));
     }
-    let decimals = crate::money::currencies().decimals(&e.currency);
-    if cmd.amount <= Decimal::ZERO || cmd.amount.normalize().scale() > decimals {
-        return Err(Error::problem(
-            ErrorCode::AmountInvalid,
-            format!("the amount must be positive with at most {decimals} decimals"),
-        ));
-    }
+    let amount = in_escrow_currency(&e, &cmd.money)?;
     let Some(payee) = limits::find_locked(conn, e.id, &cmd.payee_ref).await? else {
         return Err(Error::problem(ErrorCode::PayeeNotAllowed, "this payee is not allowed on the escrow"));
     };
     let today = Utc::now().date_naive();
-    limits::take(conn, &payee, cmd.amount, today).await?;
-    let new = NewPayment {
-        kind: PaymentKind::Usage,
-        milestone: None,
-        payee: Some((payee.id, &payee.payee_ref)),
-        amount: cmd.amount,
-    };
+    limits::take(conn, &payee, amount, today).await?;
+    let new =
+        NewPayment { kind: PaymentKind::Usage, milestone: None, payee: Some((payee.id, &payee.payee_ref)), amount };
     let p = payouts::create_reserved(conn, &e, &new, &format!("usage:{job}")).await?;
     // The payment holds its share of the limits, counted on this day.
     limits::mark_payment(conn, p.id, today).await?;
-    audit::write(conn, &who.actor(), "USAGE_SPENT", "escrow", e.id, serde_json::json!({
-        "payment_id": p.id, "payee_ref": payee.payee_ref, "amount": display(cmd.amount, &e.currency), "note": cmd.note,
-    })).await?;
+    audit::write(
+        conn,
+        &who.actor(),
+        "USAGE_SPENT",
+        "escrow",
+        e.id,
+        serde_json::json!({
+            "payment_id": p.id, "payee_ref": payee.payee_ref, "amount": display(amount, &e.currency), "note": cmd.note,
+        }),
+    )
+    .await?;
     let result = serde_json::json!({
         "payment_id": p.id, "escrow_id": e.id, "amount": display(p.amount, &p.currency), "status": p.status,
         "payee_ref": payee.payee_ref, "href": format!("/payments/{}", p.id),

@@ -15,7 +15,7 @@ use crate::domain::psp::webhooks::{PspWebhookV1, psp_principal};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{EscrowId, PaymentId};
 use crate::jobs::Outcome;
-use crate::money::{AmountIn, parse_decimal};
+use crate::money::{AmountIn, Money, parse_decimal};
 use crate::text::holds_nul;
 
 async fn find_payment(conn: &mut PgConnection, data: &serde_json::Value) -> Result<Option<Payment>> {
@@ -134,8 +134,7 @@ async fn payment_event(conn: &mut PgConnection, event: &Event<'_>) -> Result<ser
 /// `funding.succeeded`: a deposit keyed by the event id.
 async fn funding(conn: &mut PgConnection, event: &Event<'_>) -> Result<serde_json::Value> {
     let escrow = event.data.get("escrow_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<EscrowId>().ok());
-    // Exactly as the PSP wrote it; the deposit checks the escrow currency's
-    // minor unit.
+    // Exactly as the PSP wrote it (its shape first, as for any amount).
     let amount = match data_amount(event.raw)? {
         AmountIn::Missing => None,
         amount => Some(
@@ -149,7 +148,11 @@ async fn funding(conn: &mut PgConnection, event: &Event<'_>) -> Result<serde_jso
             "funding.succeeded needs data.escrow_id and data.amount",
         ));
     };
-    let cmd = EscrowDepositV1 { escrow_id, amount };
+    // In the escrow's currency, at its minor unit.
+    let currency = state::load(conn, escrow_id).await?.currency();
+    let money = Money::of("data.amount", amount, &currency)
+        .map_err(|(code, e)| Error::problem(code, format!("{}: {}", e.field, e.message)))?;
+    let cmd = EscrowDepositV1 { escrow_id, money };
     let e = deposits::deposit(conn, &psp_principal(), Source::Psp(event.id), &cmd).await?;
     Ok(serde_json::json!({"event_id": event.id, "type": event.kind, "escrow_id": e.id, "status": e.status}))
 }

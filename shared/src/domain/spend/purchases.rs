@@ -12,7 +12,7 @@ use crate::domain::ops::audit;
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{CategoryId, JobId, MandateId, MerchantId, PurchaseId, UserId};
 use crate::jobs::Outcome;
-use crate::money::display;
+use crate::money::{Money, display};
 use crate::principal::{Principal, Role};
 
 /// The `purchase` job payload, version 1.
@@ -21,9 +21,9 @@ pub struct PurchaseV1 {
     pub sender_id: UserId,
     pub beneficiary_id: UserId,
     pub merchant_id: MerchantId,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-    pub currency: String,
+    /// `amount` and `currency`, checked again when the payload is read.
+    #[serde(flatten)]
+    pub money: Money,
     pub category_id: Option<CategoryId>,
 }
 
@@ -116,7 +116,7 @@ async fn facts(conn: &mut PgConnection, cmd: &PurchaseV1) -> Result<Facts> {
     .bind(cmd.sender_id)
     .bind(cmd.beneficiary_id)
     .bind(cmd.merchant_id)
-    .bind(&cmd.currency)
+    .bind(cmd.money.currency())
     .fetch_one(conn)
     .await?)
 }
@@ -242,7 +242,7 @@ async fn spend(
           RETURNING spent_amount, total_amount, status",
     )
     .bind(mandate)
-    .bind(cmd.amount)
+    .bind(cmd.money.amount())
     .fetch_optional(&mut *conn)
     .await?;
     let Some((spent, total, status)) = after else {
@@ -259,17 +259,18 @@ async fn spend(
     .bind(cmd.merchant_id)
     .bind(category)
     .bind(mandate)
-    .bind(cmd.amount)
-    .bind(&cmd.currency)
+    .bind(cmd.money.amount())
+    .bind(cmd.money.currency())
     .fetch_one(&mut *conn)
     .await?;
-    let amount = display(cmd.amount, &cmd.currency);
+    let currency = cmd.money.currency();
+    let amount = display(cmd.money.amount(), currency);
     let completed = serde_json::json!({
-        "mandate_id": mandate, "merchant_id": cmd.merchant_id, "amount": amount, "currency": cmd.currency, "job_id": job_id,
+        "mandate_id": mandate, "merchant_id": cmd.merchant_id, "amount": amount, "currency": currency, "job_id": job_id,
     });
     let consumed = serde_json::json!({
-        "purchase_id": purchase.id, "amount": amount, "spent_amount": display(spent, &cmd.currency),
-        "remaining_amount": display(total - spent, &cmd.currency), "status": status,
+        "purchase_id": purchase.id, "amount": amount, "spent_amount": display(spent, currency),
+        "remaining_amount": display(total - spent, currency), "status": status,
     });
     audit::write_many(
         conn,

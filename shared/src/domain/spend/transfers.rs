@@ -12,7 +12,7 @@ use crate::domain::ops::{alerts, audit};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{JobId, TransferId, UserId};
 use crate::jobs::Outcome;
-use crate::money::display;
+use crate::money::{Money, display};
 use crate::principal::{Principal, Role};
 
 /// The `transfer` job payload, version 1.
@@ -20,9 +20,9 @@ use crate::principal::{Principal, Role};
 pub struct TransferV1 {
     pub sender_id: UserId,
     pub receiver_id: UserId,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-    pub currency: String,
+    /// `amount` and `currency`, checked again when the payload is read.
+    #[serde(flatten)]
+    pub money: Money,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -77,9 +77,9 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     .bind(cmd.receiver_id)
     .fetch_one(&mut *conn)
     .await?;
-    let amount = display(cmd.amount, &cmd.currency);
+    let (currency, amount) = (cmd.money.currency(), display(cmd.money.amount(), cmd.money.currency()));
     if !allowed {
-        let payload = serde_json::json!({"sender_id": cmd.sender_id, "receiver_id": cmd.receiver_id, "amount": amount, "currency": cmd.currency, "job_id": job_id});
+        let payload = serde_json::json!({"sender_id": cmd.sender_id, "receiver_id": cmd.receiver_id, "amount": amount, "currency": currency, "job_id": job_id});
         alerts::raise(
             conn,
             "UNAUTHORIZED_TRANSFER_ATTEMPT",
@@ -110,8 +110,8 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     .bind(job_id)
     .bind(cmd.sender_id)
     .bind(cmd.receiver_id)
-    .bind(cmd.amount)
-    .bind(&cmd.currency)
+    .bind(cmd.money.amount())
+    .bind(currency)
     .fetch_one(&mut *conn)
     .await?;
     audit::write(
