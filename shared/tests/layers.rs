@@ -1,8 +1,8 @@
 //! The dependency direction of the code, read from the source itself (no
 //! database): the modules of `shared` form no cycle, each domain context
 //! depends only on the contexts its `mod.rs` names, the rules never write
-//! job rows (`jobs::record`) or reach the executor, and the executor
-//! reaches the domain only for the audit trail.
+//! job rows (`jobs::record`) or reach the executor, the executor reaches
+//! the domain only for the audit trail, and `api/` holds no SQL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -223,6 +223,19 @@ fn rules_never_write_job_rows_and_the_executor_reaches_the_domain_only_for_its_a
                 "{}: {path}",
                 file.display()
             );
+        }
+    }
+}
+#[test]
+fn the_api_holds_no_sql() {
+    let api = root().join("../api/src");
+    let mut files = Vec::new();
+    rust_files(&api, &mut files);
+    assert!(!files.is_empty());
+    for file in files {
+        let code = code_of(&std::fs::read_to_string(&file).expect("readable"));
+        for needle in ["sqlx::query", "query_as(", "query_scalar(", "SELECT ", "INSERT ", "UPDATE ", "DELETE "] {
+            assert!(!code.contains(needle), "{} has SQL ({needle})", file.display());
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod escrows;
 pub mod health;
 pub mod jobs;
 pub mod mandates;
+pub mod payees;
 pub mod payments;
 pub mod proofs;
 pub mod purchases;

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod kinds;
 pub mod outcome;
 pub mod record;
+pub mod stats;
 pub mod transport;
 
 pub use exec::Runner;

@@ -151,6 +151,16 @@ pub async fn list(conn: &mut PgConnection, user: Option<UserId>) -> Result<Vec<A
     .await?)
 }
 
+/// One key, never its secret.
+pub async fn get(conn: &mut PgConnection, id: ApiKeyId) -> Result<Option<ApiKey>> {
+    Ok(sqlx::query_as(
+        "SELECT id, prefix, role, user_id, name, expires_at, created_at, revoked_at, last_used_at FROM api_keys WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
 pub async fn revoke(conn: &mut PgConnection, by: &Principal, id: ApiKeyId) -> Result<()> {
     let done = sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
         .bind(id)
