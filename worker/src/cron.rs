@@ -63,6 +63,9 @@ pub async fn run_tick(job: &CronJob, at: DateTime<Utc>) -> shared::Result<()> {
     .bind(&ctx.config.worker_name)
     .fetch_optional(&ctx.pool)
     .await?;
+    // Every replica fires every tick; one wins it.
+    let outcome = if won.is_some() { "won" } else { "lost" };
+    metrics::counter!("kobatela_cron_ticks_total", "schedule" => job.kind.as_str(), "outcome" => outcome).increment(1);
     if won.is_none() {
         return Ok(());
     }
