@@ -1,8 +1,6 @@
 //! Domain tests for operations on a fresh database each, no HTTP: the
 //! audit trail and alerts list newest first, filtered and paged.
 
-mod common;
-
 use shared::db;
 use shared::domain::ops::alerts;
 use shared::domain::ops::audit::{self, AuditFilter};
