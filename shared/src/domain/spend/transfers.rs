@@ -77,32 +77,10 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     .bind(cmd.receiver_id)
     .fetch_one(&mut *conn)
     .await?;
-    let (currency, amount) = (cmd.money.currency(), display(cmd.money.amount(), cmd.money.currency()));
     if !allowed {
-        let payload = serde_json::json!({"sender_id": cmd.sender_id, "receiver_id": cmd.receiver_id, "amount": amount, "currency": currency, "job_id": job_id});
-        alerts::raise(
-            conn,
-            "UNAUTHORIZED_TRANSFER_ATTEMPT",
-            "transfer to a recipient neither allow-listed nor certified",
-            Some(cmd.sender_id),
-            payload.clone(),
-        )
-        .await?;
-        let refusal = Problem::new(
-            ErrorCode::UnauthorizedTransfer,
-            "the receiver is neither on the sender's allowlist nor certified",
-        );
-        audit::write(
-            conn,
-            &who.actor(),
-            "TRANSFER_REFUSED",
-            "transfer",
-            job_id,
-            serde_json::json!({"code": refusal.code.as_str(), "request": payload}),
-        )
-        .await?;
-        return Ok(Outcome::refused(refusal));
+        return refuse(conn, who, job_id, cmd).await;
     }
+    let (currency, amount) = (cmd.money.currency(), display(cmd.money.amount(), cmd.money.currency()));
     let t: Transfer = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO transactions (id, job_id, sender_id, receiver_id, amount, currency, status) VALUES ($1, $2, $3, $4, $5, $6, 'COMPLETED') RETURNING {COLUMNS}"
     )))
@@ -124,6 +102,23 @@ pub async fn execute(conn: &mut PgConnection, who: &Principal, job_id: JobId, cm
     )
     .await?;
     Ok(Outcome::succeeded(serde_json::to_value(TransferOut::from(t))?))
+}
+
+/// Not allowed: an alert that survives the refusal, and the refusal's audit.
+async fn refuse(conn: &mut PgConnection, who: &Principal, job_id: JobId, cmd: &TransferV1) -> Result<Outcome> {
+    let payload = serde_json::json!({
+        "sender_id": cmd.sender_id, "receiver_id": cmd.receiver_id,
+        "amount": display(cmd.money.amount(), cmd.money.currency()), "currency": cmd.money.currency(), "job_id": job_id,
+    });
+    let why = "transfer to a recipient neither allow-listed nor certified";
+    alerts::raise(conn, "UNAUTHORIZED_TRANSFER_ATTEMPT", why, Some(cmd.sender_id), payload.clone()).await?;
+    let refusal = Problem::new(
+        ErrorCode::UnauthorizedTransfer,
+        "the receiver is neither on the sender's allowlist nor certified",
+    );
+    let data = serde_json::json!({"code": refusal.code.as_str(), "request": payload});
+    audit::write(conn, &who.actor(), "TRANSFER_REFUSED", "transfer", job_id, data).await?;
+    Ok(Outcome::refused(refusal))
 }
 
 pub async fn get_for(conn: &mut PgConnection, id: TransferId, who: &Principal) -> Result<TransferOut> {
