@@ -42,17 +42,11 @@ async fn a_user_is_unique_by_name_and_e_mail_and_seen_only_by_themselves_support
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn five_users_created_at_once_under_one_name_make_one(pool: PgPool) {
     let admin = user(&pool, Role::Admin).await;
-    let mut tasks = Vec::new();
-    for i in 0..5 {
+    let codes = at_once(5, |i| {
         let pool = pool.clone();
-        tasks.push(tokio::spawn(async move {
-            refusal(&create_user(&pool, admin, "same", &format!("same{i}@example.test")).await)
-        }));
-    }
-    let mut codes = Vec::new();
-    for t in tasks {
-        codes.push(t.await.expect("task"));
-    }
+        async move { refusal(&create_user(&pool, admin, "same", &format!("same{i}@example.test")).await) }
+    })
+    .await;
     assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 1, "{codes:?}");
     assert!(codes.iter().flatten().all(|c| *c == ErrorCode::UserExists), "{codes:?}");
 }

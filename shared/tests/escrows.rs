@@ -264,22 +264,18 @@ async fn ten_parallel_deposits_never_over_fund_an_escrow(
 ) {
     let pool = wide_pool(opts, connect).await;
     let d = deal(&pool, "100.00", "USD", &[]).await;
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
+    let codes = at_once(10, |_| {
         let (pool, who, escrow) = (pool.clone(), d.client, d.escrow);
-        tasks.push(tokio::spawn(async move {
+        async move {
             let cmd = EscrowDepositV1 { escrow_id: escrow, money: money("25.00", "USD") };
             let r = db::serializable(&pool, &(who, cmd), |tx, (who, cmd)| {
                 Box::pin(deposits::deposit(tx, who, Source::Job(JobId::new()), cmd))
             })
             .await;
             refusal(&r)
-        }));
-    }
-    let mut codes = Vec::new();
-    for t in tasks {
-        codes.push(t.await.expect("task"));
-    }
+        }
+    })
+    .await;
     assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 4, "{codes:?}");
     assert!(codes.iter().flatten().all(|c| *c == ErrorCode::EscrowOverfunded), "{codes:?}");
     let (funded, reserved, _, status) = d.money(&pool).await;

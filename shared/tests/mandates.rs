@@ -61,15 +61,11 @@ async fn a_mandate_is_sealed_by_its_sender_to_another_active_user_until_a_future
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn eight_mandates_created_at_once_for_one_pair_and_currency_leave_one_active(pool: PgPool) {
     let (alice, bob) = (user(&pool, Role::Sender).await, user(&pool, Role::Beneficiary).await);
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
+    let codes = at_once(8, |_| {
         let pool = pool.clone();
-        tasks.push(tokio::spawn(async move { refusal(&create(&pool, alice, sealed(&alice, &bob, "10.00")).await) }));
-    }
-    let mut codes = Vec::new();
-    for t in tasks {
-        codes.push(t.await.expect("task"));
-    }
+        async move { refusal(&create(&pool, alice, sealed(&alice, &bob, "10.00")).await) }
+    })
+    .await;
     assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 1, "{codes:?}");
     assert!(codes.iter().flatten().all(|c| *c == ErrorCode::ActiveMandateExists), "{codes:?}");
     let active: i64 = sqlx::query_scalar("SELECT count(*) FROM mandates WHERE status = 'ACTIVE'")

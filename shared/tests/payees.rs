@@ -94,7 +94,7 @@ async fn a_redrive_or_a_late_settlement_takes_the_payee_limits_again(pool: PgPoo
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn only_the_client_allows_payees_and_spends_and_only_to_an_allowed_one(pool: PgPool) {
     let d = deal(&pool, "100.00", "USD", &[]).await;
-    let as_provider = Deal { client: d.provider, ..deal_handle(&d) };
+    let as_provider = Deal { client: d.provider, ..d.clone() };
     assert_eq!(refusal(&allow(&pool, &as_provider, "shop", None, None).await), Some(ErrorCode::Forbidden));
     allow(&pool, &d, "shop", Some("50.00"), None).await.expect("payee");
     assert_eq!(refusal(&allow(&pool, &d, "shop", None, None).await), Some(ErrorCode::PayeeAlreadyAllowed));
@@ -105,13 +105,8 @@ async fn only_the_client_allows_payees_and_spends_and_only_to_an_allowed_one(poo
     assert_eq!(spend(&pool, &d, "shop", "10.00").await.map(|_| ()), Ok(()));
     assert_eq!(limits(&pool, &d, "shop").await, (dec("10.00"), dec("10.00")));
     let stranger = user(&pool, Role::Sender).await;
-    let as_stranger = Deal { client: stranger, ..deal_handle(&d) };
+    let as_stranger = Deal { client: stranger, ..d.clone() };
     assert_eq!(spend(&pool, &as_stranger, "shop", "1.00").await, Err(ErrorCode::EscrowNotFound));
-}
-
-/// The same deal, to act on it as someone else.
-fn deal_handle(d: &Deal) -> Deal {
-    Deal { client: d.client, provider: d.provider, admin: d.admin, escrow: d.escrow, currency: d.currency.clone() }
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -124,16 +119,12 @@ async fn twenty_parallel_spends_never_pass_a_daily_limit_or_the_balance(
     d.deposit(&pool, "100.00").await;
     allow(&pool, &d, "a", Some("30.00"), None).await.expect("payee a");
     allow(&pool, &d, "b", None, None).await.expect("payee b");
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let (pool, d) = (pool.clone(), deal_handle(&d));
+    let done = at_once(20, |i| {
+        let (pool, d) = (pool.clone(), d.clone());
         let payee = if i % 2 == 0 { "a" } else { "b" };
-        tasks.push(tokio::spawn(async move { (payee, spend(&pool, &d, payee, "10.00").await) }));
-    }
-    let mut done = Vec::new();
-    for t in tasks {
-        done.push(t.await.expect("task"));
-    }
+        async move { (payee, spend(&pool, &d, payee, "10.00").await) }
+    })
+    .await;
     let ok = |p: &str| done.iter().filter(|(payee, r)| *payee == p && r.is_ok()).count();
     assert_eq!(ok("a"), 3, "a's daily limit of 30.00 allows three spends of 10.00: {done:?}");
     assert_eq!(ok("a") + ok("b"), 10, "the balance of 100.00 allows ten: {done:?}");

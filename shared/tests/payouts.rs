@@ -164,10 +164,9 @@ async fn ten_parallel_payments_never_reserve_more_than_the_balance(
     let pool = wide_pool(opts, connect).await;
     let d = deal(&pool, "100.00", "USD", &[]).await;
     d.deposit(&pool, "100.00").await;
-    let mut tasks = Vec::new();
-    for i in 0..10 {
+    let codes = at_once(10, |i| {
         let (pool, escrow) = (pool.clone(), d.escrow);
-        tasks.push(tokio::spawn(async move {
+        async move {
             let r = db::serializable(&pool, &(escrow, i), |tx, (escrow, i)| {
                 Box::pin(async move {
                     let e = state::load(tx, *escrow).await?;
@@ -178,12 +177,9 @@ async fn ten_parallel_payments_never_reserve_more_than_the_balance(
             })
             .await;
             refusal(&r)
-        }));
-    }
-    let mut codes = Vec::new();
-    for t in tasks {
-        codes.push(t.await.expect("task"));
-    }
+        }
+    })
+    .await;
     assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 3, "{codes:?}");
     assert!(codes.iter().flatten().all(|c| *c == ErrorCode::InsufficientEscrowBalance), "{codes:?}");
     let (funded, reserved, ..) = d.money(&pool).await;

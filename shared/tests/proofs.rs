@@ -241,26 +241,18 @@ async fn two_uploads_racing_for_one_milestone_accept_exactly_one(
     let pool = wide_pool(opts, connect).await;
     let d = deal(&pool, "10.00", "USD", &[("10.00", "DOCUMENT")]).await;
     d.deposit(&pool, "10.00").await;
-    let mut tasks = Vec::new();
-    for i in 0..6 {
-        let (pool, d) = (pool.clone(), Deal { currency: d.currency.clone(), ..d_clone(&d) });
-        tasks.push(tokio::spawn(async move {
+    let results = at_once(6, |i| {
+        let (pool, d) = (pool.clone(), d.clone());
+        async move {
             let store = temp_store();
             upload(&pool, &store, d.provider, &d, 1, format!("file-{i}").as_bytes(), &format!("k{i}")).await
-        }));
-    }
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.expect("task"));
-    }
+        }
+    })
+    .await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|c| *c == ErrorCode::MilestoneNotWaiting));
     let proofs: i64 = sqlx::query_scalar("SELECT count(*) FROM proofs").fetch_one(&pool).await.expect("proofs");
     assert_eq!(proofs, 1);
-}
-
-fn d_clone(d: &Deal) -> Deal {
-    Deal { client: d.client, provider: d.provider, admin: d.admin, escrow: d.escrow, currency: d.currency.clone() }
 }
 
 async fn validate(pool: &PgPool, store: &LocalDirStore, d: &Deal, proof: ProofId) -> (shared::Result<Outcome>, JobRow) {

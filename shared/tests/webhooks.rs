@@ -33,16 +33,12 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn eight_deliveries_of_one_event_at_once_store_it_and_its_job_once(pool: PgPool) {
     let body = r#"{"id": "evt-1", "type": "something.new", "data": {}}"#;
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
+    let receipts = at_once(8, |_| {
         let pool = pool.clone();
-        tasks.push(tokio::spawn(async move { receive(&pool, body).await.duplicate }));
-    }
-    let mut duplicates = 0;
-    for t in tasks {
-        duplicates += usize::from(t.await.expect("task"));
-    }
-    assert_eq!(duplicates, 7);
+        async move { receive(&pool, body).await.duplicate }
+    })
+    .await;
+    assert_eq!(receipts.iter().filter(|duplicate| **duplicate).count(), 7);
     assert_eq!(count(&pool, "SELECT count(*) FROM psp_webhook_events").await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM jobs WHERE kind = 'psp_webhook'").await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM audit_log WHERE action = 'WEBHOOK_RECEIVED'").await, 1);

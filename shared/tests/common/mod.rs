@@ -44,6 +44,7 @@ pub async fn user(pool: &PgPool, role: Role) -> Principal {
     Principal { user_id: id, key_id: ApiKeyId::new(), role }
 }
 
+#[derive(Clone)]
 pub struct Deal {
     pub client: Principal,
     pub provider: Principal,
@@ -323,4 +324,20 @@ pub async fn children(pool: &PgPool, parent: &JobRow) -> Vec<(String, String)> {
         .fetch_all(pool)
         .await
         .expect("children")
+}
+
+/// Runs `n` copies of a task at once (each its own tokio task, so their
+/// transactions truly overlap) and answers their results in order.
+pub async fn at_once<T, F, Fut>(n: usize, task: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let handles: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
+    let mut out = Vec::with_capacity(n);
+    for h in handles {
+        out.push(h.await.expect("a task that does not panic"));
+    }
+    out
 }

@@ -95,27 +95,8 @@ impl Request<'_> {
     /// Above 500 grains: stored `PENDING_APPROVAL` until a second admin
     /// approves it, or 24 h pass.
     async fn wait_for_approval(&self, conn: &mut PgConnection) -> Result<Outcome> {
-        let (cmd, id) = (self.cmd, SakaAdjustmentId::new());
         let expires_at = self.now + Duration::hours(APPROVAL_TTL_HOURS);
-        let adj: Adjustment = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO saka_adjustments (id, user_id, amount, note, status, requested_by, request_job_id, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, 'PENDING_APPROVAL', $5, $6, $7, $8) RETURNING {ADJUSTMENT_COLUMNS}"
-        )))
-        .bind(id)
-        .bind(cmd.user_id)
-        .bind(cmd.amount)
-        .bind(self.note)
-        .bind(self.who.user_id)
-        .bind(self.job_id)
-        .bind(self.now)
-        .bind(expires_at)
-        .fetch_one(&mut *conn)
-        .await?;
-        let data = serde_json::json!({
-            "user_id": cmd.user_id, "amount": cmd.amount, "note": self.note, "status": status::PENDING_APPROVAL,
-            "expires_at": expires_at, "job_id": self.job_id,
-        });
-        audit::write(conn, &self.who.actor(), "SAKA_ADJUSTMENT_REQUESTED", ADJUSTMENT_ENTITY, id, data).await?;
+        let adj = self.insert(conn, status::PENDING_APPROVAL, Some(expires_at)).await?;
         Ok(Outcome::succeeded(serde_json::to_value(AdjustmentOut::from(adj))?))
     }
 
@@ -123,7 +104,7 @@ impl Request<'_> {
     /// with no adjustment row (a request applied at once either is APPLIED
     /// or never existed; the refusal is on the wallet's trail).
     async fn apply_now(&self, conn: &mut PgConnection, tz: Tz) -> Result<Outcome> {
-        let (cmd, id, actor) = (self.cmd, SakaAdjustmentId::new(), self.who.actor());
+        let cmd = self.cmd;
         let day = saka_day(self.now, tz);
         let used = match take_cap(conn, cmd.user_id, cmd.amount, day).await? {
             Ok(used) => used,
@@ -132,29 +113,50 @@ impl Request<'_> {
                     "amount": cmd.amount, "note": self.note, "code": problem.code.as_str(), "detail": problem.detail,
                     "day": day, "job_id": self.job_id,
                 });
-                audit::write(conn, &actor, "SAKA_ADJUSTMENT_REFUSED", WALLET_ENTITY, cmd.user_id, data).await?;
+                audit::write(conn, &self.who.actor(), "SAKA_ADJUSTMENT_REFUSED", WALLET_ENTITY, cmd.user_id, data)
+                    .await?;
                 return Ok(Outcome::refused(problem));
             }
         };
+        let adj = self.insert(conn, status::APPLIED, None).await?;
+        credit_applied(conn, &self.who.actor(), &adj, Applied { used, day, job_id: self.job_id }).await?;
+        Ok(Outcome::succeeded(serde_json::to_value(AdjustmentOut::from(adj))?))
+    }
+
+    /// The request's row, `PENDING_APPROVAL` until `expires_at` or
+    /// `APPLIED` now, and its audit row.
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        status: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Adjustment> {
+        let (cmd, id) = (self.cmd, SakaAdjustmentId::new());
+        let decided_at = (status == status::APPLIED).then_some(self.now);
         let adj: Adjustment = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO saka_adjustments (id, user_id, amount, note, status, requested_by, request_job_id, decided_at, created_at)
-             VALUES ($1, $2, $3, $4, 'APPLIED', $5, $6, $7, $7) RETURNING {ADJUSTMENT_COLUMNS}"
+            "INSERT INTO saka_adjustments
+                    (id, user_id, amount, note, status, requested_by, request_job_id, created_at, expires_at, decided_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {ADJUSTMENT_COLUMNS}"
         )))
         .bind(id)
         .bind(cmd.user_id)
         .bind(cmd.amount)
         .bind(self.note)
+        .bind(status)
         .bind(self.who.user_id)
         .bind(self.job_id)
         .bind(self.now)
+        .bind(expires_at)
+        .bind(decided_at)
         .fetch_one(&mut *conn)
         .await?;
-        let data = serde_json::json!({
-            "user_id": cmd.user_id, "amount": cmd.amount, "note": self.note, "status": status::APPLIED,
-            "job_id": self.job_id,
+        let mut data = serde_json::json!({
+            "user_id": cmd.user_id, "amount": cmd.amount, "note": self.note, "status": status, "job_id": self.job_id,
         });
-        audit::write(conn, &actor, "SAKA_ADJUSTMENT_REQUESTED", ADJUSTMENT_ENTITY, id, data).await?;
-        credit_applied(conn, &actor, &adj, Applied { used, day, job_id: self.job_id }).await?;
-        Ok(Outcome::succeeded(serde_json::to_value(AdjustmentOut::from(adj))?))
+        if let Some(at) = expires_at {
+            data["expires_at"] = serde_json::json!(at);
+        }
+        audit::write(conn, &self.who.actor(), "SAKA_ADJUSTMENT_REQUESTED", ADJUSTMENT_ENTITY, id, data).await?;
+        Ok(adj)
     }
 }
