@@ -227,6 +227,19 @@ fn rules_never_write_job_rows_and_the_executor_reaches_the_domain_only_for_its_a
     }
 }
 #[test]
+fn the_base_modules_depend_on_no_rule_and_no_job() {
+    let upper = |m: &str| m.starts_with("domain") || m.starts_with("jobs") || m.starts_with("intake");
+    let g = graph();
+    let wrong: Vec<String> = g
+        .edges
+        .iter()
+        .filter(|(from, _)| !from.is_empty() && !upper(from))
+        .flat_map(|(from, tos)| tos.iter().filter(|to| upper(to)).map(move |to| format!("{from} → {to}")))
+        .collect();
+    assert_eq!(wrong, Vec::<String>::new());
+}
+
+#[test]
 fn the_api_holds_no_sql() {
     let api = root().join("../api/src");
     let mut files = Vec::new();
