@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::purchases::router())
         .merge(routes::saka::router())
         .merge(routes::escrows::router())
+        .merge(routes::payees::router())
         .merge(routes::proofs::router(config.proof_max_bytes))
         .merge(routes::payments::router())
         .merge(routes::webhooks::router())

@@ -5,7 +5,7 @@ use kobatela_api::state::AppState;
 use kobatela_api::waiter::JobWaiter;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shared::config::Config;
-use shared::domain::api_keys;
+use shared::domain::access::keys as api_keys;
 use shared::jobs::Queue;
 use shared::principal::Role;
 use shared::{db, telemetry};
@@ -74,12 +74,12 @@ async fn check(config: &Config, args: &[&str]) -> anyhow::Result<()> {
         config.psp_api_key.clone(),
         std::time::Duration::from_secs(5),
     );
-    let psp = with_psp.then_some(shared::domain::invariants::PspSide { client: &client });
-    let run = shared::domain::invariants::run(
+    let psp = with_psp.then_some(shared::domain::ops::invariants::PspSide { client: &client });
+    let run = shared::domain::ops::invariants::run(
         &pool,
         psp,
         config.saka_timezone.name(),
-        shared::domain::invariants::stale_lease_secs(config),
+        shared::domain::ops::invariants::stale_lease_secs(config),
     )
     .await
     .context("running the invariants")?;

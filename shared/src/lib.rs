@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod failpoint;
 pub mod ids;
+pub mod intake;
 pub mod jobs;
 pub mod money;
 pub mod page;

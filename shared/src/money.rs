@@ -120,10 +120,41 @@ impl AmountIn {
 }
 
 /// A positive amount in a supported currency, within its minor unit.
+///
+/// In JSON (job payloads) it is `{"amount": "12.50", "currency": "USD"}`,
+/// usually flattened into the payload, and reading it checks it again
+/// against the currency table installed at boot: a payload can never carry
+/// an amount its currency cannot hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "MoneyWire", into = "MoneyWire")]
 pub struct Money {
     amount: Decimal,
     currency: String,
+}
+
+/// `Money` as it travels: the amount as its exact decimal string.
+#[derive(Serialize, Deserialize)]
+struct MoneyWire {
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: Decimal,
+    currency: String,
+}
+
+impl TryFrom<MoneyWire> for Money {
+    type Error = String;
+
+    fn try_from(w: MoneyWire) -> Result<Self, Self::Error> {
+        let currencies = currencies();
+        let currency = currencies.require("currency", &w.currency).map_err(|(_, e)| e.message)?;
+        Money::of("amount", w.amount, &currency)
+            .map_err(|(code, e)| format!("{}: {} {}", code.as_str(), e.field, e.message))
+    }
+}
+
+impl From<Money> for MoneyWire {
+    fn from(m: Money) -> Self {
+        MoneyWire { amount: m.amount, currency: m.currency }
+    }
 }
 
 impl Money {
@@ -132,6 +163,13 @@ impl Money {
     pub fn parse(field: &str, raw: &AmountIn, currency: &Currency) -> Result<Money, (ErrorCode, FieldError)> {
         let amount = parse_decimal(field, raw, currency.decimals)?;
         Ok(Money { amount, currency: currency.code.clone() })
+    }
+
+    /// An amount already read as a decimal (its shape checked at some other
+    /// scale, say), checked again for `currency` exactly as
+    /// [`Money::parse`] checks a client's text.
+    pub fn of(field: &str, amount: Decimal, currency: &Currency) -> Result<Money, (ErrorCode, FieldError)> {
+        Money::parse(field, &AmountIn::Text(amount.to_string()), currency)
     }
 
     pub fn amount(&self) -> Decimal {
@@ -371,6 +409,27 @@ mod tests {
         assert!(Currencies::parse("usd:2").is_err());
         assert!(Currencies::parse("USD:3").is_err());
         assert!(Currencies::parse("").is_err());
+    }
+
+    #[test]
+    fn money_in_a_payload_is_checked_again_when_it_is_read() {
+        let m = Money::parse("amount", &amt(serde_json::json!("12.5")), &usd()).expect("valid");
+        let v = serde_json::to_value(&m).expect("serializes");
+        assert_eq!(v, serde_json::json!({"amount": "12.50", "currency": "USD"}));
+        assert_eq!(serde_json::from_value::<Money>(v).ok(), Some(m));
+        for bad in [
+            serde_json::json!({"amount": "10.5", "currency": "XOF"}),
+            serde_json::json!({"amount": "0.001", "currency": "USD"}),
+            serde_json::json!({"amount": "0", "currency": "USD"}),
+            serde_json::json!({"amount": "-3", "currency": "EUR"}),
+            serde_json::json!({"amount": "10", "currency": "GBP"}),
+            serde_json::json!({"amount": "10"}),
+            serde_json::json!({"amount": 10, "currency": "USD"}),
+        ] {
+            assert!(serde_json::from_value::<Money>(bad.clone()).is_err(), "{bad}");
+        }
+        assert_eq!(Money::of("a", Decimal::new(5000, 0), &xof()).map(|m| m.amount().to_string()), Ok("5000".into()));
+        assert_eq!(Money::of("a", Decimal::new(105, 1), &xof()).map_err(|e| e.0), Err(ErrorCode::AmountInvalid));
     }
 
     #[test]

@@ -1,146 +1,25 @@
-//! Domain tests for the escrow money flows where a second flow touches the
-//! money: a release pays everything (milestones and the remainder), usage
-//! spends never take what milestones hold, nothing moves a milestone after
-//! a release, re-drives and late settlements take the payee's limits again,
-//! and the deadline sweep releases escrow by escrow.
+//! Domain tests for escrows on a fresh database each, no HTTP: creation,
+//! milestones, deposits (parallel ones never over-fund), transitions (a
+//! release pays everything, milestones and the remainder), the deadline
+//! sweep, and inactive parties.
 
 mod common;
 
-use common::{Deal, code, deal, dec, job, user};
+use common::*;
 use rust_decimal::Decimal;
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::escrows::{self, EscrowTransitionV1, TransitionAction};
-use shared::domain::payees::{self, NewPayee, UsageSpendV1};
-use shared::domain::payouts::{self, CallReply, CallState, PayoutV1};
-use shared::domain::proofs::{self, Decision};
-use shared::ids::{EscrowId, JobId, PaymentId, ProofId};
-use shared::jobs::{JobKind, JobRow, Outcome};
+use shared::domain::escrow::deadlines;
+use shared::domain::escrow::deposits::{self, EscrowDepositV1, Source};
+use shared::domain::escrow::escrows::{self, NewEscrow};
+use shared::domain::escrow::milestones::{self, NewMilestone};
+use shared::domain::escrow::model::EscrowOut;
+use shared::domain::escrow::proofs::Decision;
+use shared::domain::escrow::transitions::{EscrowTransitionV1, TransitionAction};
+use shared::ids::{JobId, PaymentId};
+use shared::jobs::{JobKind, JobRow};
 use shared::principal::{Principal, Role};
 use sqlx::PgPool;
-
-async fn transition(
-    pool: &PgPool,
-    who: Principal,
-    job: &JobRow,
-    escrow: EscrowId,
-    action: TransitionAction,
-) -> shared::Result<Outcome> {
-    let ctx = (who, job.clone(), EscrowTransitionV1 { escrow_id: escrow, action, note: None });
-    db::serializable(pool, &ctx, |tx, (who, job, cmd)| Box::pin(escrows::transition(tx, who, job, cmd))).await
-}
-
-/// (id, kind, amount, status) of an escrow's payments, oldest first.
-async fn payments(pool: &PgPool, escrow: EscrowId) -> Vec<(PaymentId, String, Decimal, String)> {
-    sqlx::query_as("SELECT id, kind, amount, status FROM payments WHERE escrow_id = $1 ORDER BY created_at, id")
-        .bind(escrow)
-        .fetch_all(pool)
-        .await
-        .expect("payments")
-}
-
-/// A payout job's first phase and the PSP's acceptance.
-async fn drive(pool: &PgPool, id: PaymentId) -> shared::Result<Outcome> {
-    let first = db::serializable(pool, &id, |tx, id| {
-        Box::pin(async move { payouts::prepare(tx, &PayoutV1 { payment_id: *id }).await })
-    })
-    .await?;
-    let Outcome::Continue(state) = first else { return Ok(first) };
-    let state: CallState = serde_json::from_value(state).expect("call state");
-    let ctx = (state, CallReply::Accepted { psp_ref: format!("psp-{id}-{}", uuid::Uuid::new_v4()) });
-    db::serializable(pool, &ctx, |tx, (state, reply)| {
-        Box::pin(async move { payouts::record_reply(tx, &Principal::system(), state, reply).await })
-    })
-    .await
-}
-
-/// What a `payment.settled` or `payment.failed` webhook does.
-async fn psp_says(pool: &PgPool, id: PaymentId, settled: bool) -> bool {
-    db::serializable(pool, &(id, settled), |tx, (id, settled)| {
-        Box::pin(async move {
-            let p = payouts::load(tx, *id).await?.expect("payment");
-            if *settled {
-                payouts::settle(tx, &p, None, "psp").await
-            } else {
-                payouts::fail(tx, &p, "PSP_FAILED", "psp").await
-            }
-        })
-    })
-    .await
-    .expect("webhook applied")
-}
-
-async fn alerts(pool: &PgPool, kind: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM alerts WHERE type = $1").bind(kind).fetch_one(pool).await.expect("alerts")
-}
-
-/// A proof in review for milestone `idx`, as a validation would leave it.
-async fn proof_in_review(pool: &PgPool, d: &Deal, idx: i32) -> ProofId {
-    let id = ProofId::new();
-    sqlx::query(
-        "WITH m AS (UPDATE milestones SET status = 'PENDING_REVIEW' WHERE escrow_id = $2 AND idx = $3 RETURNING id)
-         INSERT INTO proofs (id, escrow_id, milestone_id, sha256, storage_key, size_bytes, source, uploaded_by, status)
-         SELECT $1, $2, m.id, $1::text, 'proofs/x/' || $1::text, 10, 'whatsapp', $4, 'PENDING_REVIEW' FROM m",
-    )
-    .bind(id)
-    .bind(d.escrow)
-    .bind(idx)
-    .bind(d.provider.user_id)
-    .execute(pool)
-    .await
-    .expect("proof in review");
-    id
-}
-
-async fn decide(pool: &PgPool, who: Principal, proof: ProofId, decision: Decision) -> shared::Result<Outcome> {
-    let parent = job(pool, &who, JobKind::ProofValidation).await;
-    let ctx = (who, parent, proof, decision);
-    db::serializable(pool, &ctx, |tx, (who, job, proof, decision)| {
-        Box::pin(proofs::decide(tx, who, job, *proof, *decision, None))
-    })
-    .await
-}
-
-async fn allow(
-    pool: &PgPool,
-    d: &Deal,
-    payee: &str,
-    daily: Option<&str>,
-    total: Option<&str>,
-) -> shared::Result<payees::PayeeOut> {
-    let new = NewPayee {
-        escrow_id: d.escrow,
-        payee_ref: payee.into(),
-        label: payee.into(),
-        daily_limit: daily.map(dec),
-        total_limit: total.map(dec),
-    };
-    db::serializable(pool, &(d.client, new), |tx, (who, new)| Box::pin(payees::allow(tx, who, new))).await
-}
-
-/// A usage spend; answers its payment.
-async fn spend(pool: &PgPool, d: &Deal, payee: &str, amount: &str) -> Result<PaymentId, ErrorCode> {
-    let parent = job(pool, &d.client, JobKind::UsageSpend).await;
-    let cmd = UsageSpendV1 { escrow_id: d.escrow, payee_ref: payee.into(), amount: dec(amount), note: None };
-    let r = db::serializable(pool, &(d.client, parent, cmd), |tx, (who, job, cmd)| {
-        Box::pin(payees::spend(tx, who, job, cmd))
-    })
-    .await;
-    match r {
-        Ok(Outcome::Succeeded(v)) => Ok(v["payment_id"].as_str().and_then(|s| s.parse().ok()).expect("payment id")),
-        other => Err(code(&other).expect("a refusal")),
-    }
-}
-
-/// (spent_today, spent_total) of a payee.
-async fn limits(pool: &PgPool, d: &Deal, payee: &str) -> (Decimal, Decimal) {
-    sqlx::query_as("SELECT spent_today, spent_total FROM allowed_payees WHERE escrow_id = $1 AND payee_ref = $2")
-        .bind(d.escrow)
-        .bind(payee)
-        .fetch_one(pool)
-        .await
-        .expect("payee")
-}
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn an_approval_pays_the_unpaid_milestones_and_the_remainder_so_the_escrow_ends_at_zero(pool: PgPool) {
@@ -190,158 +69,6 @@ async fn every_milestone_paid_with_a_remainder_left_waits_for_the_release_that_p
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn a_usage_spend_never_takes_money_promised_to_milestones(pool: PgPool) {
-    let d = deal(&pool, "100.00", "USD", &[("60.00", "DOCUMENT")]).await;
-    d.deposit(&pool, "100.00").await;
-    allow(&pool, &d, "shop", None, None).await.expect("payee");
-    assert_eq!(spend(&pool, &d, "shop", "40.01").await, Err(ErrorCode::InsufficientEscrowBalance));
-    spend(&pool, &d, "shop", "40.00").await.expect("the 40.00 no milestone holds");
-    assert_eq!(spend(&pool, &d, "shop", "0.01").await, Err(ErrorCode::InsufficientEscrowBalance));
-    // Approving the proof finds its money.
-    let proof = proof_in_review(&pool, &d, 1).await;
-    let r = decide(&pool, d.client, proof, Decision::Approve).await;
-    assert_eq!(code(&r), None, "{r:?}");
-    let pays = payments(&pool, d.escrow).await;
-    let shape: Vec<(&str, Decimal, &str)> = pays.iter().map(|(_, k, a, s)| (k.as_str(), *a, s.as_str())).collect();
-    assert_eq!(shape, vec![("USAGE", dec("40.00"), "PENDING"), ("MILESTONE", dec("60.00"), "PENDING")]);
-    let (funded, reserved, ..) = d.money(&pool).await;
-    assert_eq!(funded - reserved, Decimal::ZERO);
-    // Once the milestone's payment is live, its money is no longer held twice.
-    let e = deal(&pool, "100.00", "USD", &[("60.00", "DOCUMENT")]).await;
-    e.deposit(&pool, "100.00").await;
-    allow(&pool, &e, "shop", None, None).await.expect("payee");
-    let proof = proof_in_review(&pool, &e, 1).await;
-    decide(&pool, e.client, proof, Decision::Approve).await.expect("approved");
-    spend(&pool, &e, "shop", "40.00").await.expect("the rest");
-}
-
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn after_a_release_no_decision_or_validation_moves_a_paid_milestone_back(pool: PgPool) {
-    let d = deal(&pool, "50.00", "USD", &[("50.00", "DOCUMENT")]).await;
-    d.deposit(&pool, "50.00").await;
-    let in_review = proof_in_review(&pool, &d, 1).await;
-    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
-    assert_eq!(code(&transition(&pool, d.client, &parent, d.escrow, TransitionAction::ClientApprove).await), None);
-    let (id, ..) = payments(&pool, d.escrow).await[0];
-    drive(&pool, id).await.expect("driven");
-    psp_says(&pool, id, true).await;
-    assert_eq!(d.milestone_statuses(&pool).await, vec!["PAID"]);
-    for decision in [Decision::Reject, Decision::Approve] {
-        assert_eq!(code(&decide(&pool, d.admin, in_review, decision).await), Some(ErrorCode::EscrowNotActive));
-    }
-    assert_eq!(d.milestone_statuses(&pool).await, vec!["PAID"], "a PAID milestone never moves back");
-    // A validation still queued when the escrow was released: the proof is
-    // rejected, the milestone stays PAID, no second payout.
-    let pending = ProofId::new();
-    sqlx::query(
-        "INSERT INTO proofs (id, escrow_id, milestone_id, sha256, storage_key, size_bytes, source, uploaded_by)
-         SELECT $1, $2, id, 'p2', 'proofs/x/p2', 10, 'app', $3 FROM milestones WHERE escrow_id = $2",
-    )
-    .bind(pending)
-    .bind(d.escrow)
-    .bind(d.provider.user_id)
-    .execute(&pool)
-    .await
-    .expect("pending proof");
-    let store = shared::storage::LocalDirStore::new(std::env::temp_dir().join("kobatela-none"));
-    let v = job(&pool, &d.provider, JobKind::ProofValidation).await;
-    let r = db::serializable(&pool, &(v, pending, store), |tx, (job, id, store)| {
-        Box::pin(proofs::validate(tx, store, job, *id))
-    })
-    .await;
-    assert_eq!(code(&r), Some(ErrorCode::EscrowNotActive));
-    let status: (String, Option<String>) = sqlx::query_as("SELECT status, rejection_code FROM proofs WHERE id = $1")
-        .bind(pending)
-        .fetch_one(&pool)
-        .await
-        .expect("proof");
-    assert_eq!(status, ("REJECTED".into(), Some("ESCROW_NOT_ACTIVE".into())));
-    assert_eq!(d.milestone_statuses(&pool).await, vec!["PAID"]);
-    assert_eq!(payments(&pool, d.escrow).await.len(), 1);
-    let (_, reserved, paid, _) = d.money(&pool).await;
-    assert_eq!((reserved, paid), (dec("50.00"), dec("50.00")));
-}
-
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn a_decision_on_a_milestone_that_is_not_in_review_is_an_invalid_transition(pool: PgPool) {
-    let d = deal(&pool, "50.00", "USD", &[("50.00", "DOCUMENT")]).await;
-    d.deposit(&pool, "50.00").await;
-    let proof = proof_in_review(&pool, &d, 1).await;
-    // Something else moved the milestone meanwhile.
-    sqlx::query("UPDATE milestones SET status = 'APPROVED' WHERE escrow_id = $1")
-        .bind(d.escrow)
-        .execute(&pool)
-        .await
-        .expect("moved");
-    assert_eq!(
-        code(&decide(&pool, d.client, proof, Decision::Reject).await),
-        Some(ErrorCode::MilestoneInvalidTransition)
-    );
-    assert_eq!(
-        code(&decide(&pool, d.client, proof, Decision::Approve).await),
-        Some(ErrorCode::MilestoneInvalidTransition)
-    );
-    assert_eq!(d.milestone_statuses(&pool).await, vec!["APPROVED"]);
-    assert!(payments(&pool, d.escrow).await.is_empty(), "nothing was paid");
-}
-
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn a_redrive_or_a_late_settlement_takes_the_payee_limits_again(pool: PgPool) {
-    let d = deal(&pool, "100.00", "USD", &[]).await;
-    d.deposit(&pool, "100.00").await;
-    allow(&pool, &d, "shop", Some("30.00"), Some("50.00")).await.expect("payee");
-    let a = spend(&pool, &d, "shop", "30.00").await.expect("spend a");
-    drive(&pool, a).await.expect("sent");
-    assert!(psp_says(&pool, a, false).await, "a fails");
-    assert_eq!(limits(&pool, &d, "shop").await, (Decimal::ZERO, Decimal::ZERO), "given back");
-    let b = spend(&pool, &d, "shop", "30.00").await.expect("spend b");
-    assert_eq!(limits(&pool, &d, "shop").await, (dec("30.00"), dec("30.00")));
-    // Re-driving a would pay 60.00 today against a daily limit of 30.00.
-    assert_eq!(code(&drive(&pool, a).await), Some(ErrorCode::DailyLimitReached));
-    assert_eq!(payments(&pool, d.escrow).await[0].3, "ERROR", "a stays failed");
-    assert_eq!(limits(&pool, &d, "shop").await, (dec("30.00"), dec("30.00")));
-    // The PSP paid a after all: recorded, counted in the balance, and the
-    // limits that cannot hold it raise an alert.
-    assert!(psp_says(&pool, a, true).await);
-    assert_eq!(payments(&pool, d.escrow).await[0].3, "SETTLED");
-    assert_eq!(alerts(&pool, "PAYEE_LIMIT_OVERRUN").await, 1);
-    assert_eq!(limits(&pool, &d, "shop").await, (dec("30.00"), dec("30.00")), "never past the limits");
-    let (funded, reserved, paid, _) = d.money(&pool).await;
-    assert_eq!((funded, reserved, paid), (dec("100.00"), dec("60.00"), dec("30.00")));
-    // Tomorrow b fails and is re-driven: it takes its limits again (day and total).
-    drive(&pool, b).await.expect("sent");
-    assert!(psp_says(&pool, b, false).await);
-    sqlx::query("UPDATE allowed_payees SET spent_day = spent_day - 1").execute(&pool).await.expect("a day passes");
-    assert_eq!(limits(&pool, &d, "shop").await.1, Decimal::ZERO);
-    assert_eq!(code(&drive(&pool, b).await), None);
-    let day_counter: (Decimal, Decimal, Option<chrono::NaiveDate>) =
-        sqlx::query_as("SELECT spent_today, spent_total, spent_day FROM allowed_payees")
-            .fetch_one(&pool)
-            .await
-            .expect("payee");
-    assert_eq!(
-        (day_counter.0, day_counter.1, day_counter.2),
-        (dec("30.00"), dec("30.00"), Some(chrono::Utc::now().date_naive()))
-    );
-}
-
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn a_late_settlement_the_balance_cannot_hold_is_recorded_with_an_alert(pool: PgPool) {
-    let d = deal(&pool, "50.00", "USD", &[]).await;
-    d.deposit(&pool, "50.00").await;
-    allow(&pool, &d, "shop", None, None).await.expect("payee");
-    let a = spend(&pool, &d, "shop", "50.00").await.expect("spend a");
-    drive(&pool, a).await.expect("sent");
-    assert!(psp_says(&pool, a, false).await);
-    let b = spend(&pool, &d, "shop", "50.00").await.expect("spend b takes the freed balance");
-    drive(&pool, b).await.expect("sent");
-    assert!(psp_says(&pool, a, true).await, "recorded: the PSP paid");
-    assert_eq!(alerts(&pool, "ESCROW_OVERDRAWN").await, 1);
-    let (funded, reserved, paid, _) = d.money(&pool).await;
-    assert_eq!((funded, reserved, paid), (dec("50.00"), dec("50.00"), Decimal::ZERO), "the constraints still hold");
-}
-
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn the_deadline_sweep_makes_one_job_per_escrow_and_a_refusal_holds_back_no_other(pool: PgPool) {
     let stuck = deal(&pool, "40.00", "USD", &[("40.00", "DOCUMENT")]).await;
     let fine = deal(&pool, "25.00", "USD", &[]).await;
@@ -366,10 +93,8 @@ async fn the_deadline_sweep_makes_one_job_per_escrow_and_a_refusal_holds_back_no
     .await
     .expect("a payment in flight");
     let sweep = job(&pool, &Principal::system(), JobKind::EscrowDeadlines).await;
-    let ctx = sweep.clone();
-    let made =
-        db::serializable(&pool, &ctx, |tx, sweep| Box::pin(escrows::release_due(tx, sweep))).await.expect("sweep");
-    assert_eq!(made, 2);
+    let made = succeeded(as_job(&pool, &sweep, &(), |tx, _| Box::pin(deadlines::release_due(tx))).await);
+    assert_eq!(made["enqueued"], 2);
     let children: Vec<JobRow> = {
         let ids: Vec<JobId> =
             sqlx::query_scalar("SELECT id FROM jobs WHERE parent_job_id = $1 AND kind = 'escrow_transition'")
@@ -400,72 +125,13 @@ async fn the_deadline_sweep_makes_one_job_per_escrow_and_a_refusal_holds_back_no
     assert_eq!((funded - reserved, status.as_str()), (Decimal::ZERO, "RELEASED"), "the other escrow was released");
     // The same hour's sweep makes no second job (and no second alert).
     let again = job(&pool, &Principal::system(), JobKind::EscrowDeadlines).await;
-    let made =
-        db::serializable(&pool, &again, |tx, sweep| Box::pin(escrows::release_due(tx, sweep))).await.expect("sweep");
-    assert_eq!(made, 1, "only the stuck one is still due");
+    let made = succeeded(as_job(&pool, &again, &(), |tx, _| Box::pin(deadlines::release_due(tx))).await);
+    assert_eq!(made["enqueued"], 1, "only the stuck one is still due");
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'escrow_transition'")
         .fetch_one(&pool)
         .await
         .expect("jobs");
     assert_eq!(jobs, 2, "its job of this hour is the one that was refused");
-}
-
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn payee_limits_are_checked_in_the_escrow_currency_scale(pool: PgPool) {
-    let d = deal(&pool, "50000", "XOF", &[]).await;
-    for (daily, total) in [(Some("10.50"), None), (None, Some("0.5")), (Some("100.01"), Some("200"))] {
-        let r = allow(&pool, &d, "shop", daily, total).await;
-        assert!(matches!(&r, Err(shared::Error::Problem(p)) if p.code == ErrorCode::AmountInvalid), "{r:?}");
-    }
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM allowed_payees").fetch_one(&pool).await.expect("payees");
-    assert_eq!(rows, 0, "no limit was stored rounded or with cents XOF does not have");
-    let ok = allow(&pool, &d, "shop", Some("1000"), Some("5000.00")).await.expect("whole francs");
-    assert_eq!((ok.daily_limit.as_deref(), ok.total_limit.as_deref()), (Some("1000"), Some("5000")));
-}
-
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn a_client_cannot_take_the_key_of_a_payout_its_own_approval_needs(pool: PgPool) {
-    let d = deal(&pool, "30.00", "USD", &[("30.00", "DOCUMENT")]).await;
-    d.deposit(&pool, "30.00").await;
-    let proof = proof_in_review(&pool, &d, 1).await;
-    decide(&pool, d.client, proof, Decision::Approve).await.expect("approved");
-    let (payment, ..) = payments(&pool, d.escrow).await[0];
-    drive(&pool, payment).await.expect("sent");
-    assert!(psp_says(&pool, payment, false).await, "the payout failed");
-    // The client, knowing the payment and its attempts, takes the key the
-    // re-drive's payout job will use, with a request of their own.
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM payments WHERE id = $1")
-        .bind(payment)
-        .fetch_one(&pool)
-        .await
-        .expect("p");
-    let squat = shared::jobs::NewJob::new(
-        JobKind::EscrowDeposit,
-        &serde_json::json!({"escrow_id": d.escrow, "amount": "1.00"}),
-        &d.client,
-        Some(format!("payout:{payment}:{attempts}")),
-    )
-    .expect("job");
-    let mut conn = pool.acquire().await.expect("conn");
-    shared::jobs::record::insert(&mut conn, &squat).await.expect("the client's own key");
-    drop(conn);
-    // Approving the escrow pays the failed milestone again: not refused.
-    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
-    let r = transition(&pool, d.client, &parent, d.escrow, TransitionAction::ClientApprove).await;
-    assert_eq!(code(&r), None, "{r:?}");
-    let child: (String, Option<JobId>) =
-        sqlx::query_as("SELECT kind, parent_job_id FROM jobs WHERE idempotency_key = $1 AND parent_job_id IS NOT NULL")
-            .bind(format!("payout:{payment}:{attempts}"))
-            .fetch_one(&pool)
-            .await
-            .expect("the payout job");
-    assert_eq!(child, ("payout".to_string(), Some(parent.id)));
-    let (funded, reserved, _, status) = d.money(&pool).await;
-    assert_eq!(
-        (funded - reserved, status.as_str()),
-        (Decimal::ZERO, "RELEASED"),
-        "the milestone's money is reserved again"
-    );
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -478,9 +144,14 @@ async fn no_escrow_money_moves_once_a_party_is_inactive(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("off");
-    let cmd = shared::domain::escrows::EscrowDepositV1 { escrow_id: d.escrow, amount: dec("30.00") };
+    let cmd = shared::domain::escrow::deposits::EscrowDepositV1 { escrow_id: d.escrow, money: money("30.00", "USD") };
     let r = db::serializable(&pool, &(d.client, cmd), |tx, (who, cmd)| {
-        Box::pin(escrows::deposit(tx, who, None, None, cmd))
+        Box::pin(shared::domain::escrow::deposits::deposit(
+            tx,
+            who,
+            shared::domain::escrow::deposits::Source::Job(JobId::new()),
+            cmd,
+        ))
     })
     .await;
     assert!(matches!(&r, Err(shared::Error::Problem(p)) if p.code == ErrorCode::Forbidden), "{r:?}");
@@ -502,4 +173,176 @@ async fn no_escrow_money_moves_once_a_party_is_inactive(pool: PgPool) {
     assert!(payments(&pool, d.escrow).await.is_empty());
     let (funded, reserved, _, status) = d.money(&pool).await;
     assert_eq!((funded, reserved, status.as_str()), (dec("50.00"), Decimal::ZERO, "FUNDED"));
+}
+
+async fn create(pool: &PgPool, who: Principal, new: NewEscrow) -> shared::Result<EscrowOut> {
+    db::serializable(pool, &(who, new), |tx, (who, new)| Box::pin(escrows::create(tx, who, new))).await
+}
+
+fn new_escrow(client: &Principal, provider: &Principal, total: &str) -> NewEscrow {
+    NewEscrow {
+        client_id: client.user_id,
+        provider_id: provider.user_id,
+        total: money(total, "USD"),
+        release_conditions: serde_json::json!({}),
+        deadline_at: chrono::Utc::now() + chrono::Duration::days(1),
+    }
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn an_escrow_is_between_two_active_users_its_client_and_a_provider_and_only_they_see_it(pool: PgPool) {
+    let (client, provider) = (user(&pool, Role::Sender).await, user(&pool, Role::Beneficiary).await);
+    let mut past = new_escrow(&client, &provider, "10.00");
+    past.deadline_at = chrono::Utc::now() - chrono::Duration::minutes(1);
+    assert_eq!(refusal(&create(&pool, client, past).await), Some(ErrorCode::ValidationError));
+    assert_eq!(
+        refusal(&create(&pool, client, new_escrow(&client, &client, "10.00")).await),
+        Some(ErrorCode::ValidationError)
+    );
+    assert_eq!(
+        refusal(&create(&pool, provider, new_escrow(&provider, &client, "10.00")).await),
+        Some(ErrorCode::Forbidden)
+    );
+    let gone = inactive(&pool, Role::Beneficiary).await;
+    assert_eq!(refusal(&create(&pool, client, new_escrow(&client, &gone, "10.00")).await), Some(ErrorCode::Forbidden));
+    let e = create(&pool, client, new_escrow(&client, &provider, "10.00")).await.expect("created");
+    assert_eq!((e.status.as_str(), e.balance.as_str()), ("DRAFT", "0.00"));
+    assert_eq!(audited(&pool, "ESCROW_CREATED", e.id).await, 1);
+    let stranger = user(&pool, Role::Sender).await;
+    let support = user(&pool, Role::Support).await;
+    let read = |who: Principal| {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.expect("conn");
+            escrows::get_for(&mut conn, e.id, &who).await.map(|e| e.id)
+        }
+    };
+    for who in [client, provider, support] {
+        assert_eq!(read(who).await.ok(), Some(e.id));
+    }
+    assert_eq!(refusal(&read(stranger).await), Some(ErrorCode::EscrowNotFound));
+}
+
+async fn add(pool: &PgPool, who: Principal, d: &Deal, idx: i32, amount: &str, currency: &str) -> Option<ErrorCode> {
+    let new = NewMilestone {
+        idx,
+        label: format!("m{idx}"),
+        amount: money(amount, currency),
+        proof_type: "PHOTO".into(),
+        geofence: None,
+    };
+    let r = db::serializable(pool, &(who, d.escrow, new), |tx, (who, id, new)| {
+        Box::pin(milestones::add_milestone(tx, who, *id, new))
+    })
+    .await;
+    refusal(&r)
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn milestones_come_in_sequence_in_the_escrow_currency_and_never_pass_its_total(pool: PgPool) {
+    let d = deal(&pool, "100.00", "USD", &[("60.00", "PHOTO")]).await;
+    assert_eq!(add(&pool, d.client, &d, 3, "10.00", "USD").await, Some(ErrorCode::ValidationError), "idx 2 is next");
+    assert_eq!(add(&pool, d.client, &d, 2, "40.01", "USD").await, Some(ErrorCode::MilestoneSumExceedsTotal));
+    assert_eq!(add(&pool, d.client, &d, 2, "40", "EUR").await, Some(ErrorCode::AmountInvalid), "not its currency");
+    assert_eq!(add(&pool, d.provider, &d, 2, "40.00", "USD").await, Some(ErrorCode::Forbidden));
+    assert_eq!(add(&pool, d.client, &d, 2, "40.00", "USD").await, None, "exactly the total");
+    assert_eq!(d.milestone_statuses(&pool).await, vec!["WAITING", "WAITING"]);
+    sqlx::query("UPDATE escrows SET status = 'RELEASED' WHERE id = $1").bind(d.escrow).execute(&pool).await.expect("x");
+    let more = deal(&pool, "100.00", "USD", &[]).await;
+    sqlx::query("UPDATE escrows SET status = 'REFUNDED' WHERE id = $1")
+        .bind(more.escrow)
+        .execute(&pool)
+        .await
+        .expect("x");
+    assert_eq!(add(&pool, more.client, &more, 1, "1.00", "USD").await, Some(ErrorCode::EscrowNotActive));
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn ten_parallel_deposits_never_over_fund_an_escrow(
+    opts: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let pool = wide_pool(opts, connect).await;
+    let d = deal(&pool, "100.00", "USD", &[]).await;
+    let codes = at_once(10, |_| {
+        let (pool, who, escrow) = (pool.clone(), d.client, d.escrow);
+        async move {
+            let cmd = EscrowDepositV1 { escrow_id: escrow, money: money("25.00", "USD") };
+            let r = db::serializable(&pool, &(who, cmd), |tx, (who, cmd)| {
+                Box::pin(deposits::deposit(tx, who, Source::Job(JobId::new()), cmd))
+            })
+            .await;
+            refusal(&r)
+        }
+    })
+    .await;
+    assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 4, "{codes:?}");
+    assert!(codes.iter().flatten().all(|c| *c == ErrorCode::EscrowOverfunded), "{codes:?}");
+    let (funded, reserved, _, status) = d.money(&pool).await;
+    assert_eq!((funded, reserved, status.as_str()), (dec("100.00"), Decimal::ZERO, "FUNDED"));
+    let (rows, funded_events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM escrow_deposits WHERE escrow_id = $1),
+                (SELECT count(*) FROM escrow_events WHERE escrow_id = $1 AND kind = 'FUNDED')",
+    )
+    .bind(d.escrow)
+    .fetch_one(&pool)
+    .await
+    .expect("rows");
+    assert_eq!((rows, funded_events), (4, 1));
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_psp_funding_is_recorded_whatever_the_parties_and_a_client_deposit_needs_them_active(pool: PgPool) {
+    let d = deal(&pool, "50.00", "USD", &[]).await;
+    sqlx::query("UPDATE users SET is_active = false WHERE id = $1")
+        .bind(d.provider.user_id)
+        .execute(&pool)
+        .await
+        .expect("off");
+    let cmd = EscrowDepositV1 { escrow_id: d.escrow, money: money("20.00", "USD") };
+    let r = db::serializable(&pool, &(d.client, cmd.clone()), |tx, (who, cmd)| {
+        Box::pin(deposits::deposit(tx, who, Source::Job(JobId::new()), cmd))
+    })
+    .await;
+    assert_eq!(refusal(&r), Some(ErrorCode::Forbidden));
+    let psp = shared::domain::psp::webhooks::psp_principal();
+    let r = db::serializable(&pool, &(psp, cmd), |tx, (who, cmd)| {
+        Box::pin(deposits::deposit(tx, who, Source::Psp("evt-1"), cmd))
+    })
+    .await;
+    assert_eq!(r.map(|e| e.funded_amount).ok(), Some(dec("20.00")));
+    let source: (String, Option<String>) =
+        sqlx::query_as("SELECT source, event_id FROM escrow_deposits WHERE escrow_id = $1")
+            .bind(d.escrow)
+            .fetch_one(&pool)
+            .await
+            .expect("deposit");
+    assert_eq!(source, ("psp".into(), Some("evt-1".into())));
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn transitions_move_only_along_their_edges_and_a_cancellation_refunds_what_was_deposited(pool: PgPool) {
+    let d = deal(&pool, "50.00", "USD", &[]).await;
+    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
+    let go = |who, action| transition(&pool, who, &parent, d.escrow, action);
+    assert_eq!(code(&go(d.provider, TransitionAction::MarkDelivered).await), Some(ErrorCode::EscrowInvalidTransition));
+    d.deposit(&pool, "20.00").await;
+    assert_eq!(code(&go(d.client, TransitionAction::MarkDelivered).await), Some(ErrorCode::Forbidden));
+    assert_eq!(code(&go(d.provider, TransitionAction::ClientReject).await), Some(ErrorCode::Forbidden));
+    // A DRAFT escrow the client rejects is CANCELLED, its deposits refunded.
+    assert_eq!(code(&go(d.client, TransitionAction::ClientReject).await), None);
+    assert_eq!(d.money(&pool).await.3, "CANCELLED");
+    let pays = payments(&pool, d.escrow).await;
+    assert_eq!(pays.iter().map(|p| (p.1.as_str(), p.2)).collect::<Vec<_>>(), vec![("REFUND", dec("20.00"))]);
+    assert_eq!(children(&pool, &parent).await, vec![("payout".to_string(), format!("payout:{}:0", pays[0].0))]);
+    assert_eq!(code(&go(d.client, TransitionAction::ClientApprove).await), Some(ErrorCode::EscrowInvalidTransition));
+    // FUNDED → RELEASABLE by the provider, once.
+    let e = deal(&pool, "30.00", "USD", &[]).await;
+    e.deposit(&pool, "30.00").await;
+    let parent = job(&pool, &e.client, JobKind::EscrowTransition).await;
+    assert_eq!(code(&transition(&pool, e.provider, &parent, e.escrow, TransitionAction::MarkDelivered).await), None);
+    assert_eq!(e.money(&pool).await.3, "RELEASABLE");
+    let again = transition(&pool, e.provider, &parent, e.escrow, TransitionAction::MarkDelivered).await;
+    assert_eq!(code(&again), Some(ErrorCode::EscrowInvalidTransition));
+    assert!(children(&pool, &parent).await.is_empty(), "a delivery pays nothing");
 }

@@ -5,10 +5,10 @@ mod common;
 
 use common::user;
 use shared::db;
-use shared::domain::audit;
+use shared::domain::ops::audit;
 use shared::domain::saka::{self, HarvestReason, NewAdjustment};
 use shared::ids::JobId;
-use shared::jobs::Outcome;
+use shared::jobs::{End, Outcome};
 use shared::money::Grains;
 use shared::principal::Role;
 use sqlx::PgPool;
@@ -100,7 +100,7 @@ async fn a_hand_written_ledger_insert_mints_nothing(pool: PgPool) {
     })
     .await
     .expect("applied");
-    let Outcome::Succeeded(applied) = applied else { panic!("applied at once: {applied:?}") };
+    let Outcome { end: End::Succeeded(applied), .. } = applied else { panic!("applied at once: {applied:?}") };
     let id: uuid::Uuid = applied["id"].as_str().and_then(|s| s.parse().ok()).expect("adjustment id");
     let e = insert("EARN", "MANUAL_ADJUST", 100, Some(id)).await.expect_err("replayed");
     assert_eq!(constraint(&e).as_deref(), Some("saka_ledger_adjustment_key"));

@@ -3,7 +3,7 @@
 //! bug or a careless hand would). Reconciliation with the PSP is shown end
 //! to end (`tests/tests/invariants.rs`), against the simulator.
 
-use shared::domain::invariants::{self, Run};
+use shared::domain::ops::invariants::{self, Run};
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -3,11 +3,13 @@
 //! against one mandate never overspend it, and a mandate sealed to one
 //! sender is invisible to purchases naming another.
 
+mod common;
+
 use rust_decimal::Decimal;
 use shared::db;
-use shared::domain::purchases::{self, PurchaseV1};
+use shared::domain::spend::purchases::{self, PurchaseV1};
 use shared::ids::{ApiKeyId, CategoryId, JobId, MandateId, MerchantId, UserId};
-use shared::jobs::Outcome;
+use shared::jobs::{End, Outcome};
 use shared::principal::{Principal, Role};
 use shared::{Error, ErrorCode};
 use sqlx::PgPool;
@@ -66,8 +68,7 @@ fn cmd(f: &Fixture, sender: UserId, amount: i64) -> PurchaseV1 {
         sender_id: sender,
         beneficiary_id: f.beneficiary.user_id,
         merchant_id: f.merchant,
-        amount: Decimal::new(amount * 100, 2),
-        currency: "USD".into(),
+        money: common::money(&amount.to_string(), "USD"),
         category_id: None,
     }
 }
@@ -78,9 +79,9 @@ async fn buy(pool: &PgPool, who: Principal, cmd: PurchaseV1) -> Result<(), Error
     let r =
         db::serializable(pool, &ctx, |tx, (who, cmd)| Box::pin(purchases::execute(tx, who, JobId::new(), cmd))).await;
     match r {
-        Ok(Outcome::Succeeded(_)) => Ok(()),
-        Ok(Outcome::Refused(p)) | Err(Error::Problem(p)) => Err(p.code),
-        Ok(Outcome::Continue(_)) => panic!("a purchase makes no outside call"),
+        Ok(Outcome { end: End::Succeeded(_), .. }) => Ok(()),
+        Ok(Outcome { end: End::Refused(p), .. }) | Err(Error::Problem(p)) => Err(p.code),
+        Ok(Outcome { end: End::Continue(_), .. }) => panic!("a purchase makes no outside call"),
         Err(e) => panic!("infrastructure error: {e}"),
     }
 }

@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use shared::db;
 use shared::domain::saka::{self, NewAdjustment, SakaHarvestV1, SakaSpendV1};
 use shared::ids::{ApiKeyId, JobId, SakaAdjustmentId, UserId};
-use shared::jobs::Outcome;
+use shared::jobs::{End, Outcome};
 use shared::money::Grains;
 use shared::principal::{Principal, Role};
 use shared::{Error, ErrorCode};
@@ -40,12 +40,12 @@ async fn user(pool: &PgPool, role: Role) -> Principal {
 }
 
 /// The code of a refusal, whether the rule returned it as `Err` (rolled
-/// back) or as `Ok(Outcome::Refused)` (kept); `None` on success.
+/// back) or as `Ok` with `End::Refused` (kept); `None` on success.
 fn code(r: &shared::Result<Outcome>) -> Option<ErrorCode> {
     match r {
-        Ok(Outcome::Succeeded(_)) => None,
-        Ok(Outcome::Refused(p)) => Some(p.code),
-        Ok(Outcome::Continue(_)) => panic!("SAKA rules make no outside call"),
+        Ok(Outcome { end: End::Succeeded(_), .. }) => None,
+        Ok(Outcome { end: End::Refused(p), .. }) => Some(p.code),
+        Ok(Outcome { end: End::Continue(_), .. }) => panic!("SAKA rules make no outside call"),
         Err(Error::Problem(p)) => Some(p.code),
         Err(e) => panic!("infrastructure error: {e}"),
     }
@@ -53,9 +53,9 @@ fn code(r: &shared::Result<Outcome>) -> Option<ErrorCode> {
 
 fn result(r: shared::Result<Outcome>) -> serde_json::Value {
     match r {
-        Ok(Outcome::Succeeded(v)) => v,
-        Ok(Outcome::Refused(p)) => panic!("refused: {p}"),
-        Ok(Outcome::Continue(_)) => panic!("SAKA rules make no outside call"),
+        Ok(Outcome { end: End::Succeeded(v), .. }) => v,
+        Ok(Outcome { end: End::Refused(p), .. }) => panic!("refused: {p}"),
+        Ok(Outcome { end: End::Continue(_), .. }) => panic!("SAKA rules make no outside call"),
         Err(e) => panic!("error: {e}"),
     }
 }

@@ -151,11 +151,14 @@ async fn a_failed_payout_frees_the_balance_and_can_be_paid_again() -> anyhow::Re
     assert_eq!(e["balance"], json!("70.00"));
     assert_eq!(e["paid_amount"], json!("0.00"));
     let payment = e["payments"][0]["id"].as_str().unwrap_or("").to_string();
-    // Re-drive: admin only; the simulator fails it again, same balance.
+    // Re-drive: admin only.
     assert_eq!(
         deal.client.client.job(&format!("/payments/execute/{payment}"), "mine", json!({}), 0).await?.status,
         403
     );
+    // The PSP accepts 70.00 again; the re-drive pays it, once, in full.
+    let psp = env.psp_url.clone().unwrap_or_default();
+    reqwest::Client::new().post(format!("{psp}/sim/config")).json(&json!({"fail_amounts": []})).send().await?;
     let r = env
         .admin()
         .send(
@@ -167,8 +170,11 @@ async fn a_failed_payout_frees_the_balance_and_can_be_paid_again() -> anyhow::Re
         )
         .await?;
     assert_eq!(r.s("status"), "succeeded", "{}", r.text);
+    let e = wait_escrow(&deal, "RELEASED", "70.00").await?;
+    assert_eq!(e["balance"], json!("0.00"));
+    assert_eq!(e["payments"].as_array().map(Vec::len), Some(1), "the same payment, paid again: {e}");
     let p = deal.client.client.get(&format!("/payments/{payment}")).await?;
-    assert!(["SENT", "ERROR"].contains(&p.s("status").as_str()), "{}", p.text);
+    assert_eq!(p.s("status"), "SETTLED", "{}", p.text);
     env.stop().await
 }
 
@@ -225,6 +231,21 @@ async fn webhooks_are_verified_stored_once_and_never_move_a_payment_backwards() 
     env.stop().await
 }
 
+/// The `psp_webhook` job of an event, once it ended: its status and result.
+async fn event_applied(env: &Env, event_id: &str) -> anyhow::Result<serde_json::Value> {
+    eventually(Duration::from_secs(20), || async {
+        let row: Option<(String, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT status, result FROM jobs WHERE kind = 'psp_webhook' AND payload->>'event_id' = $1
+               AND status IN ('succeeded', 'failed', 'dead')",
+        )
+        .bind(event_id)
+        .fetch_optional(&env.pool)
+        .await?;
+        Ok(row.map(|(status, result)| json!({"status": status, "result": result})))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_webhooks_never_undo_a_settlement() -> anyhow::Result<()> {
     let env = Env::with(EnvOptions::default().psp().var("PSP_SIM_WEBHOOK_DELAY_MS", "300000")).await?;
@@ -245,8 +266,11 @@ async fn out_of_order_webhooks_never_undo_a_settlement() -> anyhow::Result<()> {
     e2e::scenario::webhook(&env, &settled, None, Some(&secret), now).await?;
     wait_escrow(&deal, "RELEASED", "30.00").await?;
     let r = e2e::scenario::webhook(&env, &failed, None, Some(&secret), now).await?;
-    assert_eq!(r.status, 200);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((r.status, r.body["duplicate"].clone()), (200, json!(false)), "{}", r.text);
+    // Its job ran, and moved nothing.
+    let job = event_applied(&env, "f1").await?;
+    assert_eq!(job["status"], json!("succeeded"), "{job}");
+    assert_eq!(job["result"]["applied"], json!(false), "the late failure did not move the payment: {job}");
     let p = deal.client.client.get(&format!("/payments/{payment}")).await?;
     assert_eq!(p.s("status"), "SETTLED");
     let e = deal.escrow().await?;
@@ -257,20 +281,34 @@ async fn out_of_order_webhooks_never_undo_a_settlement() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funding_succeeded_deposits_once_per_event() -> anyhow::Result<()> {
     let env = Env::start().await?;
-    let deal = deal(&env, "50.00").await?;
+    // Room for several deposits: a second credit of one event would show.
+    let deal = deal(&env, "100.00").await?;
     let secret = env.var("PSP_WEBHOOK_SECRETS").unwrap_or("").to_string();
-    let body =
-        json!({"id": "fund-1", "type": "funding.succeeded", "data": {"escrow_id": deal.escrow_id, "amount": "50.00"}})
-            .to_string();
+    let event = |id: &str| {
+        json!({"id": id, "type": "funding.succeeded", "data": {"escrow_id": deal.escrow_id, "amount": "40.00"}})
+            .to_string()
+    };
     let now = chrono::Utc::now().timestamp();
-    e2e::scenario::webhook(&env, &body, None, Some(&secret), now).await?;
-    e2e::scenario::webhook(&env, &body, None, Some(&secret), now).await?;
-    let e = eventually(Duration::from_secs(20), || async {
-        let e = deal.escrow().await?;
-        Ok((e.s("status") == "FUNDED").then_some(e))
-    })
-    .await?;
-    assert_eq!(e.s("funded_amount"), "50.00");
+    let first = e2e::scenario::webhook(&env, &event("fund-1"), None, Some(&secret), now).await?;
+    assert_eq!(first.body["duplicate"], json!(false), "{}", first.text);
+    // The same event again, plainly and under its id header: duplicates.
+    for header in [None, Some("fund-1")] {
+        let again = e2e::scenario::webhook(&env, &event("fund-1"), header, Some(&secret), now).await?;
+        assert_eq!((again.status, again.body["duplicate"].clone()), (200, json!(true)), "{}", again.text);
+    }
+    assert_eq!(event_applied(&env, "fund-1").await?["status"], json!("succeeded"));
+    let e = deal.escrow().await?;
+    assert_eq!((e.s("funded_amount").as_str(), e.s("status").as_str()), ("40.00", "DRAFT"), "{}", e.text);
+    // Another event is another deposit.
+    e2e::scenario::webhook(&env, &event("fund-2"), None, Some(&secret), now).await?;
+    assert_eq!(event_applied(&env, "fund-2").await?["status"], json!("succeeded"));
+    let e = deal.escrow().await?;
+    assert_eq!(e.s("funded_amount"), "80.00", "{}", e.text);
+    let deposits: i64 = sqlx::query_scalar("SELECT count(*) FROM escrow_deposits WHERE escrow_id = $1::uuid")
+        .bind(&deal.escrow_id)
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(deposits, 2);
     env.stop().await
 }
 

@@ -106,8 +106,13 @@ async fn a_worker_killed_mid_run_loses_nothing_and_applies_nothing_twice() -> an
         let body = shop.purchase_body("1.00", "USD");
         tasks.push(tokio::spawn(async move { client.job("/spend/purchases", &format!("k{i}"), body, 0).await }));
         if i == 60 {
-            // Let the workers get busy, then kill one without warning.
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            // Once the workers are busy (purchases are being applied), kill
+            // one without warning.
+            eventually(Duration::from_secs(20), || async {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM purchases").fetch_one(&env.pool).await?;
+                Ok((n > 0).then_some(()))
+            })
+            .await?;
         }
     }
     let mut ids = Vec::new();
@@ -128,6 +133,21 @@ async fn a_worker_killed_mid_run_loses_nothing_and_applies_nothing_twice() -> an
     .await?;
     assert_eq!((n, distinct_jobs, spent.as_str()), (200, 200, "200.00"));
     env.stop().await
+}
+
+/// `(won, lost)` cron ticks of `schedule` a worker counted (its /metrics).
+async fn ticks_seen(env: &Env, worker: &str, schedule: &str) -> anyhow::Result<(u64, u64)> {
+    let text = env.worker_metrics(worker).await?;
+    let count = |outcome: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("kobatela_cron_ticks_total{"))
+            .filter(|l| {
+                l.contains(&format!("schedule=\"{schedule}\"")) && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    Ok((count("won"), count("lost")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,25 +181,38 @@ async fn two_worker_replicas_run_each_cron_tick_once() -> anyhow::Result<()> {
         Ok((n == 6).then_some(()))
     })
     .await?;
-    // Let a few more ticks pass on both replicas.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Both replicas fire every tick: wait until each has seen four.
+    eventually(Duration::from_secs(30), || async {
+        let (a, b) = (ticks_seen(&env, "w0", "mandate_expiry").await?, ticks_seen(&env, "w1", "mandate_expiry").await?);
+        Ok((a.0 + a.1 >= 4 && b.0 + b.1 >= 4).then_some(()))
+    })
+    .await?;
     for id in &mandates {
         let audit = admin.get(&format!("/audit?entity=mandate&entity_id={id}&action=MANDATE_EXPIRED")).await?;
         assert_eq!(audit.body["items"].as_array().map(Vec::len), Some(1), "{id}: {}", audit.text);
     }
-    // Every tick ran once: one job per claimed tick, never two.
-    let (ticks, jobs, per_tick_max): (i64, i64, i64) = sqlx::query_as(
+    // What each replica saw, then what was claimed: read in this order, a
+    // claimed tick was seen by its winner.
+    let (w0, w1) = (ticks_seen(&env, "w0", "mandate_expiry").await?, ticks_seen(&env, "w1", "mandate_expiry").await?);
+    let (ticks, jobs, per_tick_max, claimers): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM cron_ticks WHERE schedule = 'mandate_expiry'),
                 (SELECT count(*) FROM jobs WHERE kind = 'mandate_expiry'),
-                (SELECT coalesce(max(n), 0) FROM (SELECT count(*) n FROM jobs WHERE kind = 'mandate_expiry' GROUP BY idempotency_key) x)",
+                (SELECT coalesce(max(n), 0) FROM (SELECT count(*) n FROM jobs WHERE kind = 'mandate_expiry' GROUP BY idempotency_key) x),
+                (SELECT count(DISTINCT claimed_by) FROM cron_ticks WHERE schedule = 'mandate_expiry')",
     )
     .fetch_one(&env.pool)
     .await?;
+    // Every tick ran once: one job per claimed tick, never two. Both
+    // replicas fired every tick ((won, lost) each): a tick one of them won,
+    // the other lost (but for the last tick or two, which it may not have
+    // reached when its metrics were read).
     assert!(ticks >= 4, "ticks ran: {ticks}");
     assert_eq!(jobs, ticks);
     assert_eq!(per_tick_max, 1);
-    let claimers: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT claimed_by) FROM cron_ticks").fetch_one(&env.pool).await?;
+    assert!(w0.0 + w0.1 >= 4 && w1.0 + w1.1 >= 4, "both replicas fired: w0 {w0:?}, w1 {w1:?}");
+    let (won, lost) = (w0.0 + w1.0, w0.1 + w1.1);
+    assert!(won <= ticks as u64, "no tick was won twice: w0 {w0:?}, w1 {w1:?}, {ticks} claimed");
+    assert!(lost + 2 >= won, "each tick won by one replica was lost by the other: w0 {w0:?}, w1 {w1:?}");
     assert!(claimers >= 1);
     env.stop().await
 }
@@ -224,9 +257,29 @@ async fn infrastructure_failures_end_dead_and_admins_can_retry_them() -> anyhow:
     env.stop().await
 }
 
+/// Transactions of our processes open on this test's database: a worker
+/// in the middle of a job's rule (the api's are too short to see).
+async fn open_transactions(env: &Env) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = 'kobatela' AND state = 'idle in transaction'",
+    )
+    .fetch_one(&env.pool)
+    .await?)
+}
+
+async fn purchases_succeeded(env: &Env) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'purchase' AND status = 'succeeded'")
+        .fetch_one(&env.pool)
+        .await?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_finishes_the_jobs_in_hand_on_sigterm() -> anyhow::Result<()> {
-    let mut env = Env::start().await?;
+    let mut env = Env::with(EnvOptions::default().workers(0)).await?;
+    // Each purchase rule takes half a second (and purchases of one mandate
+    // run one after the other), so jobs are in hand when the signal comes.
+    env.start_worker_with("w0", &[("KOBATELA_FAILPOINTS", "rule.purchase=sleep:500")]).await?;
     let shop = shop(&env, "1000.00", "USD").await?;
     let mut ids = Vec::new();
     for i in 0..30 {
@@ -238,12 +291,26 @@ async fn a_worker_finishes_the_jobs_in_hand_on_sigterm() -> anyhow::Result<()> {
                 .s("job_id"),
         );
     }
+    // A job is in the middle of its rule: its transaction is open.
+    let mid_rule = eventually(Duration::from_secs(20), || async {
+        let n = open_transactions(&env).await?;
+        Ok((n > 0).then_some(n))
+    })
+    .await?;
+    let before = purchases_succeeded(&env).await?;
     let code = env.stop_worker("w0").await?;
     assert_eq!(code, Some(0), "the worker exits cleanly on SIGTERM");
+    // The jobs it was running were finished (committed, acknowledged)
+    // before it exited, not dropped.
+    let after = purchases_succeeded(&env).await?;
+    assert!(after - before >= mid_rule, "{mid_rule} jobs were mid-rule, {} finished after SIGTERM", after - before);
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM purchases").fetch_one(&env.pool).await?;
+    assert_eq!(applied, after, "one purchase per succeeded job, none half-applied");
     // Nothing is left half-done: every job is either finished or still queued.
     let running: i64 =
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'running'").fetch_one(&env.pool).await?;
     assert_eq!(running, 0);
+    assert!(after < ids.len() as i64, "jobs were still queued: the worker stopped taking new ones");
     env.start_worker("w1").await?;
     for id in &ids {
         assert_eq!(shop.beneficiary.client.finished(id, 60).await?.s("status"), "succeeded");

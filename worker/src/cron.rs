@@ -93,6 +93,9 @@ pub async fn run_tick(job: &CronJob, at: DateTime<Utc>) -> shared::Result<()> {
     .bind(&ctx.config.worker_name)
     .fetch_optional(&ctx.pool)
     .await?;
+    // Every replica fires every tick; one wins it.
+    let outcome = if won.is_some() { "won" } else { "lost" };
+    metrics::counter!("kobatela_cron_ticks_total", "schedule" => job.action.name(), "outcome" => outcome).increment(1);
     if won.is_none() {
         return Ok(());
     }
@@ -103,12 +106,12 @@ pub async fn run_tick(job: &CronJob, at: DateTime<Utc>) -> shared::Result<()> {
             return Ok(());
         }
         Action::Invariants => {
-            let psp = shared::domain::invariants::PspSide { client: &ctx.runners.psp_http };
-            let run = shared::domain::invariants::run(
+            let psp = shared::domain::ops::invariants::PspSide { client: &ctx.runners.psp_http };
+            let run = shared::domain::ops::invariants::run(
                 &ctx.pool,
                 Some(psp),
                 ctx.config.saka_timezone.name(),
-                shared::domain::invariants::stale_lease_secs(&ctx.config),
+                shared::domain::ops::invariants::stale_lease_secs(&ctx.config),
             )
             .await?;
             tracing::info!(run_id = %run.run_id, violations = run.violations(), "invariants checked");

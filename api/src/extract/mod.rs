@@ -3,13 +3,16 @@
 
 pub mod fields;
 pub mod idempotency;
+pub mod job;
 pub mod path;
 pub mod principal;
 pub mod query;
+pub mod upload;
 pub mod wait;
 
 pub use fields::{Fields, JsonFields};
 pub use idempotency::IdempotencyKey;
+pub use job::{AdminOnly, JobRequest, JsonBody, NoteIn, Submission};
 pub use path::IdPath;
 pub use principal::Auth;
 pub use query::QueryMap;

@@ -6,7 +6,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use governor::clock::{Clock, DefaultClock};
 use shared::ErrorCode;
-use shared::domain::api_keys;
+use shared::domain::access::keys as api_keys;
 use shared::principal::Principal;
 
 use crate::error::ApiError;

@@ -7,7 +7,7 @@ use axum::routing::{delete, post};
 use axum::{Json, Router};
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::api_keys::{self, NewKey};
+use shared::domain::access::keys::{self, NewKey};
 use shared::ids::{ApiKeyId, UserId};
 use shared::principal::Role;
 
@@ -37,7 +37,7 @@ async fn create(
     let expires_at = f.opt::<chrono::DateTime<chrono::Utc>>("expires_at");
     f.finish()?;
     let new = NewKey { user_id: got(user_id)?, role: got(role)?, name: got(name)?, expires_at };
-    let key = db::serializable(&s.pool, &(who, new), |tx, (who, new)| Box::pin(api_keys::create(tx, who, new))).await?;
+    let key = db::serializable(&s.pool, &(who, new), |tx, (who, new)| Box::pin(keys::create(tx, who, new))).await?;
     Ok((StatusCode::CREATED, Json(key)))
 }
 
@@ -45,7 +45,7 @@ async fn list(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiRes
     who.require(&[Role::Admin])?;
     let user = q.id::<UserId>("user_id")?;
     let mut conn = s.pool.acquire().await?;
-    let items = api_keys::list(&mut conn, user).await?;
+    let items = keys::list(&mut conn, user).await?;
     Ok(Json(serde_json::json!({"items": items, "next_cursor": null})))
 }
 
@@ -55,6 +55,6 @@ async fn revoke(
     IdPath(id): IdPath<ApiKeyId>,
 ) -> ApiResult<impl IntoResponse> {
     who.require(&[Role::Admin])?;
-    db::serializable(&s.pool, &(who, id), |tx, (who, id)| Box::pin(api_keys::revoke(tx, who, *id))).await?;
+    db::serializable(&s.pool, &(who, id), |tx, (who, id)| Box::pin(keys::revoke(tx, who, *id))).await?;
     Ok(StatusCode::NO_CONTENT)
 }

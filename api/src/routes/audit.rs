@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use shared::domain::audit::{self, AuditFilter};
+use shared::domain::ops::audit::{self, AuditFilter};
 use shared::principal::Role;
 
 use crate::error::ApiResult;

@@ -8,7 +8,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::catalogue::{self, Upserted};
+use shared::domain::spend::catalogue::{self, Upserted};
 use shared::ids::{CategoryId, MerchantId, UserId};
 use shared::principal::Role;
 

@@ -1,26 +1,29 @@
-//! Escrows, their milestones, deposits, transitions, usage payees and spends.
+//! Escrows, their milestones, deposits and transitions.
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rust_decimal::Decimal;
-use shared::ErrorCode;
+use shared::config::Config;
 use shared::db;
-use shared::domain::escrows::{
-    self, EscrowDepositV1, EscrowTransitionV1, GeofenceIn, NewEscrow, NewMilestone, TransitionAction,
-};
-use shared::domain::payees::{self, NewPayee, UsageSpendV1};
+use shared::domain::escrow::deposits::EscrowDepositV1;
+use shared::domain::escrow::escrows::{self, NewEscrow};
+use shared::domain::escrow::milestones::{self, NewMilestone};
+use shared::domain::escrow::model::GeofenceIn;
+use shared::domain::escrow::transitions::{EscrowTransitionV1, TransitionAction};
 use shared::ids::{EscrowId, UserId};
 use shared::jobs::JobKind;
+use shared::money::Money;
+use shared::principal::Principal;
 use shared::principal::Role;
+use shared::{ErrorCode, Problem};
 
 use crate::error::ApiResult;
 use crate::extract::fields::got;
-use crate::extract::{Auth, Fields, IdPath, IdempotencyKey, JsonFields, PreferWait};
+use crate::extract::{AdminOnly, Auth, Fields, IdPath, JobRequest, JsonBody, JsonFields, NoteIn};
 use crate::state::AppState;
-use crate::submit::submit;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,15 +35,26 @@ pub fn router() -> Router<AppState> {
         .route("/escrows/{id}/client-approve", post(client_approve))
         .route("/escrows/{id}/client-reject", post(client_reject))
         .route("/escrows/{id}/check-deadline", post(check_deadline))
-        .route("/spend/allowed", post(allow_payee))
-        .route("/spend", post(spend))
 }
 
-/// An amount whose currency is the escrow's, known only to the rule: the
-/// edge checks the shape (positive, at most 2 decimals), the rule checks
-/// the currency's own minor unit.
-fn escrow_amount(f: &mut Fields, name: &str, required: bool) -> Option<Decimal> {
+/// An amount whose currency is the escrow's: its shape first, with the
+/// other fields (positive, at most 2 decimals), then [`escrow_money`].
+pub(crate) fn escrow_amount(f: &mut Fields, name: &str, required: bool) -> Option<Decimal> {
     f.decimal(name, 2, required, false)
+}
+
+/// The amount in the escrow's own currency and minor unit (an escrow the
+/// caller cannot see is `ESCROW_NOT_FOUND`; cents for XOF `AMOUNT_INVALID`).
+pub(crate) async fn escrow_money(
+    s: &AppState,
+    who: &Principal,
+    id: EscrowId,
+    field: &str,
+    amount: Decimal,
+) -> ApiResult<Money> {
+    let mut conn = s.pool.acquire().await?;
+    let currency = escrows::currency_for(&mut conn, id, who).await?;
+    Money::of(field, amount, &currency).map_err(|(code, e)| Problem::fields(code, vec![e]).into())
 }
 
 #[tracing::instrument(skip_all)]
@@ -113,122 +127,68 @@ async fn add_milestone(
     let new = NewMilestone {
         idx: got(idx)?,
         label: got(label)?,
-        amount: got(amount)?,
+        amount: escrow_money(&s, &who, id, "amount", got(amount)?).await?,
         proof_type: got(proof_type)?,
         geofence,
     };
     let m = db::serializable(&s.pool, &(who, id, new), |tx, (who, id, new)| {
-        Box::pin(escrows::add_milestone(tx, who, *id, new))
+        Box::pin(milestones::add_milestone(tx, who, *id, new))
     })
     .await?;
     Ok((StatusCode::CREATED, Json(m)))
 }
 
-async fn deposit(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-    IdPath(id): IdPath<EscrowId>,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-    JsonFields(mut f): JsonFields,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin, Role::Sender])?;
-    let amount = escrow_amount(&mut f, "amount", true);
-    f.finish()?;
-    submit(&s, &who, JobKind::EscrowDeposit, &EscrowDepositV1 { escrow_id: id, amount: got(amount)? }, Some(key), wait)
-        .await
+/// An amount in the escrow's currency: its shape here, with the other
+/// fields, then [`escrow_money`].
+pub struct AmountIn {
+    amount: Decimal,
 }
 
-async fn transition(
+impl JsonBody for AmountIn {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Sender];
+
+    fn read(mut f: Fields, _: &Config) -> ApiResult<Self> {
+        let amount = escrow_amount(&mut f, "amount", true);
+        f.finish()?;
+        Ok(AmountIn { amount: got(amount)? })
+    }
+}
+
+async fn deposit(State(s): State<AppState>, r: JobRequest<AmountIn, IdPath<EscrowId>>) -> ApiResult<Response> {
+    let IdPath(id) = r.path;
+    let money = escrow_money(&s, &r.job.who, id, "amount", r.body.amount).await?;
+    r.job.submit(&s, JobKind::EscrowDeposit, &EscrowDepositV1 { escrow_id: id, money }).await
+}
+
+async fn transition<B>(
     s: &AppState,
-    who: &shared::principal::Principal,
-    id: EscrowId,
+    r: JobRequest<B, IdPath<EscrowId>>,
     action: TransitionAction,
-    key: String,
-    wait: Option<std::time::Duration>,
-    mut f: Fields,
-) -> ApiResult<axum::response::Response> {
-    let note = f.opt_text("note", 1000);
-    f.finish()?;
-    submit(s, who, JobKind::EscrowTransition, &EscrowTransitionV1 { escrow_id: id, action, note }, Some(key), wait)
-        .await
+) -> ApiResult<Response>
+where
+    B: Into<NoteIn>,
+{
+    let (IdPath(id), NoteIn { note }) = (r.path, r.body.into());
+    r.job.submit(s, JobKind::EscrowTransition, &EscrowTransitionV1 { escrow_id: id, action, note }).await
 }
 
-macro_rules! transition_handler {
-    ($name:ident, $action:expr) => {
-        async fn $name(
-            State(s): State<AppState>,
-            Auth(who): Auth,
-            IdPath(id): IdPath<EscrowId>,
-            IdempotencyKey(key): IdempotencyKey,
-            PreferWait(wait): PreferWait,
-            JsonFields(f): JsonFields,
-        ) -> ApiResult<impl IntoResponse> {
-            transition(&s, &who, id, $action, key, wait, f).await
-        }
-    };
+async fn mark_delivered(State(s): State<AppState>, r: JobRequest<NoteIn, IdPath<EscrowId>>) -> ApiResult<Response> {
+    transition(&s, r, TransitionAction::MarkDelivered).await
 }
 
-transition_handler!(mark_delivered, TransitionAction::MarkDelivered);
-transition_handler!(client_approve, TransitionAction::ClientApprove);
-transition_handler!(client_reject, TransitionAction::ClientReject);
+async fn client_approve(State(s): State<AppState>, r: JobRequest<NoteIn, IdPath<EscrowId>>) -> ApiResult<Response> {
+    transition(&s, r, TransitionAction::ClientApprove).await
+}
+
+async fn client_reject(State(s): State<AppState>, r: JobRequest<NoteIn, IdPath<EscrowId>>) -> ApiResult<Response> {
+    transition(&s, r, TransitionAction::ClientReject).await
+}
 
 /// Only an admin may ask (the job refuses anyone else): refused here at
 /// once, with no job row.
 async fn check_deadline(
     State(s): State<AppState>,
-    Auth(who): Auth,
-    IdPath(id): IdPath<EscrowId>,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-    JsonFields(f): JsonFields,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin])?;
-    transition(&s, &who, id, TransitionAction::CheckDeadline, key, wait, f).await
-}
-
-/// A payee limit: ≥ 0 (zero freezes the payee), its shape here; the rule
-/// checks it against the escrow currency's minor unit.
-fn limit(f: &mut Fields, name: &str) -> Option<Decimal> {
-    f.decimal(name, 2, false, true)
-}
-
-async fn allow_payee(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-    JsonFields(mut f): JsonFields,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin, Role::Sender])?;
-    let escrow_id = f.req::<EscrowId>("escrow_id");
-    let payee_ref = f.text("payee_ref", 200);
-    let label = f.text("label", 200);
-    let daily_limit = limit(&mut f, "daily_limit");
-    let total_limit = limit(&mut f, "total_limit");
-    f.finish()?;
-    let new = NewPayee {
-        escrow_id: got(escrow_id)?,
-        payee_ref: got(payee_ref)?,
-        label: got(label)?,
-        daily_limit,
-        total_limit,
-    };
-    let p = db::serializable(&s.pool, &(who, new), |tx, (who, new)| Box::pin(payees::allow(tx, who, new))).await?;
-    Ok((StatusCode::CREATED, Json(p)))
-}
-
-async fn spend(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-    JsonFields(mut f): JsonFields,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin, Role::Sender])?;
-    let escrow_id = f.req::<EscrowId>("escrow_id");
-    let payee_ref = f.text("payee_ref", 200);
-    let amount = escrow_amount(&mut f, "amount", true);
-    let note = f.opt_text("note", 1000);
-    f.finish()?;
-    let cmd = UsageSpendV1 { escrow_id: got(escrow_id)?, payee_ref: got(payee_ref)?, amount: got(amount)?, note };
-    submit(&s, &who, JobKind::UsageSpend, &cmd, Some(key), wait).await
+    r: JobRequest<AdminOnly<NoteIn>, IdPath<EscrowId>>,
+) -> ApiResult<Response> {
+    transition(&s, r, TransitionAction::CheckDeadline).await
 }

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use shared::jobs::JobKind;
+use shared::jobs::{JobKind, stats};
 
 use crate::state::AppState;
 
@@ -26,7 +26,7 @@ async fn health() -> impl IntoResponse {
 async fn ready(State(s): State<AppState>) -> axum::response::Response {
     let limit = std::time::Duration::from_millis(800);
     let (pg, redis) = tokio::join!(
-        tokio::time::timeout(limit, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&s.pool)),
+        tokio::time::timeout(limit, shared::db::ping(&s.pool)),
         tokio::time::timeout(limit, s.queue.ping()),
     );
     let (pg, redis) = (pg.is_ok_and(|r| r.is_ok()), redis.is_ok_and(|r| r.is_ok()));
@@ -52,9 +52,6 @@ async fn ready(State(s): State<AppState>) -> axum::response::Response {
 /// backwards by id (no scan of the whole table per scrape).
 const RECENT_JOBS: i64 = 2000;
 
-/// Kind, status, count, latency p50 and p99 (seconds) of recent jobs.
-type RecentRow = (String, String, i64, Option<f64>, Option<f64>);
-
 /// Gauges read at scrape time, each by an index: queue depth per kind,
 /// queued, running and dead jobs per kind (0 when none), and the outcomes
 /// and latency of the most recent jobs; counters and histograms come from
@@ -65,14 +62,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("kobatela_queue_depth", "kind" => kind.as_str()).set(stats.length as f64);
         }
     }
-    let counts: Result<Vec<(String, String, i64)>, _> = sqlx::query_as(
-        "SELECT kind, status, count(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY kind, status
-         UNION ALL
-         SELECT kind, 'dead', count(*) FROM jobs WHERE status = 'dead' GROUP BY kind",
-    )
-    .fetch_all(&s.pool)
-    .await;
-    if let Ok(rows) = counts {
+    if let Ok(rows) = stats::open_and_dead(&s.pool).await {
         for kind in JobKind::ALL {
             for status in ["queued", "running", "dead"] {
                 let n = rows.iter().find(|(k, st, _)| k == kind.as_str() && st == status).map_or(0, |r| r.2);
@@ -80,17 +70,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             }
         }
     }
-    let recent: Result<Vec<RecentRow>, _> = sqlx::query_as(
-        "SELECT kind, status, count(*),
-                (percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)))::float8,
-                (percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)))::float8
-           FROM (SELECT kind, status, created_at, finished_at FROM jobs ORDER BY id DESC LIMIT $1) recent
-          WHERE finished_at IS NOT NULL GROUP BY kind, status",
-    )
-    .bind(RECENT_JOBS)
-    .fetch_all(&s.pool)
-    .await;
-    if let Ok(rows) = recent {
+    if let Ok(rows) = stats::recent(&s.pool, RECENT_JOBS).await {
         for (kind, status, n, p50, p99) in rows {
             metrics::gauge!("kobatela_jobs_recent", "kind" => kind.clone(), "status" => status.clone()).set(n as f64);
             if status == "succeeded" {

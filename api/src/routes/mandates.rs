@@ -2,21 +2,20 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::ErrorCode;
 use shared::db;
-use shared::domain::mandates::{self, MandateFilter, NewMandate};
+use shared::domain::spend::mandates::{self, MandateFilter, NewMandate};
 use shared::ids::{CategoryId, MandateId, MerchantId, UserId};
 use shared::jobs::JobKind;
 use shared::principal::Role;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::fields::got;
-use crate::extract::{Auth, IdPath, IdempotencyKey, JsonFields, PreferWait, QueryMap};
+use crate::extract::{AdminOnly, Auth, IdPath, JobRequest, JsonFields, QueryMap};
 use crate::state::AppState;
-use crate::submit::submit;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -85,12 +84,6 @@ async fn revoke(
     Ok(Json(m))
 }
 
-async fn cleanup(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin])?;
-    submit(&s, &who, JobKind::MandateExpiry, &serde_json::json!({"requested": true}), Some(key), wait).await
+async fn cleanup(State(s): State<AppState>, r: JobRequest<AdminOnly<()>>) -> ApiResult<Response> {
+    r.job.submit(&s, JobKind::MandateExpiry, &serde_json::json!({"requested": true})).await
 }

@@ -8,6 +8,7 @@ pub mod health;
 pub mod jobs;
 pub mod mandates;
 pub mod ops;
+pub mod payees;
 pub mod payments;
 pub mod proofs;
 pub mod purchases;

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use shared::domain::invariants::{self, PspSide};
+use shared::domain::ops::invariants::{self, PspSide};
 use shared::principal::Role;
 use shared::{Error, ErrorCode};
 

@@ -2,10 +2,11 @@
 //! admin's approval. Grains are integers, never money.
 
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::ErrorCode;
+use shared::config::Config;
 use shared::db;
 use shared::domain::saka::{self, HarvestReason, NewAdjustment, SakaAdjustmentV1, SakaHarvestV1, SakaSpendV1};
 use shared::ids::{SakaAdjustmentId, UserId};
@@ -15,9 +16,8 @@ use shared::principal::Role;
 
 use crate::error::ApiResult;
 use crate::extract::fields::got;
-use crate::extract::{Auth, IdPath, IdempotencyKey, JsonFields, PreferWait};
+use crate::extract::{AdminOnly, Auth, Fields, IdPath, JobRequest, JsonBody, JsonFields};
 use crate::state::AppState;
-use crate::submit::submit;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -39,35 +39,35 @@ async fn wallet(
     Ok(Json(saka::get_wallet_for(&mut conn, &who, user, chrono::Utc::now(), s.config.saka_timezone).await?))
 }
 
-async fn harvest(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-    JsonFields(mut f): JsonFields,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin, Role::Support])?;
-    let user_id = f.req::<UserId>("user_id");
-    let reason = f.text("reason", 64);
-    let amount = f.opt::<i64>("amount");
-    if let Some(r) = &reason
-        && HarvestReason::parse(r).is_none()
-    {
-        f.error(
-            ErrorCode::SakaReasonUnknown,
-            "reason",
-            "is not a harvest reason (CONTENT_READ, POLL_VOTE, INVITE_ACCEPTED, INVEST_BONUS)",
-        );
+impl JsonBody for SakaHarvestV1 {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Support];
+
+    fn read(mut f: Fields, _: &Config) -> ApiResult<Self> {
+        let user_id = f.req::<UserId>("user_id");
+        let reason = f.text("reason", 64);
+        let amount = f.opt::<i64>("amount");
+        if let Some(r) = &reason
+            && HarvestReason::parse(r).is_none()
+        {
+            f.error(
+                ErrorCode::SakaReasonUnknown,
+                "reason",
+                "is not a harvest reason (CONTENT_READ, POLL_VOTE, INVITE_ACCEPTED, INVEST_BONUS)",
+            );
+        }
+        if amount.is_some() {
+            f.error(ErrorCode::SakaAmountNotAllowed, "amount", "harvest rewards are fixed; send no amount");
+        }
+        f.finish()?;
+        Ok(SakaHarvestV1 { user_id: got(user_id)?, reason: got(reason)?, amount: None })
     }
-    if amount.is_some() {
-        f.error(ErrorCode::SakaAmountNotAllowed, "amount", "harvest rewards are fixed; send no amount");
-    }
-    f.finish()?;
-    let cmd = SakaHarvestV1 { user_id: got(user_id)?, reason: got(reason)?, amount: None };
-    submit(&s, &who, JobKind::SakaHarvest, &cmd, Some(key), wait).await
 }
 
-fn grains(f: &mut crate::extract::Fields, name: &str, max: i64) -> Option<Grains> {
+async fn harvest(State(s): State<AppState>, r: JobRequest<SakaHarvestV1>) -> ApiResult<Response> {
+    r.job.submit(&s, JobKind::SakaHarvest, &r.body).await
+}
+
+fn grains(f: &mut Fields, name: &str, max: i64) -> Option<Grains> {
     let n = f.req::<i64>(name)?;
     if !(1..=max).contains(&n) {
         f.error(ErrorCode::ValidationError, name, format!("must be a whole number of grains from 1 to {max}"));
@@ -76,51 +76,44 @@ fn grains(f: &mut crate::extract::Fields, name: &str, max: i64) -> Option<Grains
     Some(Grains(n))
 }
 
-async fn spend(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-    JsonFields(mut f): JsonFields,
-) -> ApiResult<impl IntoResponse> {
-    let user_id = f.req::<UserId>("user_id");
-    let amount = grains(&mut f, "amount", i64::MAX);
-    let reason = f.text("reason", 200);
-    f.finish()?;
-    let user_id = got(user_id)?;
-    // A user spends their own grains; an admin may spend for them.
-    who.require_self_or_admin(user_id, &[Role::Sender, Role::Beneficiary, Role::Support])?;
-    let cmd = SakaSpendV1 { user_id, amount: got(amount)?, reason: got(reason)? };
-    submit(&s, &who, JobKind::SakaSpend, &cmd, Some(key), wait).await
+impl JsonBody for SakaSpendV1 {
+    fn read(mut f: Fields, _: &Config) -> ApiResult<Self> {
+        let user_id = f.req::<UserId>("user_id");
+        let amount = grains(&mut f, "amount", i64::MAX);
+        let reason = f.text("reason", 200);
+        f.finish()?;
+        Ok(SakaSpendV1 { user_id: got(user_id)?, amount: got(amount)?, reason: got(reason)? })
+    }
 }
 
-async fn request_adjustment(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-    JsonFields(mut f): JsonFields,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin])?;
-    let user_id = f.req::<UserId>("user_id");
-    let amount = grains(&mut f, "amount", 1000);
-    let note = f.text("note", 500);
-    f.finish()?;
-    let cmd =
-        SakaAdjustmentV1::Request(NewAdjustment { user_id: got(user_id)?, amount: got(amount)?, note: got(note)? });
-    submit(&s, &who, JobKind::SakaAdjustment, &cmd, Some(key), wait).await
+async fn spend(State(s): State<AppState>, r: JobRequest<SakaSpendV1>) -> ApiResult<Response> {
+    // A user spends their own grains; an admin may spend for them.
+    r.job.who.require_self_or_admin(r.body.user_id, &[Role::Sender, Role::Beneficiary, Role::Support])?;
+    r.job.submit(&s, JobKind::SakaSpend, &r.body).await
+}
+
+impl JsonBody for NewAdjustment {
+    const ROLES: &'static [Role] = &[Role::Admin];
+
+    fn read(mut f: Fields, _: &Config) -> ApiResult<Self> {
+        let user_id = f.req::<UserId>("user_id");
+        let amount = grains(&mut f, "amount", 1000);
+        let note = f.text("note", 500);
+        f.finish()?;
+        Ok(NewAdjustment { user_id: got(user_id)?, amount: got(amount)?, note: got(note)? })
+    }
+}
+
+async fn request_adjustment(State(s): State<AppState>, r: JobRequest<NewAdjustment>) -> ApiResult<Response> {
+    r.job.submit(&s, JobKind::SakaAdjustment, &SakaAdjustmentV1::Request(r.body)).await
 }
 
 async fn approve_adjustment(
     State(s): State<AppState>,
-    Auth(who): Auth,
-    IdPath(id): IdPath<SakaAdjustmentId>,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin])?;
-    let cmd = SakaAdjustmentV1::Approve { adjustment_id: id };
-    submit(&s, &who, JobKind::SakaAdjustment, &cmd, Some(key), wait).await
+    r: JobRequest<AdminOnly<()>, IdPath<SakaAdjustmentId>>,
+) -> ApiResult<Response> {
+    let IdPath(adjustment_id) = r.path;
+    r.job.submit(&s, JobKind::SakaAdjustment, &SakaAdjustmentV1::Approve { adjustment_id }).await
 }
 
 async fn reject_adjustment(

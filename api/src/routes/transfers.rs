@@ -1,20 +1,20 @@
 //! Restricted transfers and alerts.
 
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use shared::domain::alerts;
-use shared::domain::transfers::{self, TransferV1};
+use shared::config::Config;
+use shared::domain::ops::alerts;
+use shared::domain::spend::transfers::{self, TransferV1};
 use shared::ids::{TransferId, UserId};
 use shared::jobs::JobKind;
 use shared::principal::Role;
 
 use crate::error::ApiResult;
 use crate::extract::fields::got;
-use crate::extract::{Auth, IdPath, IdempotencyKey, JsonFields, PreferWait, QueryMap};
+use crate::extract::{Auth, Fields, IdPath, JobRequest, JsonBody, QueryMap};
 use crate::state::AppState;
-use crate::submit::submit;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,28 +23,22 @@ pub fn router() -> Router<AppState> {
         .route("/alerts", get(list_alerts))
 }
 
-async fn create(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-    IdempotencyKey(key): IdempotencyKey,
-    PreferWait(wait): PreferWait,
-    JsonFields(mut f): JsonFields,
-) -> ApiResult<impl IntoResponse> {
-    who.require(&[Role::Admin, Role::Sender])?;
-    let sender_id = f.req::<UserId>("sender_id");
-    let receiver_id = f.req::<UserId>("receiver_id");
-    let money = f.money("amount", "currency", &s.config.currencies);
-    f.finish()?;
-    let sender_id = got(sender_id)?;
-    who.require_self_or_admin(sender_id, &[Role::Sender])?;
-    let money = got(money)?;
-    let cmd = TransferV1 {
-        sender_id,
-        receiver_id: got(receiver_id)?,
-        amount: money.amount(),
-        currency: money.currency().to_string(),
-    };
-    submit(&s, &who, JobKind::Transfer, &cmd, Some(key), wait).await
+impl JsonBody for TransferV1 {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Sender];
+
+    fn read(mut f: Fields, config: &Config) -> ApiResult<Self> {
+        let sender_id = f.req::<UserId>("sender_id");
+        let receiver_id = f.req::<UserId>("receiver_id");
+        let money = f.money("amount", "currency", &config.currencies);
+        f.finish()?;
+        Ok(TransferV1 { sender_id: got(sender_id)?, receiver_id: got(receiver_id)?, money: got(money)? })
+    }
+}
+
+async fn create(State(s): State<AppState>, r: JobRequest<TransferV1>) -> ApiResult<Response> {
+    // A sender transfers only their own money.
+    r.job.who.require_self_or_admin(r.body.sender_id, &[Role::Sender])?;
+    r.job.submit(&s, JobKind::Transfer, &r.body).await
 }
 
 async fn read(

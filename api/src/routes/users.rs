@@ -6,7 +6,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::db;
-use shared::domain::users::{self, NewUser};
+use shared::domain::access::keys;
+use shared::domain::access::users::{self, NewUser};
 use shared::ids::UserId;
 use shared::principal::Role;
 
@@ -49,12 +50,8 @@ async fn read(State(s): State<AppState>, Auth(who): Auth, IdPath(id): IdPath<Use
 async fn me(State(s): State<AppState>, Auth(who): Auth) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     let user = users::get(&mut conn, who.user_id).await?;
-    let key: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> =
-        sqlx::query_as("SELECT prefix, expires_at FROM api_keys WHERE id = $1")
-            .bind(who.key_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let (prefix, expires_at) = key.unwrap_or_default();
+    let key = keys::get(&mut conn, who.key_id).await?;
+    let (prefix, expires_at) = key.map(|k| (k.prefix, k.expires_at)).unwrap_or_default();
     Ok(Json(serde_json::json!({
         "user": user,
         "key": {"id": who.key_id, "role": who.role.as_str(), "prefix": prefix, "expires_at": expires_at},

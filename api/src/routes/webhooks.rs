@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use shared::ErrorCode;
-use shared::domain::webhooks;
+use shared::domain::psp::webhooks;
 use shared::psp::signature;
 
 use crate::error::{ApiError, ApiResult};
@@ -47,7 +47,7 @@ async fn receive(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     // Valid JSON is valid UTF-8 without raw U+0000: the text column holds it.
     let raw = String::from_utf8_lossy(&body).into_owned();
     // One statement, so one short step: the event and its job commit together.
-    let received = webhooks::receive(&s.pool, &envelope, &raw).await?;
+    let received = shared::intake::webhook(&s.pool, &envelope, &raw).await?;
     if let Some((job_id, kind)) = received.job {
         crate::submit::push_soon(&s, kind, job_id);
     }

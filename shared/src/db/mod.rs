@@ -35,6 +35,12 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool, Error> {
     Ok(pool)
 }
 
+/// One round trip: Postgres answers (`/ready`).
+pub async fn ping(pool: &PgPool) -> Result<(), Error> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     MIGRATOR.run(pool).await.map_err(|e| Error::internal(format!("migrations: {e}")))
 }

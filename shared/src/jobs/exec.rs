@@ -2,7 +2,8 @@
 //!
 //! A first delivery takes the fast path: in the job's transaction, lock the
 //! `queued` row (by the address its message carries), apply the rule, write
-//! the audit and the result with the attempt counted, commit. A receipt goes
+//! the audit, the rule's follow-up jobs and the result with the attempt
+//! counted, commit; push the follow-ups. A receipt goes
 //! from `queued` to its end with no visible `running` in between: that
 //! state would cost a commit of its own.
 //!
@@ -18,7 +19,7 @@
 //! recorded as an attempt (back-off, then `dead`).
 //!
 //! A rule that must call the outside world (a payout to the PSP) answers
-//! `Outcome::Continue`: its first transaction commits the job `running`
+//! `End::Continue`: its first transaction commits the job `running`
 //! under this worker's lease, the call happens outside any transaction, and
 //! a second transaction records the reply and ends the job. A crash in
 //! between leaves the job `running` with an expired lease; the relay hands
@@ -33,29 +34,18 @@ use sqlx::{PgConnection, PgPool};
 use tracing::{Instrument, info, warn};
 
 use crate::db;
-use crate::domain::audit;
+use crate::domain::ops::audit;
 use crate::error::{Error, Problem, Result};
 use crate::ids::JobId;
-use crate::jobs::Queue;
+use crate::jobs::outcome::{End, Outcome};
 use crate::jobs::record::{self, Claim, JobRow};
-
-/// What a rule decided. `Refused` keeps the rule's writes (an alert, an
-/// expiry) and the rule audits that refusal itself, whereas an
-/// `Err(Error::Problem)` from the rule rolls its writes back to the savepoint
-/// and the executor audits the refusal (`JobKind::refusal_audit`).
-/// `Continue` commits the rule's writes and asks for [`Runner::call`].
-#[derive(Debug)]
-pub enum Outcome {
-    Succeeded(serde_json::Value),
-    Refused(Problem),
-    Continue(serde_json::Value),
-}
+use crate::jobs::{JobRef, Queue};
 
 /// Runs the rule of a job inside the job's transaction.
 pub trait Runner: Send + Sync {
     fn run<'c>(&'c self, conn: &'c mut PgConnection, job: &'c JobRow) -> BoxFuture<'c, Result<Outcome>>;
 
-    /// The outside call after `Outcome::Continue(state)`, in no transaction.
+    /// The outside call after `Outcome::call(state)`, in no transaction.
     /// `Err` is an infrastructure failure (the job is retried).
     fn call<'c>(&'c self, _job: &'c JobRow, _state: &'c serde_json::Value) -> BoxFuture<'c, Result<serde_json::Value>> {
         Box::pin(async { Err(Error::internal("this job kind makes no outside call")) })
@@ -125,8 +115,9 @@ pub struct Executor<'a, R: Runner + ?Sized> {
 }
 
 enum TxEnd {
-    Done,
-    Refused(Problem),
+    /// Ended; the follow-up jobs its transaction created, to push.
+    Done(Vec<JobRef>),
+    Refused(Problem, Vec<JobRef>),
     /// The first transaction of a `Continue` committed: the job (now
     /// `running` under this worker) and the state for the call.
     Continue(Box<JobRow>, serde_json::Value),
@@ -246,8 +237,12 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
     ) -> Result<Report> {
         let kind = job.map(|j| j.kind.clone()).unwrap_or_else(|| "unknown".into());
         let (report, outcome) = match ended {
-            Ok(TxEnd::Done) => (Report::Succeeded, "succeeded"),
-            Ok(TxEnd::Refused(p)) => {
+            Ok(TxEnd::Done(children)) => {
+                self.push_children(&children).await;
+                (Report::Succeeded, "succeeded")
+            }
+            Ok(TxEnd::Refused(p, children)) => {
+                self.push_children(&children).await;
                 info!(code = %p.code, detail = %p.detail, "job refused");
                 (Report::Failed(p.code.as_str().to_string()), "failed")
             }
@@ -258,9 +253,6 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                 (Report::Errored { status, message }, outcome)
             }
         };
-        if let (Some(job), Report::Succeeded | Report::Failed(_)) = (job, &report) {
-            self.push_children(job).await;
-        }
         metrics::counter!("kobatela_jobs_total", "kind" => kind.clone(), "outcome" => outcome).increment(1);
         metrics::histogram!("kobatela_job_seconds", "kind" => kind.clone()).record(started.elapsed().as_secs_f64());
         if let Some(job) = job {
@@ -290,24 +282,27 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                 };
                 // An `Err` (a refusal the rule keeps nothing of included)
                 // rolls the whole transaction back.
-                let end = match outcome? {
-                    Outcome::Succeeded(value) => {
+                let Outcome { end, follow_ups } = outcome?;
+                // The rule's follow-up jobs commit with it (no statement when none).
+                let children = record::insert_children(tx, &job, &follow_ups).await?;
+                let end = match end {
+                    End::Succeeded(value) => {
                         record::finish(tx, &job, Ok(&value)).await?;
-                        TxEnd::Done
+                        TxEnd::Done(children)
                     }
                     // The rule kept its writes and audited its own refusal.
-                    Outcome::Refused(p) => {
+                    End::Refused(p) => {
                         record::finish(tx, &job, Err(&p)).await?;
-                        TxEnd::Refused(p)
+                        TxEnd::Refused(p, children)
                     }
-                    Outcome::Continue(state) if second.is_none() => {
+                    End::Continue(state) if second.is_none() => {
                         let running = match entry {
                             Entry::Fresh(..) => record::mark_running(tx, &job, worker, *lease).await?,
                             Entry::Claimed(_) => job.clone(),
                         };
                         TxEnd::Continue(Box::new(running), state)
                     }
-                    Outcome::Continue(_) => return Err(Error::internal("a job may call out only once")),
+                    End::Continue(_) => return Err(Error::internal("a job may call out only once")),
                 };
                 Ok((end, Some(job)))
             })
@@ -333,7 +328,7 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                 };
                 audit_refusal(tx, &job, p).await?;
                 record::finish(tx, &job, Err(p)).await?;
-                Ok((TxEnd::Refused(p.clone()), Some(job)))
+                Ok((TxEnd::Refused(p.clone(), Vec::new()), Some(job)))
             })
         })
         .await
@@ -341,17 +336,12 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
 
     /// Pushes the jobs this job created in its transaction (the relay would
     /// deliver them too, only later).
-    async fn push_children(&self, job: &JobRow) {
-        if !job.job_kind().is_some_and(|k| k.spawns_jobs()) {
+    async fn push_children(&self, children: &[JobRef]) {
+        if children.is_empty() {
             return;
         }
-        match record::queued_children(self.pool, job.id).await {
-            Ok(children) => {
-                if let Err(e) = self.queue.push_batch(&children).await {
-                    warn!(error = %e, "push of follow-up jobs failed; the relay will deliver them");
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot list follow-up jobs; the relay will deliver them"),
+        if let Err(e) = self.queue.push_batch(children).await {
+            warn!(error = %e, "push of follow-up jobs failed; the relay will deliver them");
         }
     }
 }

@@ -49,20 +49,6 @@ kinds! {
 }
 
 impl JobKind {
-    /// Kinds whose rules create follow-up jobs (payouts) in their transaction.
-    pub fn spawns_jobs(self) -> bool {
-        matches!(
-            self,
-            JobKind::EscrowTransition
-                | JobKind::EscrowDeadlines
-                | JobKind::ProofValidation
-                | JobKind::UsageSpend
-                | JobKind::PspWebhook
-        )
-    }
-}
-
-impl JobKind {
     /// The row jobs of this kind contend on, read from the payload: a
     /// worker runs jobs of one key one after the other instead of letting
     /// them fail each other's SERIALIZABLE transactions (a hot mandate, a

@@ -5,10 +5,13 @@
 
 pub mod exec;
 pub mod kinds;
+pub mod outcome;
 pub mod record;
+pub mod stats;
 pub mod transport;
 
-pub use exec::{Outcome, Runner};
+pub use exec::Runner;
 pub use kinds::JobKind;
+pub use outcome::{End, FollowUp, Outcome};
 pub use record::{JobRow, NewJob, Receipt};
-pub use transport::{JobMsg, Queue};
+pub use transport::{JobMsg, JobRef, Queue};

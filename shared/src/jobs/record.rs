@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{ApiKeyId, JobId, UserId};
 use crate::jobs::JobKind;
+use crate::jobs::outcome::FollowUp;
 use crate::jobs::transport::JobRef;
 use crate::page::{Page, PageRequest};
 use crate::principal::{Principal, Role};
@@ -187,6 +188,19 @@ pub async fn existing(conn: &mut PgConnection, new: &NewJob) -> Result<JobRow> {
     Ok(same_request(row, &new.request_hash())?.0)
 }
 
+/// The job a principal's own request created under `key`, if any (a
+/// proof upload checks its replay itself: its payload names a new proof
+/// each time).
+pub async fn by_key(conn: &mut PgConnection, who: &Principal, key: &str) -> Result<Option<JobRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE actor_user_id = $1 AND idempotency_key = $2 AND parent_job_id IS NULL"
+    )))
+    .bind(who.user_id)
+    .bind(key)
+    .fetch_optional(conn)
+    .await?)
+}
+
 fn same_request(existing: JobRow, hash: &[u8]) -> Result<(JobRow, bool)> {
     if existing.request_hash.as_deref() == Some(hash) {
         Ok((existing, false))
@@ -233,60 +247,58 @@ pub async fn insert_many(conn: &mut PgConnection, news: &[NewJob]) -> Result<Vec
     Ok(ids.iter().map(|id| by_id.remove(id)).collect())
 }
 
-/// Creates a follow-up job inside the parent's transaction, under the
-/// parent's principal, keyed so a re-run of the parent (or another parent
-/// asking for the same work) finds the same child. Child keys are a
-/// namespace of their own (a unique index on the key of jobs that have a
-/// parent), apart from every client's keys.
-pub async fn insert_child(
-    conn: &mut PgConnection,
-    parent: &JobRow,
-    kind: JobKind,
-    payload: &impl Serialize,
-    key: String,
-) -> Result<JobRow> {
-    let new = NewJob::new(kind, payload, &parent.principal()?, Some(key))?;
-    let hash = new.request_hash();
+/// Creates the follow-up jobs a rule asked for, inside the parent's
+/// transaction, under the parent's principal, each keyed so that a re-run
+/// of the parent (or another parent asking for the same work) finds the
+/// same child. Child keys are a namespace of their own (a unique index on
+/// the key of jobs that have a parent), apart from every client's keys.
+/// Answers the rows it created, to push once the parent commits; a child
+/// its key already names is left as it is (another key reused with another
+/// request is `IDEMPOTENCY_KEY_REUSED`). No statement when there are none.
+pub async fn insert_children(conn: &mut PgConnection, parent: &JobRow, children: &[FollowUp]) -> Result<Vec<JobRef>> {
+    let mut created = Vec::new();
+    for child in children {
+        if let Some(row) = insert_child(conn, parent, child).await?
+            && let Some(job) = row.job_ref()
+        {
+            created.push(job);
+        }
+    }
+    Ok(created)
+}
+
+/// One follow-up job: its new row, or `None` when its key names one already.
+async fn insert_child(conn: &mut PgConnection, parent: &JobRow, child: &FollowUp) -> Result<Option<JobRow>> {
+    let principal = parent.principal()?;
+    let hash = request_hash(child.kind, &child.payload);
     let inserted: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, kind, payload, actor_user_id, actor_key_id, actor_role, idempotency_key, request_hash, pushed_at, parent_job_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9)
          ON CONFLICT (idempotency_key) WHERE parent_job_id IS NOT NULL DO NOTHING
-         RETURNING {COLUMNS}"
+         RETURNING {COLUMNS}, ctid::text AS ctid"
     )))
     .bind(JobId::new())
-    .bind(new.kind.as_str())
-    .bind(&new.payload)
-    .bind(new.principal.user_id)
-    .bind(new.principal.key_id)
-    .bind(new.principal.role.as_str())
-    .bind(&new.idempotency_key)
+    .bind(child.kind.as_str())
+    .bind(&child.payload)
+    .bind(principal.user_id)
+    .bind(principal.key_id)
+    .bind(principal.role.as_str())
+    .bind(&child.key)
     .bind(&hash)
     .bind(parent.id)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(row) = inserted {
-        return Ok(row);
+    if inserted.is_some() {
+        return Ok(inserted);
     }
     let existing: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM jobs WHERE idempotency_key = $1 AND parent_job_id IS NOT NULL"
     )))
-    .bind(&new.idempotency_key)
+    .bind(&child.key)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(same_request(existing, &hash)?.0)
-}
-
-/// The queued children of a job, to push after the parent commits.
-pub async fn queued_children(pool: &PgPool, parent: JobId) -> Result<Vec<JobRef>> {
-    let rows: Vec<(JobId, String, String)> =
-        sqlx::query_as("SELECT id, kind, ctid::text FROM jobs WHERE parent_job_id = $1 AND status = 'queued'")
-            .bind(parent)
-            .fetch_all(pool)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, k, ctid)| JobKind::parse(&k).map(|kind| JobRef { kind, id, ctid: Some(ctid), key: None }))
-        .collect())
+    same_request(existing, &hash)?;
+    Ok(None)
 }
 
 pub async fn get(conn: &mut PgConnection, id: JobId) -> Result<Option<JobRow>> {
@@ -616,7 +628,7 @@ pub async fn retry_dead(conn: &mut PgConnection, id: JobId, who: &Principal) -> 
     .await?;
     match row {
         Some(row) => {
-            crate::domain::audit::write(conn, &who.actor(), "JOB_RETRIED", "job", row.id, serde_json::json!({}))
+            crate::domain::ops::audit::write(conn, &who.actor(), "JOB_RETRIED", "job", row.id, serde_json::json!({}))
                 .await?;
             Ok(row)
         }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use shared::config::Config;
-use shared::domain::proofs;
+use shared::domain::escrow::proofs;
 use shared::error::Result;
 use shared::ids::JobId;
 use shared::jobs::transport::JobRef;
@@ -79,7 +79,7 @@ pub async fn relay(pool: &PgPool, queue: &Queue, config: &Config) -> Result<(u64
 /// A `job_relay` row (older versions ran the relay as a job) runs it too.
 pub async fn relay_job(r: &Runners) -> Result<Outcome> {
     let (pushed, dead) = relay(&r.pool, &r.queue, &r.config).await?;
-    Ok(Outcome::Succeeded(serde_json::json!({"pushed": pushed, "dead": dead})))
+    Ok(Outcome::succeeded(serde_json::json!({"pushed": pushed, "dead": dead})))
 }
 
 /// Hourly. The relay's cron ticks (one every few seconds, no job row) go
@@ -112,7 +112,7 @@ pub async fn retention(r: &Runners, conn: &mut PgConnection) -> Result<Outcome> 
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(Outcome::Succeeded(serde_json::json!({
+    Ok(Outcome::succeeded(serde_json::json!({
         "cron_ticks_deleted": ticks, "jobs_deleted": relays + scheduled, "proof_files_deleted": files,
     })))
 }

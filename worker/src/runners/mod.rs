@@ -5,7 +5,12 @@ pub mod maintenance;
 
 use futures::future::BoxFuture;
 use shared::config::Config;
-use shared::domain::{escrows, mandates, payees, payouts, proofs, purchases, saka, transfers, webhooks};
+use shared::domain::escrow::deposits::{self, Source};
+use shared::domain::escrow::proofs::ProofValidationV1;
+use shared::domain::escrow::{deadlines, escrows, payees, payouts, proofs, transitions};
+use shared::domain::psp::events;
+use shared::domain::saka;
+use shared::domain::spend::{mandates, purchases, transfers};
 use shared::error::{Error, Result};
 use shared::jobs::{JobKind, JobRow, Outcome, Queue, Runner};
 use shared::psp::client::{PayoutRequest, PspClient, PspError};
@@ -43,7 +48,7 @@ impl Runner for Runners {
                 JobKind::Purchase => purchases::execute(conn, &who, job.id, &job.payload()?).await,
                 JobKind::MandateExpiry => {
                     let expired = mandates::expire_due(conn, &who.actor()).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"expired": expired})))
+                    Ok(Outcome::succeeded(serde_json::json!({"expired": expired})))
                 }
                 JobKind::SakaHarvest => {
                     saka::harvest(conn, &who, job.id, &job.payload()?, now(), self.config.saka_timezone).await
@@ -54,27 +59,31 @@ impl Runner for Runners {
                 }
                 JobKind::SakaDayRollover => {
                     let reset = saka::rollover(conn, now(), self.config.saka_timezone).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"reset": reset})))
+                    Ok(Outcome::succeeded(serde_json::json!({"reset": reset})))
                 }
                 JobKind::SakaApprovalExpiry => {
                     let expired = saka::expire_pending(conn, now()).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"expired": expired})))
+                    Ok(Outcome::succeeded(serde_json::json!({"expired": expired})))
                 }
                 JobKind::Transfer => transfers::execute(conn, &who, job.id, &job.payload()?).await,
                 JobKind::EscrowDeposit => {
-                    let e = escrows::deposit(conn, &who, Some(job.id), None, &job.payload()?).await?;
-                    Ok(Outcome::Succeeded(serde_json::to_value(escrows::full(conn, &e).await?)?))
+                    let e = deposits::deposit(conn, &who, Source::Job(job.id), &job.payload()?).await?;
+                    Ok(Outcome::succeeded(serde_json::to_value(escrows::full(conn, &e).await?)?))
                 }
-                JobKind::EscrowTransition => escrows::transition(conn, &who, job, &job.payload()?).await,
-                JobKind::EscrowDeadlines => {
-                    // One check_deadline job per due escrow, pushed once this commits.
-                    let enqueued = escrows::release_due(conn, job).await?;
-                    Ok(Outcome::Succeeded(serde_json::json!({"enqueued": enqueued})))
-                }
-                JobKind::UsageSpend => payees::spend(conn, &who, job, &job.payload()?).await,
-                JobKind::ProofValidation => proofs::run(conn, self.store.as_ref(), job).await,
+                JobKind::EscrowTransition => transitions::transition(conn, &who, job.id, &job.payload()?).await,
+                // One check_deadline job per due escrow, pushed once this commits.
+                JobKind::EscrowDeadlines => deadlines::release_due(conn).await,
+                JobKind::UsageSpend => payees::spend(conn, &who, job.id, &job.payload()?).await,
+                JobKind::ProofValidation => match job.payload()? {
+                    ProofValidationV1::Validate { proof_id, .. } => {
+                        proofs::validate(conn, self.store.as_ref(), &who, job.id, proof_id).await
+                    }
+                    ProofValidationV1::Decide { proof_id, decision, note } => {
+                        proofs::decide(conn, &who, job.id, proof_id, decision, note.as_deref()).await
+                    }
+                },
                 JobKind::Payout => payouts::prepare(conn, &job.payload()?).await,
-                JobKind::PspWebhook => webhooks::apply(conn, &job.payload()?).await,
+                JobKind::PspWebhook => events::apply(conn, &job.payload()?).await,
                 JobKind::JobRelay => maintenance::relay_job(self).await,
                 JobKind::Retention => maintenance::retention(self, conn).await,
             }

@@ -1,0 +1,6 @@
+//! The PSP's side of the conversation: signed webhook events, stored raw and
+//! applied by a job (settlements, failures, fundings). Depends on `escrow`
+//! (an event moves a payment or funds an escrow) and `ops`.
+
+pub mod events;
+pub mod webhooks;
