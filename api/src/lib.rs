@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod error;
 pub mod extract;
+pub mod ops_listener;
 pub mod pusher;
 pub mod routes;
 pub mod state;

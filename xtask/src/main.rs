@@ -12,6 +12,7 @@
 
 mod bench;
 mod demo;
+mod ops_checks;
 mod procs;
 mod services;
 mod test;

@@ -22,6 +22,12 @@ use crate::{Layout, Signals};
 pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, extra: Vec<String>) -> Result<ExitCode> {
     let binaries = procs::build_binaries(layout, signals).await?;
     let envs = test_env(services, &binaries);
+    if std::env::var("KOBATELA_CHECKS").as_deref() == Ok("ops") {
+        // Only the checks that follow cargo test (see `ops_checks`).
+        let ok = ops_checks(layout).await;
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let full_run = extra.is_empty();
     let mut args: Vec<String> = vec!["test".into()];
     // `--workspace` would override a package chosen with `-p`.
     let picks_package =
@@ -44,7 +50,29 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
     // The last line: every test binary's results added up (doc tests, which
     // we have none of, close cargo's own output with "0 passed").
     println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
+    // A full run (no arguments after `--`) also checks the ops files.
+    if full_run && !ops_checks(layout).await && code == 0 {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The checks after cargo test (`KOBATELA_CHECKS=ops cargo xtask test` runs
+/// only these): the Prometheus rules. True when none failed (a check that
+/// cannot run here is skipped with a banner).
+async fn ops_checks(layout: &Layout) -> bool {
+    let mut ok = true;
+    match crate::ops_checks::prometheus_rules(layout).await {
+        Ok(crate::ops_checks::Verdict::Passed) => println!("prometheus rules: passed"),
+        Ok(crate::ops_checks::Verdict::Skipped(why)) => {
+            crate::ops_checks::loud(&format!("SKIPPED prometheus rules: {why}"))
+        }
+        Err(e) => {
+            println!("prometheus rules: FAILED: {e:#}");
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// The variables the tests read.

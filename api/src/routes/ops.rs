@@ -1,5 +1,6 @@
 //! `GET /ops/invariants` (support, admin): the last invariants run, or a
 //! run now with `?run=1` (DOMAIN.md, "Invariants and reconciliation").
+//! `GET /ops/queues` (support, admin): each job kind's queue, rows and stream.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -14,7 +15,7 @@ use crate::extract::{Auth, QueryMap};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/ops/invariants", get(read))
+    Router::new().route("/ops/invariants", get(read)).route("/ops/queues", get(queues))
 }
 
 async fn read(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiResult<impl IntoResponse> {
@@ -38,4 +39,12 @@ async fn read(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiRes
         Some(run) => Ok(Json(serde_json::to_value(run).map_err(Error::from)?)),
         None => Ok(Json(serde_json::json!({"run_id": null, "checked_at": null, "invariants": []}))),
     }
+}
+
+/// Every kind, zeros included, in a list like every other (never paged:
+/// there are as many entries as job kinds).
+async fn queues(State(s): State<AppState>, Auth(who): Auth) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Support])?;
+    let items = shared::jobs::stats::queues(&s.pool, &s.queue).await?;
+    Ok(Json(serde_json::json!({"items": items, "next_cursor": null})))
 }

@@ -336,7 +336,8 @@ async fn store(pool: &PgPool, mut invariants: Vec<InvariantResult>) -> Result<Ru
     for inv in run.invariants.iter().filter(|i| i.violations > 0) {
         tracing::error!(invariant = %inv.name, violations = inv.violations, run_id = %run.run_id, "invariant violated");
     }
-    metrics::gauge!("kobatela_invariant_violations").set(run.violations() as f64);
+    // `kobatela_invariant_violations{invariant}` is the api's sampler's,
+    // read from the stored run, so it holds between runs and across restarts.
     Ok(run)
 }
 
