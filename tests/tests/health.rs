@@ -42,6 +42,13 @@ async fn health_ready_and_metrics_answer() -> anyhow::Result<()> {
     assert_eq!((status, health["status"].as_str(), health["postgres"].as_str()), (200, Some("ok"), Some("ok")));
     let consumers = health["consumers"].as_array().map(Vec::len).unwrap_or(0);
     assert_eq!(consumers, shared::jobs::JobKind::ALL.len(), "{health}");
+    // The API reference: the document and the page that renders it, public.
+    let doc = anon.get("/openapi.json").await?;
+    assert_eq!((doc.status, doc.s("openapi").as_str()), (200, "3.1.0"), "{}", doc.text);
+    assert!(doc.body["paths"]["/spend/purchases"]["post"].is_object());
+    let page = anon.get("/docs").await?;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("/openapi.json"), "{}", page.text);
     // Every response carries a request id.
     assert!(h.headers.get("x-request-id").is_some());
     env.stop().await

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::jobs::{JobKind, Queue};
 
 /// One kind's queue (API.md, `GET /ops/queues`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct QueueStats {
     pub kind: &'static str,
     /// Rows `queued` (due or waiting for their back-off).
@@ -28,7 +28,7 @@ pub struct QueueStats {
 }
 
 /// A consumer of the kind's group and how long since it last read.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ConsumerIdle {
     pub name: String,
     pub idle_ms: u64,

@@ -138,7 +138,7 @@ const SAMPLE: usize = 20;
 /// Alerts raised per invariant per run at most.
 const MAX_ALERTS: usize = 100;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvariantResult {
     pub name: String,
     pub description: String,
@@ -146,7 +146,7 @@ pub struct InvariantResult {
     pub sample: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Run {
     pub run_id: crate::ids::InvariantRunId,
     pub checked_at: DateTime<Utc>,
