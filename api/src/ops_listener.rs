@@ -44,8 +44,9 @@ pub struct Sampler {
     pool: PgPool,
     queue: Queue,
     handle: PrometheusHandle,
-    /// A consumer idle for longer is not counted alive (three block periods,
-    /// the bound the worker's `/health` uses).
+    /// A consumer silent for longer is not counted alive: three block
+    /// periods (the bound the worker's `/health` uses) plus the worker's
+    /// reporting period.
     alive_within_ms: u64,
     started: Instant,
     /// Milliseconds after `started` of the last complete sample (0: none yet).
@@ -54,7 +55,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(pool: PgPool, queue: Queue, handle: PrometheusHandle, block: Duration) -> Arc<Self> {
-        let alive_within_ms = u64::try_from(3 * block.as_millis()).unwrap_or(u64::MAX);
+        let alive_within_ms = u64::try_from(3 * block.as_millis() + 2_500).unwrap_or(u64::MAX);
         Arc::new(Self { pool, queue, handle, alive_within_ms, started: Instant::now(), last_ok_ms: AtomicU64::new(0) })
     }
 

@@ -73,7 +73,12 @@ pub const METRICS: &[Metric] = {
         m("kobatela_queue_depth", Gauge, Api, "entries in each kind's stream; sampled"),
         m("kobatela_queue_pending", Gauge, Api, "stream entries delivered and not acknowledged; sampled"),
         m("kobatela_queue_oldest_queued_seconds", Gauge, Api, "age of the oldest due queued job per kind; sampled"),
-        m("kobatela_queue_consumers_alive", Gauge, Api, "consumers of each kind that read within 3 block periods"),
+        m(
+            "kobatela_queue_consumers_alive",
+            Gauge,
+            Api,
+            "consumers of each kind that polled within 3 block periods (as their workers report)",
+        ),
         m("kobatela_invariant_violations", Gauge, Api, "violating rows per invariant in the last stored run"),
         m("kobatela_invariants_checked_at_seconds", Gauge, Api, "when the last stored invariants run was (unix time)"),
         m("kobatela_metrics_sample_age_seconds", Gauge, Api, "seconds since the sampler last read every gauge"),

@@ -168,6 +168,7 @@ async fn run() -> anyhow::Result<()> {
         statuses: statuses.clone(),
         block: config.stream_block,
         metrics,
+        name: config.worker_name.clone(),
     };
     let ops_addr = ops.serve(config.worker_metrics_addr).await?;
     let psp_http = shared::psp::client::HttpPspClient::new(

@@ -24,10 +24,15 @@ pub struct QueueStats {
     pub stream_length: u64,
     /// Entries delivered to a consumer and not yet acknowledged.
     pub pending: u64,
+    /// The consumers workers reported within the last hour, from their own
+    /// record of their last completed poll (`Queue::report_polls`).
     pub consumers: Vec<ConsumerIdle>,
 }
 
-/// A consumer of the kind's group and how long since it last read.
+/// Reports older than this are of replicas that are gone.
+pub const FORGET_CONSUMER_AFTER_MS: i64 = 3_600_000;
+
+/// A consumer of the kind's group and how long since it last completed a poll.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ConsumerIdle {
     pub name: String,
@@ -73,6 +78,15 @@ pub async fn queues(pool: &PgPool, queue: &Queue) -> Result<Vec<QueueStats>> {
     for kind in JobKind::ALL {
         let name = kind.as_str();
         let stream = queue.stats(*kind).await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut consumers: Vec<ConsumerIdle> = queue
+            .polls(*kind)
+            .await?
+            .into_iter()
+            .map(|(name, at)| ConsumerIdle { name, idle_ms: u64::try_from(now_ms - at).unwrap_or(0) })
+            .filter(|c| c.idle_ms < FORGET_CONSUMER_AFTER_MS as u64)
+            .collect();
+        consumers.sort_by(|a, b| a.name.cmp(&b.name));
         let (queued, oldest) = count(name, "queued");
         out.push(QueueStats {
             kind: name,
@@ -82,11 +96,7 @@ pub async fn queues(pool: &PgPool, queue: &Queue) -> Result<Vec<QueueStats>> {
             dead: count(name, "dead").0,
             stream_length: stream.length,
             pending: stream.pending,
-            consumers: stream
-                .consumers
-                .into_iter()
-                .map(|c| ConsumerIdle { name: c.name, idle_ms: c.idle_ms })
-                .collect(),
+            consumers,
         });
     }
     Ok(out)
