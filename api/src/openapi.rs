@@ -341,6 +341,18 @@ pub struct QueuePage {
 }
 
 #[derive(ToSchema)]
+pub struct CronPage {
+    items: Vec<shared::domain::ops::cron::CronTick>,
+    next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct AdjustmentPage {
+    items: Vec<AdjustmentOut>,
+    next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
 pub struct HarvestIn {
     user_id: UserId,
     reason: String,
@@ -377,6 +389,8 @@ fn docs() {}
 fn ops_console() {}
 #[utoipa::path(get, path = "/ops/invariants", tag = "ops", params(("run" = Option<String>, Query, description = "`1` runs them now")), responses((status = 200, body = Run)))]
 fn ops_invariants() {}
+#[utoipa::path(get, path = "/ops/cron", tag = "ops", responses((status = 200, body = CronPage)))]
+fn ops_cron() {}
 #[utoipa::path(get, path = "/ops/queues", tag = "ops", responses((status = 200, body = QueuePage)))]
 fn ops_queues() {}
 
@@ -479,6 +493,8 @@ fn saka_harvest() {}
 fn saka_spend() {}
 #[utoipa::path(post, path = "/saka/adjustments", tag = "saka", description = "job `saka_adjustment`; result the adjustment", request_body = AdjustmentIn, responses())]
 fn saka_adjust() {}
+#[utoipa::path(get, path = "/saka/adjustments", tag = "saka", params(("status" = Option<String>, Query, description = "`PENDING_APPROVAL`, `APPLIED`, `REJECTED` or `EXPIRED`"), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = AdjustmentPage)))]
+fn saka_adjustments_list() {}
 #[utoipa::path(get, path = "/saka/adjustments/{id}", tag = "saka", params(("id" = shared::ids::SakaAdjustmentId, Path)), responses((status = 200, body = AdjustmentOut)))]
 fn saka_adjustment_read() {}
 #[utoipa::path(post, path = "/saka/adjustments/{id}/approve", tag = "saka", description = "job `saka_adjustment` (an admin other than the requester); result the adjustment", params(("id" = shared::ids::SakaAdjustmentId, Path)), responses())]
@@ -497,7 +513,7 @@ fn jobs_retry() {}
 #[openapi(
     info(title = "Kobatela", description = "Payments back end: usage mandates, escrows with photo proofs, restricted transfers, PSP payouts, SAKA. Money is a string with the currency's decimals; a request that moves value is a job answered with a receipt."),
     paths(
-        health, ready, openapi_json, docs, ops_invariants, ops_queues,
+        health, ready, openapi_json, docs, ops_console, ops_invariants, ops_queues, ops_cron,
         users_create, users_read, me, api_keys_create, api_keys_list, api_keys_revoke,
         categories_create, merchants_create, allow_usage, allowlist_add, certify,
         mandates_create, mandates_list, mandates_read, mandates_revoke, mandates_cleanup,
@@ -505,7 +521,7 @@ fn jobs_retry() {}
         escrows_create, escrows_read, milestones_create, escrows_deposit, escrows_mark_delivered,
         escrows_client_approve, escrows_client_reject, escrows_check_deadline, payees_create, usage_spend,
         proofs_upload, proofs_read, proofs_decide, payments_read, payments_execute, psp_webhook,
-        audit_list, saka_wallet, saka_harvest, saka_spend, saka_adjust, saka_adjustment_read, saka_approve,
+        audit_list, saka_wallet, saka_harvest, saka_spend, saka_adjust, saka_adjustments_list, saka_adjustment_read, saka_approve,
         saka_reject, jobs_list, jobs_read, jobs_retry,
     ),
     components(schemas(Problem, FieldError, Receipt)),

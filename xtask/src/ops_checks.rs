@@ -79,3 +79,59 @@ pub async fn prometheus_rules(layout: &Layout) -> Result<Verdict> {
     }
     Ok(Verdict::Passed)
 }
+
+/// Where `npm` installs playwright-core (no browser download: the
+/// system's Chromium drives the test).
+fn playwright_dir(layout: &Layout) -> PathBuf {
+    layout.target.join("console-test")
+}
+
+/// Chromium, installed with apt-get when missing (as root).
+async fn chromium(layout: &Layout) -> Result<PathBuf, String> {
+    for name in ["chromium", "chromium-browser"] {
+        if let Some(p) = which(name) {
+            return Ok(p);
+        }
+    }
+    apt_install(layout, &["chromium"])
+        .await
+        .map_err(|e| format!("Chromium is missing and cannot be installed: {e:#}"))?;
+    which("chromium").ok_or_else(|| "the chromium package installed no `chromium`".to_string())
+}
+
+/// playwright-core under `target/console-test/`, installed with npm when missing.
+async fn playwright_core(layout: &Layout) -> Result<PathBuf, String> {
+    let dir = playwright_dir(layout);
+    let module = dir.join("node_modules/playwright-core");
+    if module.join("package.json").is_file() {
+        return Ok(module);
+    }
+    if which("node").is_none() || which("npm").is_none() {
+        apt_install(layout, &["nodejs", "npm"])
+            .await
+            .map_err(|e| format!("Node.js is missing and cannot be installed: {e:#}"))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    println!("installing playwright-core into {} (no browser download)", dir.display());
+    let log = layout.target.join("kobatela-logs").join("npm-install.log");
+    let mut cmd = Command::new("npm");
+    cmd.args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+        .arg(&dir)
+        .arg("playwright-core@1")
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
+    procs::run_to_end("npm install playwright-core", &mut cmd, &log, Duration::from_secs(300))
+        .await
+        .map_err(|e| format!("npm cannot install playwright-core: {e:#}"))?;
+    Ok(module)
+}
+
+/// The variables the console test needs (`KOBATELA_CHROMIUM`,
+/// `KOBATELA_PLAYWRIGHT_CORE`), or why it cannot run here.
+pub async fn console_env(layout: &Layout) -> Result<Vec<(String, String)>, String> {
+    let chromium = chromium(layout).await?;
+    let playwright = playwright_core(layout).await?;
+    Ok(vec![
+        ("KOBATELA_CHROMIUM".into(), chromium.to_string_lossy().into_owned()),
+        ("KOBATELA_PLAYWRIGHT_CORE".into(), playwright.to_string_lossy().into_owned()),
+    ])
+}

@@ -24,7 +24,7 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
     let envs = test_env(services, &binaries);
     if std::env::var("KOBATELA_CHECKS").as_deref() == Ok("ops") {
         // Only the checks that follow cargo test (see `ops_checks`).
-        let ok = ops_checks(layout).await;
+        let ok = ops_checks(layout, &envs, signals).await;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let full_run = extra.is_empty();
@@ -51,7 +51,7 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
     // we have none of, close cargo's own output with "0 passed").
     println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
     // A full run (no arguments after `--`) also checks the ops files.
-    if full_run && !ops_checks(layout).await && code == 0 {
+    if full_run && !ops_checks(layout, &envs, signals).await && code == 0 {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
@@ -60,7 +60,7 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
 /// The checks after cargo test (`KOBATELA_CHECKS=ops cargo xtask test` runs
 /// only these): the Prometheus rules. True when none failed (a check that
 /// cannot run here is skipped with a banner).
-async fn ops_checks(layout: &Layout) -> bool {
+async fn ops_checks(layout: &Layout, envs: &[(String, String)], signals: &mut Signals) -> bool {
     let mut ok = true;
     match crate::ops_checks::prometheus_rules(layout).await {
         Ok(crate::ops_checks::Verdict::Passed) => println!("prometheus rules: passed"),
@@ -72,7 +72,39 @@ async fn ops_checks(layout: &Layout) -> bool {
             ok = false;
         }
     }
+    ok &= console_test(layout, envs, signals).await;
     ok
+}
+
+/// The ops console in headless Chromium (`tests/tests/console.rs`, ignored
+/// by plain cargo test): Chromium and playwright-core are installed when
+/// missing; skipped, loudly, only where they cannot be.
+async fn console_test(layout: &Layout, envs: &[(String, String)], signals: &mut Signals) -> bool {
+    let extra = match crate::ops_checks::console_env(layout).await {
+        Ok(extra) => extra,
+        Err(why) => {
+            crate::ops_checks::loud(&format!("SKIPPED the ops console browser test: {why}"));
+            return true;
+        }
+    };
+    let mut all: Vec<(String, String)> = envs.to_vec();
+    all.extend(extra);
+    let args = ["test", "-p", "kobatela-e2e", "--test", "console", "--", "--ignored", "--nocapture"];
+    println!("running: cargo {}", args.join(" "));
+    match procs::cargo_lines(layout, args, &all, signals, |_| {}).await {
+        Ok(status) if status.success() => {
+            println!("ops console browser test: passed (screenshots in target/console-screenshots/)");
+            true
+        }
+        Ok(status) => {
+            println!("ops console browser test: FAILED ({status})");
+            false
+        }
+        Err(e) => {
+            println!("ops console browser test: FAILED: {e:#}");
+            false
+        }
+    }
 }
 
 /// The variables the tests read.
