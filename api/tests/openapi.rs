@@ -149,3 +149,17 @@ fn the_docs_page_loads_nothing_but_the_document() {
 fn print_the_document() {
     println!("{}", kobatela_api::openapi::json());
 }
+
+/// Found by schemathesis: before the first invariants run the answer has
+/// `run_id` and `checked_at` null, which the document must allow.
+#[test]
+fn the_invariants_answer_allows_no_run_yet() {
+    let doc = document();
+    let schema = &doc["paths"]["/ops/invariants"]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    let name = schema["$ref"].as_str().and_then(|r| r.rsplit('/').next()).expect("a named schema");
+    let props = &doc["components"]["schemas"][name]["properties"];
+    for field in ["run_id", "checked_at"] {
+        let text = props[field].to_string();
+        assert!(text.contains("null"), "{field} must be nullable: {text}");
+    }
+}

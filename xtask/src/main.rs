@@ -11,6 +11,7 @@
 //! signals (Ctrl-C, SIGTERM) every command turns into a clean stop.
 
 mod bench;
+mod contract;
 mod demo;
 mod ops_checks;
 mod procs;

@@ -22,9 +22,13 @@ use crate::{Layout, Signals};
 pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, extra: Vec<String>) -> Result<ExitCode> {
     let binaries = procs::build_binaries(layout, signals).await?;
     let envs = test_env(services, &binaries);
+    if std::env::var("KOBATELA_CHECKS").as_deref() == Ok("contract") {
+        let ok = contract_test(layout, services, &binaries).await;
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     if std::env::var("KOBATELA_CHECKS").as_deref() == Ok("ops") {
         // Only the checks that follow cargo test (see `ops_checks`).
-        let ok = ops_checks(layout, &envs, signals).await;
+        let ok = ops_checks(layout, &envs, signals).await & contract_test(layout, services, &binaries).await;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let full_run = extra.is_empty();
@@ -51,7 +55,10 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
     // we have none of, close cargo's own output with "0 passed").
     println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
     // A full run (no arguments after `--`) also checks the ops files.
-    if full_run && !ops_checks(layout, &envs, signals).await && code == 0 {
+    if full_run
+        && !(ops_checks(layout, &envs, signals).await & contract_test(layout, services, &binaries).await)
+        && code == 0
+    {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
@@ -74,6 +81,25 @@ async fn ops_checks(layout: &Layout, envs: &[(String, String)], signals: &mut Si
     }
     ok &= console_test(layout, envs, signals).await;
     ok
+}
+
+/// schemathesis against the live api (`contract.rs`). True when it passed
+/// or truly could not run (then a banner says so).
+async fn contract_test(layout: &Layout, services: &Services, binaries: &Binaries) -> bool {
+    match crate::contract::run(layout, services, binaries).await {
+        Ok(crate::ops_checks::Verdict::Passed) => {
+            println!("contract test (schemathesis): passed, no server error, every response as documented");
+            true
+        }
+        Ok(crate::ops_checks::Verdict::Skipped(why)) => {
+            crate::ops_checks::loud(&format!("SKIPPED the contract test: {why}"));
+            true
+        }
+        Err(e) => {
+            println!("contract test (schemathesis): FAILED: {e:#}");
+            false
+        }
+    }
 }
 
 /// The ops console in headless Chromium (`tests/tests/console.rs`, ignored
