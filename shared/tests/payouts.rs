@@ -186,3 +186,38 @@ async fn ten_parallel_payments_never_reserve_more_than_the_balance(
     assert_eq!((funded, reserved), (dec("100.00"), dec("90.00")));
     assert_eq!(payments(&pool, d.escrow).await.len(), 3);
 }
+
+/// Found by the chaos soak: a re-drive's settlement that came before its
+/// PSP reply was recorded kept the failed drive's PSP reference, so our
+/// record named a payout the PSP had failed (reconciliation: "settled
+/// here, failed at the PSP").
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_settlement_names_the_payout_that_settled_not_an_earlier_failed_one(pool: PgPool) {
+    let d = deal(&pool, "40.00", "USD", &[]).await;
+    d.deposit(&pool, "40.00").await;
+    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
+    assert_eq!(code(&transition(&pool, d.client, &parent, d.escrow, TransitionAction::ClientApprove).await), None);
+    let (id, ..) = payments(&pool, d.escrow).await.remove(0);
+    // Drive 1: accepted as psp-1, then failed by the PSP.
+    let call = call_state(prepare(&pool, id).await);
+    assert_eq!(code(&record(&pool, call, CallReply::Accepted { psp_ref: "psp-1".into() }).await), None);
+    assert!(psp_says(&pool, id, false).await);
+    // Drive 2: the PSP pays it as psp-2 and says so before its reply is recorded.
+    payouts::redrive(&mut pool.acquire().await.expect("conn"), id).await.expect("redrivable");
+    let call = call_state(prepare(&pool, id).await);
+    let settled = db::serializable(&pool, &id, |tx, id| {
+        Box::pin(async move {
+            let p = state::payment(tx, *id).await?.expect("payment");
+            shared::domain::escrow::settlement::settle(tx, &p, Some("psp-2"), "psp").await
+        })
+    })
+    .await;
+    assert_eq!(settled.ok(), Some(true));
+    assert_eq!(code(&record(&pool, call, CallReply::Accepted { psp_ref: "psp-2".into() }).await), None);
+    let (st, psp_ref): (String, Option<String>) = sqlx::query_as("SELECT status, psp_ref FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("p");
+    assert_eq!((st.as_str(), psp_ref.as_deref()), ("SETTLED", Some("psp-2")));
+}

@@ -98,6 +98,15 @@ pub struct Submission {
 }
 
 impl Submission {
+    /// Whether this principal already sent a request under this key: a
+    /// replay is answered with its first receipt (or `409` when its body
+    /// differs) by [`Submission::submit`], before any pre-check that reads
+    /// state the first request has since changed.
+    pub async fn is_replay(&self, s: &AppState) -> ApiResult<bool> {
+        let mut conn = s.pool.acquire().await?;
+        Ok(shared::jobs::record::by_key(&mut conn, &self.who, &self.key).await?.is_some())
+    }
+
     /// Writes the job row, pushes it, answers its receipt (`202`, or `200`
     /// when it ended within the wait).
     pub async fn submit(self, s: &AppState, kind: JobKind, payload: &impl Serialize) -> ApiResult<Response> {
