@@ -80,11 +80,15 @@ async fn a_client_cannot_take_the_key_of_a_payout_its_own_approval_needs(pool: P
     );
 }
 
+/// Phase 1 of the payout job asked for the payment as it stands (a re-drive
+/// when it is ERROR).
 async fn prepare(pool: &PgPool, id: PaymentId) -> shared::Result<Outcome> {
-    db::serializable(pool, &id, |tx, id| {
-        Box::pin(async move { payouts::prepare(tx, &PayoutV1 { payment_id: *id }).await })
-    })
-    .await
+    let p = state::payment(&mut pool.acquire().await.expect("conn"), id).await?.expect("payment");
+    prepare_job(pool, PayoutV1::of(&p)).await
+}
+
+async fn prepare_job(pool: &PgPool, job: PayoutV1) -> shared::Result<Outcome> {
+    db::serializable(pool, &job, |tx, job| Box::pin(async move { payouts::prepare(tx, job).await })).await
 }
 
 async fn record(pool: &PgPool, call: CallState, reply: CallReply) -> shared::Result<Outcome> {
@@ -220,4 +224,38 @@ async fn a_settlement_names_the_payout_that_settled_not_an_earlier_failed_one(po
         .await
         .expect("p");
     assert_eq!((st.as_str(), psp_ref.as_deref()), ("SETTLED", Some("psp-2")));
+}
+
+/// DOMAIN.md: a PSP refusal is final until an admin re-drives. A payout
+/// job retried after a transport error, that finds its payment failed by
+/// the PSP's webhook meanwhile, must not drive it again on its own; and a
+/// re-drive drives only the failed drive it was asked for, once.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_retried_payout_job_never_drives_a_failed_payment_again_on_its_own(pool: PgPool) {
+    let d = deal(&pool, "40.00", "USD", &[]).await;
+    d.deposit(&pool, "40.00").await;
+    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
+    assert_eq!(code(&transition(&pool, d.client, &parent, d.escrow, TransitionAction::ClientApprove).await), None);
+    let (id, ..) = payments(&pool, d.escrow).await.remove(0);
+    let first_job = PayoutV1 { payment_id: id, redrive_of: None };
+    // The call reached the PSP but its answer was lost; the PSP's failure
+    // arrives by webhook before the job's retry.
+    call_state(prepare_job(&pool, first_job.clone()).await);
+    assert!(psp_says(&pool, id, false).await);
+    let retry = prepare_job(&pool, first_job).await;
+    assert_eq!(code(&retry), Some(ErrorCode::PayoutFailed), "{retry:?}");
+    assert_eq!(
+        (status(&pool, id).await.as_str(), d.money(&pool).await.1),
+        ("ERROR", Decimal::ZERO),
+        "not reserved again"
+    );
+    // An admin's re-drive drives it once; a retry of that re-drive after the
+    // PSP failed it again does not drive it a third time.
+    let redrive = PayoutV1 { payment_id: id, redrive_of: Some(0) };
+    let call = call_state(prepare_job(&pool, redrive.clone()).await);
+    assert_eq!(call.idempotency_key, format!("{id}-r1"));
+    assert!(psp_says(&pool, id, false).await);
+    assert_eq!(code(&prepare_job(&pool, redrive).await), Some(ErrorCode::PayoutFailed));
+    assert_eq!((status(&pool, id).await.as_str(), d.money(&pool).await.1), ("ERROR", Decimal::ZERO));
+    assert_eq!(audited(&pool, "PAYMENT_REDRIVEN", id).await, 1);
 }

@@ -98,13 +98,13 @@ pub struct Submission {
 }
 
 impl Submission {
-    /// Whether this principal already sent a request under this key: a
-    /// replay is answered with its first receipt (or `409` when its body
-    /// differs) by [`Submission::submit`], before any pre-check that reads
-    /// state the first request has since changed.
-    pub async fn is_replay(&self, s: &AppState) -> ApiResult<bool> {
+    /// The job this principal's earlier request under this key created, if
+    /// any: a route whose payload depends on state the first request has
+    /// since changed rebuilds that payload from it, so a replay answers its
+    /// first receipt (and another request under the key still gets `409`).
+    pub async fn previous(&self, s: &AppState) -> ApiResult<Option<shared::jobs::record::JobRow>> {
         let mut conn = s.pool.acquire().await?;
-        Ok(shared::jobs::record::by_key(&mut conn, &self.who, &self.key).await?.is_some())
+        Ok(shared::jobs::record::by_key(&mut conn, &self.who, &self.key).await?)
     }
 
     /// Writes the job row, pushes it, answers its receipt (`202`, or `200`

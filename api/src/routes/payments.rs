@@ -34,8 +34,14 @@ async fn execute(State(s): State<AppState>, r: JobRequest<AdminOnly<()>, IdPath<
     let IdPath(id) = r.path;
     // A replay answers its first receipt, even once the payment has moved
     // on from the ERROR the first request found.
-    if !r.job.is_replay(&s).await? {
-        db::serializable(&s.pool, &id, |tx, id| Box::pin(payouts::redrive(tx, *id))).await?;
-    }
-    r.job.submit(&s, JobKind::Payout, &PayoutV1 { payment_id: id }).await
+    let earlier = r.job.previous(&s).await?;
+    let replayed = earlier
+        .filter(|row| row.kind == JobKind::Payout.as_str())
+        .and_then(|row| serde_json::from_value::<PayoutV1>(row.payload).ok())
+        .filter(|p| p.payment_id == id);
+    let payload = match replayed {
+        Some(first) => first,
+        None => PayoutV1::of(&db::serializable(&s.pool, &id, |tx, id| Box::pin(payouts::redrive(tx, *id))).await?),
+    };
+    r.job.submit(&s, JobKind::Payout, &payload).await
 }
