@@ -101,7 +101,9 @@ pub async fn run(layout: &Layout, services: &Services, binaries: &Binaries) -> R
             .args(["--generation-with-security-parameters", "false"])
             .arg("--report-junit-path")
             .arg(logs.join("schemathesis.junit.xml"))
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            // Its caches (`.schemathesis/`, `.hypothesis/`) go under target/, not the checkout.
+            .current_dir(&logs);
         println!("running schemathesis against {base} (log: {})", logs.join("schemathesis.log").display());
         procs::run_to_end("schemathesis", &mut cmd, &logs.join("schemathesis.log"), TIME_LIMIT)
             .await

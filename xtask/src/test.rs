@@ -28,7 +28,7 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
     }
     if std::env::var("KOBATELA_CHECKS").as_deref() == Ok("ops") {
         // Only the checks that follow cargo test (see `ops_checks`).
-        let ok = ops_checks(layout, &envs, signals).await & contract_test(layout, services, &binaries).await;
+        let ok = ops_checks(layout, &envs, signals).await;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let full_run = extra.is_empty();
@@ -51,14 +51,17 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
     let status = procs::cargo_lines(layout, &args, &envs, signals, |line| tally.read(line)).await?;
     let code = status.code().unwrap_or(1);
     println!("cargo test exited with code {code}\n{}", services.describe());
+    // A full run (no arguments after `--`) also checks the ops files, the
+    // console in a browser and the contract.
+    let checks_ok =
+        !full_run || (ops_checks(layout, &envs, signals).await & contract_test(layout, services, &binaries).await);
+    if !checks_ok {
+        println!("a check after cargo test failed (see above)");
+    }
     // The last line: every test binary's results added up (doc tests, which
     // we have none of, close cargo's own output with "0 passed").
     println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
-    // A full run (no arguments after `--`) also checks the ops files.
-    if full_run
-        && !(ops_checks(layout, &envs, signals).await & contract_test(layout, services, &binaries).await)
-        && code == 0
-    {
+    if !checks_ok && code == 0 {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
