@@ -9,6 +9,8 @@
 //! - `REDIS_URL`.
 //! - `KOBATELA_API_BIN`, `KOBATELA_WORKER_BIN`, `KOBATELA_PSP_SIM_BIN`:
 //!   absolute paths of the binaries the end-to-end suites start.
+//!
+//! Then a 3-minute chaos soak (`soak`), whose failure fails the run.
 
 use std::process::ExitCode;
 
@@ -44,7 +46,19 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
     // The last line: every test binary's results added up (doc tests, which
     // we have none of, close cargo's own output with "0 passed").
     println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
+    let soaked = soak_after_tests(layout, signals).await?;
+    let code = if code == 0 && !soaked { 1 } else { code };
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The chaos soak after the tests (`KOBATELA_SOAK_MINUTES`, default 3, 0
+/// skips it; `KOBATELA_SOAK_SEED`), on private services of its own. False
+/// when it failed.
+async fn soak_after_tests(layout: &Layout, signals: &mut Signals) -> Result<bool> {
+    println!("\nchaos soak (KOBATELA_SOAK_MINUTES=0 skips it)");
+    let passed = crate::soak::ci(layout, signals).await?;
+    println!("chaos soak: {}", if passed { "passed" } else { "FAILED" });
+    Ok(passed)
 }
 
 /// The variables the tests read.
