@@ -29,7 +29,7 @@ pub struct Actor {
     last_job: Option<(String, String, String, Value, String)>,
 }
 
-const OPS: [(&str, u64); 13] = [
+const OPS: [(&str, u64); 15] = [
     ("purchase_shared", 14),
     ("purchase_own", 14),
     ("renew_mandate", 3),
@@ -43,6 +43,8 @@ const OPS: [(&str, u64); 13] = [
     ("late_failure", 2),
     ("job_replay", 3),
     ("bad_request", 2),
+    ("same_key_at_once", 3),
+    ("webhook_burst", 2),
 ];
 
 impl Actor {
@@ -69,6 +71,8 @@ impl Actor {
                 "webhook_replay" => self.webhook_replay().await,
                 "late_failure" => self.late_failure().await,
                 "job_replay" => self.job_replay().await,
+                "same_key_at_once" => self.same_key_at_once().await,
+                "webhook_burst" => self.webhook_burst().await,
                 _ => self.bad_request().await,
             }
             let pause = self.rng.range(20, 150);
@@ -146,7 +150,12 @@ impl Actor {
             }
             self.post(&format!("/mandates/{id}/revoke"), &pair.sender.key, json!({})).await;
         }
-        self.post("/mandates", &pair.sender.key, mandate_body(&pair.sender.id, &pair.beneficiary.id)).await;
+        // Some expire within the soak: purchases race the expiry job.
+        let expires_in = match self.rng.chance(25) {
+            true => chrono::Duration::seconds(self.rng.range(30, 120) as i64),
+            false => chrono::Duration::days(30),
+        };
+        self.post("/mandates", &pair.sender.key, mandate_body(&pair.sender.id, &pair.beneficiary.id, expires_in)).await;
     }
 
     async fn transfer(&mut self) {
@@ -260,6 +269,50 @@ impl Actor {
             self.http
                 .shared
                 .finding(format!("{what} with key {idem} gave job {} instead of {job_id}", answer.s("/job_id")));
+        }
+    }
+
+    /// One purchase sent three times at once under one key, as a client
+    /// whose first tries timed out: one job, the same receipt for all.
+    async fn same_key_at_once(&mut self) {
+        let pair = self.pair.clone();
+        let body = json!({
+            "sender_id": pair.sender.id, "beneficiary_id": pair.beneficiary.id,
+            "merchant_id": self.merchant(), "amount": self.rng.cents(1, 500), "currency": "USD",
+        });
+        let idem = self.key();
+        let url = format!("{}/spend/purchases", self.http.api);
+        let build = |c: &reqwest::Client| {
+            c.post(&url).bearer_auth(&pair.beneficiary.key).header("Idempotency-Key", &idem).json(&body)
+        };
+        let what = "POST /spend/purchases (same key at once)";
+        let answers = futures::future::join_all([
+            self.http.call(what, true, &build),
+            self.http.call(what, true, &build),
+            self.http.call(what, true, &build),
+        ])
+        .await;
+        let ids: std::collections::BTreeSet<String> =
+            answers.iter().flatten().filter(|a| a.ok()).map(|a| a.s("/job_id")).collect();
+        if ids.len() > 1 {
+            self.http.shared.finding(format!("one key sent three times at once gave jobs {ids:?}"));
+        }
+    }
+
+    /// A delivered event sent three times at once: one stored, the others
+    /// duplicates (at most one answer says it was new).
+    async fn webhook_burst(&mut self) {
+        let url = format!("{}/sim/webhooks", self.http.psp);
+        let Some(list) = self.http.call("psp-sim GET /sim/webhooks", false, &|c| c.get(&url)).await else { return };
+        let events: Vec<&Value> = list.body.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+        let Some(event) = self.rng.pick(&events) else { return };
+        let Some(body) = event["body"].as_str() else { return };
+        let delivered = event["delivered"] == json!(true);
+        let answers = futures::future::join_all((0..3).map(|_| super::webhook::send(&self.http, body))).await;
+        let new = answers.iter().flatten().filter(|a| a.status == 200 && a.body["duplicate"] == json!(false)).count();
+        if new > usize::from(!delivered) {
+            let id = event["event_id"].as_str().unwrap_or_default();
+            self.http.shared.finding(format!("event {id} sent three times at once was taken as new {new} times"));
         }
     }
 

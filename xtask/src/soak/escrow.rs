@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::actor::Actor;
-use super::fleet::FAIL_AMOUNTS;
+use super::fleet::{FAIL_AMOUNTS, REFUSED_AMOUNT};
 
 const SITE_LAT: f64 = 5.3200;
 const SITE_LNG: f64 = -4.0170;
@@ -61,10 +61,16 @@ impl Actor {
     async fn open_escrow(&mut self) {
         let sender = self.pair.sender.clone();
         let first = if self.rng.chance(15) { FAIL_AMOUNTS[0] } else { "100.00" };
+        // Some escrows reach their deadline within the soak: the deadline
+        // job releases them while proofs and payouts are under way.
+        let deadline = match self.rng.chance(20) {
+            true => chrono::Duration::seconds(self.rng.range(45, 150) as i64),
+            false => chrono::Duration::days(30),
+        };
         let body = json!({
             "client_id": sender.id, "provider_id": self.pair.beneficiary.id, "amount_total": "300.00",
             "currency": "USD", "release_conditions": {"milestones": "a geotagged photo of each"},
-            "deadline_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339(),
+            "deadline_at": (chrono::Utc::now() + deadline).to_rfc3339(),
         });
         let Some(escrow) = self.post("/escrows", &sender.key, body).await.filter(|a| a.status == 201) else { return };
         let id = escrow.s("/id");
@@ -231,7 +237,11 @@ impl Actor {
     pub(super) async fn usage_spend(&mut self) {
         let Some(run) = &self.escrow else { return };
         let id = run.id.clone();
-        let amount = if self.rng.chance(20) { FAIL_AMOUNTS[1].to_string() } else { self.rng.cents(100, 1_500) };
+        let amount = match self.rng.weighted(&[15, 8, 77]) {
+            0 => FAIL_AMOUNTS[1].to_string(),
+            1 => REFUSED_AMOUNT.to_string(),
+            _ => self.rng.cents(100, 1_500),
+        };
         let body = json!({"escrow_id": id, "payee_ref": "shop-1", "amount": amount, "note": "soak"});
         let client = self.pair.sender.key.clone();
         self.job("/spend", &client, body, 0).await;

@@ -13,6 +13,8 @@ use crate::procs::{self, Binaries, Proc};
 pub const WORKERS: usize = 3;
 /// Amounts psp-sim reports as `payment.failed` (while failing is on).
 pub const FAIL_AMOUNTS: [&str; 2] = ["66.60", "13.13"];
+/// An amount psp-sim refuses at once (HTTP 422): a final PSP refusal.
+pub const REFUSED_AMOUNT: &str = "7.77";
 
 /// Ports, secrets and environments of one soak.
 pub struct Setup {
@@ -82,6 +84,9 @@ impl Setup {
             ("PSP_SIM_WEBHOOK_URL", format!("http://127.0.0.1:{}/psp/webhook", self.api_port)),
             ("PSP_WEBHOOK_SECRETS", self.webhook_secret.clone()),
             ("PSP_SIM_FAIL_AMOUNTS", FAIL_AMOUNTS.join(",")),
+            ("PSP_SIM_FAIL_STATUS", REFUSED_AMOUNT.to_string()),
+            // The settlement races the payout's own reply (no head start).
+            ("PSP_SIM_WEBHOOK_DELAY_MS", "0".to_string()),
             ("LOG_FORMAT", "json".to_string()),
         ]
         .into_iter()

@@ -108,14 +108,16 @@ impl Setup<'_> {
         let beneficiary = self.person(&format!("{name}-b"), "beneficiary").await?;
         self.post("/spend/allow", json!({"owner_id": beneficiary.id, "category_id": food})).await?;
         self.post("/allowlist", json!({"owner_id": sender.id, "recipient_id": beneficiary.id})).await?;
-        self.post_as(&sender.key, "/mandates", mandate_body(&sender.id, &beneficiary.id)).await?;
+        self.post_as(&sender.key, "/mandates", mandate_body(&sender.id, &beneficiary.id, chrono::Duration::days(30)))
+            .await?;
         Ok(Pair { sender, beneficiary })
     }
 }
 
-pub fn mandate_body(sender: &str, beneficiary: &str) -> Value {
+/// A mandate of 500.00 USD expiring `expires_in` from now.
+pub fn mandate_body(sender: &str, beneficiary: &str, expires_in: chrono::Duration) -> Value {
     json!({
         "sender_id": sender, "beneficiary_id": beneficiary, "total_amount": "500.00", "currency": "USD",
-        "expires_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339(),
+        "expires_at": (chrono::Utc::now() + expires_in).to_rfc3339(),
     })
 }
