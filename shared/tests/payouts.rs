@@ -80,11 +80,15 @@ async fn a_client_cannot_take_the_key_of_a_payout_its_own_approval_needs(pool: P
     );
 }
 
+/// Phase 1 of the payout job asked for the payment as it stands (a re-drive
+/// when it is ERROR).
 async fn prepare(pool: &PgPool, id: PaymentId) -> shared::Result<Outcome> {
-    db::serializable(pool, &id, |tx, id| {
-        Box::pin(async move { payouts::prepare(tx, &PayoutV1 { payment_id: *id }).await })
-    })
-    .await
+    let p = state::payment(&mut pool.acquire().await.expect("conn"), id).await?.expect("payment");
+    prepare_job(pool, PayoutV1::of(&p)).await
+}
+
+async fn prepare_job(pool: &PgPool, job: PayoutV1) -> shared::Result<Outcome> {
+    db::serializable(pool, &job, |tx, job| Box::pin(async move { payouts::prepare(tx, job).await })).await
 }
 
 async fn record(pool: &PgPool, call: CallState, reply: CallReply) -> shared::Result<Outcome> {
@@ -185,4 +189,73 @@ async fn ten_parallel_payments_never_reserve_more_than_the_balance(
     let (funded, reserved, ..) = d.money(&pool).await;
     assert_eq!((funded, reserved), (dec("100.00"), dec("90.00")));
     assert_eq!(payments(&pool, d.escrow).await.len(), 3);
+}
+
+/// Found by the chaos soak: a re-drive's settlement that came before its
+/// PSP reply was recorded kept the failed drive's PSP reference, so our
+/// record named a payout the PSP had failed (reconciliation: "settled
+/// here, failed at the PSP").
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_settlement_names_the_payout_that_settled_not_an_earlier_failed_one(pool: PgPool) {
+    let d = deal(&pool, "40.00", "USD", &[]).await;
+    d.deposit(&pool, "40.00").await;
+    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
+    assert_eq!(code(&transition(&pool, d.client, &parent, d.escrow, TransitionAction::ClientApprove).await), None);
+    let (id, ..) = payments(&pool, d.escrow).await.remove(0);
+    // Drive 1: accepted as psp-1, then failed by the PSP.
+    let call = call_state(prepare(&pool, id).await);
+    assert_eq!(code(&record(&pool, call, CallReply::Accepted { psp_ref: "psp-1".into() }).await), None);
+    assert!(psp_says(&pool, id, false).await);
+    // Drive 2: the PSP pays it as psp-2 and says so before its reply is recorded.
+    payouts::redrive(&mut pool.acquire().await.expect("conn"), id).await.expect("redrivable");
+    let call = call_state(prepare(&pool, id).await);
+    let settled = db::serializable(&pool, &id, |tx, id| {
+        Box::pin(async move {
+            let p = state::payment(tx, *id).await?.expect("payment");
+            shared::domain::escrow::settlement::settle(tx, &p, Some("psp-2"), "psp").await
+        })
+    })
+    .await;
+    assert_eq!(settled.ok(), Some(true));
+    assert_eq!(code(&record(&pool, call, CallReply::Accepted { psp_ref: "psp-2".into() }).await), None);
+    let (st, psp_ref): (String, Option<String>) = sqlx::query_as("SELECT status, psp_ref FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("p");
+    assert_eq!((st.as_str(), psp_ref.as_deref()), ("SETTLED", Some("psp-2")));
+}
+
+/// DOMAIN.md: a PSP refusal is final until an admin re-drives. A payout
+/// job retried after a transport error, that finds its payment failed by
+/// the PSP's webhook meanwhile, must not drive it again on its own; and a
+/// re-drive drives only the failed drive it was asked for, once.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_retried_payout_job_never_drives_a_failed_payment_again_on_its_own(pool: PgPool) {
+    let d = deal(&pool, "40.00", "USD", &[]).await;
+    d.deposit(&pool, "40.00").await;
+    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
+    assert_eq!(code(&transition(&pool, d.client, &parent, d.escrow, TransitionAction::ClientApprove).await), None);
+    let (id, ..) = payments(&pool, d.escrow).await.remove(0);
+    let first_job = PayoutV1 { payment_id: id, redrive_of: None };
+    // The call reached the PSP but its answer was lost; the PSP's failure
+    // arrives by webhook before the job's retry.
+    call_state(prepare_job(&pool, first_job.clone()).await);
+    assert!(psp_says(&pool, id, false).await);
+    let retry = prepare_job(&pool, first_job).await;
+    assert_eq!(code(&retry), Some(ErrorCode::PayoutFailed), "{retry:?}");
+    assert_eq!(
+        (status(&pool, id).await.as_str(), d.money(&pool).await.1),
+        ("ERROR", Decimal::ZERO),
+        "not reserved again"
+    );
+    // An admin's re-drive drives it once; a retry of that re-drive after the
+    // PSP failed it again does not drive it a third time.
+    let redrive = PayoutV1 { payment_id: id, redrive_of: Some(0) };
+    let call = call_state(prepare_job(&pool, redrive.clone()).await);
+    assert_eq!(call.idempotency_key, format!("{id}-r1"));
+    assert!(psp_says(&pool, id, false).await);
+    assert_eq!(code(&prepare_job(&pool, redrive).await), Some(ErrorCode::PayoutFailed));
+    assert_eq!((status(&pool, id).await.as_str(), d.money(&pool).await.1), ("ERROR", Decimal::ZERO));
+    assert_eq!(audited(&pool, "PAYMENT_REDRIVEN", id).await, 1);
 }

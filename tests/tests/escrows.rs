@@ -170,6 +170,18 @@ async fn a_failed_payout_frees_the_balance_and_can_be_paid_again() -> anyhow::Re
         )
         .await?;
     assert_eq!(r.s("status"), "succeeded", "{}", r.text);
+    // Found by the chaos soak: the same request replayed (a client that lost
+    // the answer) gets its first receipt, though the payment is no longer ERROR.
+    let replay = env
+        .admin()
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/payments/execute/{payment}", env.api_url))
+                .bearer_auth(&env.admin_key)
+                .header("Idempotency-Key", "redrive-1"),
+        )
+        .await?;
+    assert_eq!((replay.status, replay.s("job_id")), (200, r.s("job_id")), "{}", replay.text);
     let e = wait_escrow(&deal, "RELEASED", "70.00").await?;
     assert_eq!(e["balance"], json!("0.00"));
     assert_eq!(e["payments"].as_array().map(Vec::len), Some(1), "the same payment, paid again: {e}");

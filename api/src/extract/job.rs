@@ -98,6 +98,15 @@ pub struct Submission {
 }
 
 impl Submission {
+    /// The job this principal's earlier request under this key created, if
+    /// any: a route whose payload depends on state the first request has
+    /// since changed rebuilds that payload from it, so a replay answers its
+    /// first receipt (and another request under the key still gets `409`).
+    pub async fn previous(&self, s: &AppState) -> ApiResult<Option<shared::jobs::record::JobRow>> {
+        let mut conn = s.pool.acquire().await?;
+        Ok(shared::jobs::record::by_key(&mut conn, &self.who, &self.key).await?)
+    }
+
     /// Writes the job row, pushes it, answers its receipt (`202`, or `200`
     /// when it ended within the wait).
     pub async fn submit(self, s: &AppState, kind: JobKind, payload: &impl Serialize) -> ApiResult<Response> {

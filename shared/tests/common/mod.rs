@@ -187,7 +187,11 @@ pub async fn payments(pool: &PgPool, escrow: EscrowId) -> Vec<(PaymentId, String
 /// A payout job's first phase and the PSP's acceptance.
 pub async fn drive(pool: &PgPool, id: PaymentId) -> shared::Result<Outcome> {
     let first = db::serializable(pool, &id, |tx, id| {
-        Box::pin(async move { payouts::prepare(tx, &PayoutV1 { payment_id: *id }).await })
+        // The job as its creator would have asked for it (an ERROR payment: a re-drive).
+        Box::pin(async move {
+            let p = state::payment(tx, *id).await?.expect("payment");
+            payouts::prepare(tx, &PayoutV1::of(&p)).await
+        })
     })
     .await?;
     let Outcome { end: End::Continue(state), .. } = first else { return Ok(first) };

@@ -30,6 +30,20 @@ use crate::principal::Principal;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PayoutV1 {
     pub payment_id: PaymentId,
+    /// A re-drive (`POST /payments/execute/{id}`) names the failed drive it
+    /// drives again (the payment's `redrives` when it was asked): only that
+    /// drive, once. A payout job without it never drives an ERROR payment
+    /// again: a PSP failure is final until an admin asks, whatever the
+    /// job's own retries after a transport error find.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_of: Option<i32>,
+}
+
+impl PayoutV1 {
+    /// The payout job of a payment as it stands.
+    pub fn of(p: &Payment) -> Self {
+        PayoutV1 { payment_id: p.id, redrive_of: (p.status == "ERROR").then_some(p.redrives) }
+    }
 }
 
 /// Parties of the escrow, support and admin see a payment.
@@ -160,7 +174,7 @@ async fn revive(conn: &mut PgConnection, p: &Payment) -> Result<()> {
 /// The payout job of a payment, keyed by payment and drive: a re-run of
 /// the parent finds the same child.
 pub fn payout_job(p: &Payment) -> Result<FollowUp> {
-    FollowUp::new(JobKind::Payout, &PayoutV1 { payment_id: p.id }, format!("payout:{}:{}", p.id, p.attempts))
+    FollowUp::new(JobKind::Payout, &PayoutV1::of(p), format!("payout:{}:{}", p.id, p.attempts))
 }
 
 /// What phase 1 hands to the PSP call.
@@ -184,14 +198,23 @@ pub enum CallReply {
 }
 
 /// Phase 1 of a payout job: a PENDING payment is driven; an ERROR one is
-/// reserved again and driven (a re-drive); SENT and SETTLED ones are done.
+/// reserved again and driven when the job is the re-drive of that very
+/// drive, and otherwise stays as the PSP left it; SENT and SETTLED ones
+/// are done.
 pub async fn prepare(conn: &mut PgConnection, cmd: &PayoutV1) -> Result<Outcome> {
     let Some(p) = state::payment(conn, cmd.payment_id).await? else {
         return Err(Error::not_found(ErrorCode::NotFound, "payment"));
     };
     match p.status.as_str() {
         "SENT" | "SETTLED" => return Ok(Outcome::succeeded(serde_json::to_value(PaymentOut::from(&p))?)),
-        "ERROR" => revive(conn, &p).await?,
+        "ERROR" if cmd.redrive_of == Some(p.redrives) => revive(conn, &p).await?,
+        "ERROR" => {
+            let why = format!(
+                "the payout failed ({}); an admin may drive it again",
+                p.error_reason.as_deref().unwrap_or("PSP_FAILED")
+            );
+            return Ok(Outcome::refused(Problem::new(ErrorCode::PayoutFailed, why)));
+        }
         _ => {}
     }
     let redrives: i32 = sqlx::query_scalar(

@@ -49,7 +49,7 @@ pub async fn settle(conn: &mut PgConnection, p: &Payment, psp_ref: Option<&str>,
         _ => true,
     };
     sqlx::query(
-        "UPDATE payments SET status = 'SETTLED', psp_ref = coalesce(psp_ref, $2), updated_at = now() WHERE id = $1",
+        "UPDATE payments SET status = 'SETTLED', psp_ref = coalesce($2, psp_ref), updated_at = now() WHERE id = $1",
     )
     .bind(p.id)
     .bind(psp_ref)
