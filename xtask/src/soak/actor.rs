@@ -25,11 +25,13 @@ pub struct Actor {
     pub rng: Rng,
     pub count: u64,
     pub escrow: Option<EscrowRun>,
+    /// An adjustment waiting for a second admin (for races on approval).
+    pub pending_adjustment: Option<String>,
     /// The last JSON job request: (path, key, idempotency key, body, job id).
     last_job: Option<(String, String, String, Value, String)>,
 }
 
-const OPS: [(&str, u64); 15] = [
+const OPS: [(&str, u64); 16] = [
     ("purchase_shared", 14),
     ("purchase_own", 14),
     ("renew_mandate", 3),
@@ -45,12 +47,23 @@ const OPS: [(&str, u64); 15] = [
     ("bad_request", 2),
     ("same_key_at_once", 3),
     ("webhook_burst", 2),
+    ("race", 4),
 ];
 
 impl Actor {
     pub fn new(n: usize, http: Http, world: Arc<World>, seed: u64) -> Self {
         let pair = world.pairs[n].clone();
-        Self { n, http, world, pair, rng: Rng::fork(seed, n as u64 + 1), count: 0, escrow: None, last_job: None }
+        Self {
+            n,
+            http,
+            world,
+            pair,
+            rng: Rng::fork(seed, n as u64 + 1),
+            count: 0,
+            escrow: None,
+            last_job: None,
+            pending_adjustment: None,
+        }
     }
 
     pub async fn run(mut self) {
@@ -73,6 +86,7 @@ impl Actor {
                 "job_replay" => self.job_replay().await,
                 "same_key_at_once" => self.same_key_at_once().await,
                 "webhook_burst" => self.webhook_burst().await,
+                "race" => self.race().await,
                 _ => self.bad_request().await,
             }
             let pause = self.rng.range(20, 150);
@@ -195,6 +209,11 @@ impl Actor {
             return;
         }
         let id = answer.s("/result/id");
+        if self.rng.chance(30) {
+            // Left for a race of two approvals (see `race`).
+            self.pending_adjustment = Some(id);
+            return;
+        }
         match self.rng.weighted(&[75, 10, 15]) {
             0 => {
                 let admin2 = self.world.admin2.clone();

@@ -24,7 +24,7 @@ pub struct EscrowRun {
     steps: u32,
     /// No new funding until then (the last one's webhook is on its way).
     funding_settles_at: Option<Instant>,
-    last_proof: Option<String>,
+    pub last_proof: Option<String>,
 }
 
 impl Actor {

@@ -19,6 +19,7 @@ mod faults;
 mod finish;
 mod fleet;
 mod http;
+mod race;
 mod report;
 mod rng;
 mod webhook;
