@@ -26,6 +26,9 @@ pub struct Outcome {
     pub stuck_jobs: Vec<String>,
     pub dead_jobs: Vec<String>,
     pub stuck_payments: Vec<String>,
+    /// Proofs or milestones in review on an escrow that has ended: no
+    /// decision can ever apply to them.
+    pub stuck_reviews: Vec<String>,
     pub missing_receipts: Vec<String>,
     pub moved_back: Vec<String>,
     pub undelivered_webhooks: Vec<String>,
@@ -110,6 +113,17 @@ pub async fn check(pool: &PgPool, http: &Http, admin: &str, drained_in: Duration
     .map(|(id, status, amount, psp_ref)| {
         format!("payment {id} {status} {amount} psp_ref={}", psp_ref.unwrap_or_default())
     })
+    .collect();
+    out.stuck_reviews = sqlx::query_as::<_, (String, String, String)>(
+        "SELECT 'proof', p.id::text, e.status FROM proofs p JOIN escrows e ON e.id = p.escrow_id \
+         WHERE p.status = 'PENDING_REVIEW' AND e.status NOT IN ('FUNDED', 'RELEASABLE') \
+         UNION ALL SELECT 'milestone', m.id::text, e.status FROM milestones m JOIN escrows e ON e.id = m.escrow_id \
+         WHERE m.status = 'PENDING_REVIEW' AND e.status NOT IN ('FUNDED', 'RELEASABLE')",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(what, id, status)| format!("{what} {id} in review on a {status} escrow"))
     .collect();
     let (accepted, late): (Vec<String>, Vec<String>) = {
         let tally = http.shared.tally();

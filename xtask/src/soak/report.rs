@@ -32,6 +32,7 @@ impl Run<'_> {
             (o.stuck_jobs.len(), "jobs stuck (queued or running after the drain)"),
             (o.dead_jobs.len(), "jobs dead"),
             (o.stuck_payments.len(), "payments left PENDING or SENT"),
+            (o.stuck_reviews.len(), "proofs or milestones in review on an ended escrow"),
             (o.missing_receipts.len(), "receipts whose job row is missing"),
             (o.moved_back.len(), "settled payments moved by a late failure"),
             (o.undelivered_webhooks.len(), "psp-sim webhooks never delivered"),
@@ -81,6 +82,7 @@ impl Run<'_> {
         row("jobs stuck", format!("**{}**", o.stuck_jobs.len()));
         row("jobs dead", o.dead_jobs.len().to_string());
         row("payments left PENDING/SENT", o.stuck_payments.len().to_string());
+        row("proofs/milestones in review on an ended escrow", o.stuck_reviews.len().to_string());
         row("receipts without a job row", o.missing_receipts.len().to_string());
         row(
             "late failures sent / settled payments moved back",
@@ -111,8 +113,9 @@ impl Run<'_> {
                 let _ = writeln!(s, "invariant {name}: {n} violations; sample: {sample}");
             }
         }
-        let lists: [(&str, &Vec<String>); 7] = [
+        let lists: [(&str, &Vec<String>); 8] = [
             ("stuck job", &o.stuck_jobs),
+            ("stuck review", &o.stuck_reviews),
             ("dead job", &o.dead_jobs),
             ("stuck payment", &o.stuck_payments),
             ("receipt without a job row", &o.missing_receipts),
