@@ -206,3 +206,23 @@ async fn drive(
     );
     Ok(ExitCode::FAILURE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_take_minutes_and_an_optional_seed_and_refuse_the_rest() {
+        let o = Options::parse(&args(&["--minutes", "3", "--seed", "42"])).expect("valid");
+        assert_eq!((o.minutes, o.seed), (3, 42));
+        assert!(Options::parse(&args(&["--minutes", "30"])).is_ok());
+        assert!(Options::parse(&args(&[])).is_err(), "minutes are required");
+        assert!(Options::parse(&args(&["--minutes", "0"])).is_err());
+        assert!(Options::parse(&args(&["--minutes", "three"])).is_err());
+        assert!(Options::parse(&args(&["--minutes", "3", "--fast"])).is_err());
+    }
+}
