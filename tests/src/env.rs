@@ -337,6 +337,49 @@ impl Env {
         self.log_dir.join(format!("{name}.log"))
     }
 
+    /// What a failed wait prints: the newest jobs and payments of this
+    /// test's database and the tail of each process's log, so a failure
+    /// seen once in CI can be read without running it again.
+    pub async fn diagnosis(&self) -> String {
+        let mut out = String::new();
+        let queries = [
+            (
+                "jobs, newest first",
+                "SELECT concat_ws(' | ', kind, status, attempts, error, to_char(created_at, 'HH24:MI:SS.MS')) FROM jobs ORDER BY created_at DESC LIMIT 20",
+            ),
+            (
+                "payments",
+                "SELECT concat_ws(' | ', kind, status, attempts, redrives, psp_ref, error_reason) FROM payments ORDER BY created_at DESC LIMIT 10",
+            ),
+        ];
+        for (what, sql) in queries {
+            let rows: Vec<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await.unwrap_or_default();
+            out.push_str(&format!("{what}:\n"));
+            for r in rows {
+                out.push_str(&format!("  {r}\n"));
+            }
+        }
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.log_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            // Request lines are the test's own polling: the rest says what happened.
+            let tail: Vec<&str> = text.lines().rev().filter(|l| !l.contains("\"request done\"")).take(12).collect();
+            out.push_str(&format!("{}, last lines:\n", log.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(&format!("  {}\n", line.chars().take(400).collect::<String>()));
+            }
+        }
+        out
+    }
+
     pub fn var(&self, k: &str) -> Option<&str> {
         self.vars.get(k).map(String::as_str)
     }

@@ -143,11 +143,15 @@ async fn a_failed_payout_frees_the_balance_and_can_be_paid_again() -> anyhow::Re
     deal.deposit("d", "70.00").await?;
     deal.client.client.job(&format!("/escrows/{}/client-approve", deal.escrow_id), "ok", json!({}), 20).await?;
     // The simulator reports payment.failed: the payment is ERROR and the balance is back.
-    let e = eventually(Duration::from_secs(30), || async {
+    let failed = eventually(Duration::from_secs(60), || async {
         let e = deal.escrow().await?;
         Ok((e.body["payments"][0]["status"] == json!("ERROR")).then_some(e.body))
     })
-    .await?;
+    .await;
+    let e = match failed {
+        Ok(e) => e,
+        Err(err) => anyhow::bail!("{err}: the payment never became ERROR\n{}", env.diagnosis().await),
+    };
     assert_eq!(e["balance"], json!("70.00"));
     assert_eq!(e["paid_amount"], json!("0.00"));
     let payment = e["payments"][0]["id"].as_str().unwrap_or("").to_string();
@@ -523,11 +527,15 @@ async fn a_milestone_whose_payout_failed_is_paid_on_the_redrive() -> anyhow::Res
     env.admin()
         .job(&format!("/proofs/{}/decision", up.s("proof_id")), "ok", json!({"decision": "approve"}), 20)
         .await?;
-    let e = eventually(Duration::from_secs(30), || async {
+    let failed = eventually(Duration::from_secs(60), || async {
         let e = deal.escrow().await?;
         Ok((e.body["payments"][0]["status"] == json!("ERROR")).then_some(e.body))
     })
-    .await?;
+    .await;
+    let e = match failed {
+        Ok(e) => e,
+        Err(err) => anyhow::bail!("{err}: the payment never became ERROR\n{}", env.diagnosis().await),
+    };
     assert_eq!(e["milestones"][0]["status"], json!("APPROVED"), "the milestone waits for a new payout");
     assert_eq!(e["balance"], json!("25.00"), "the failed payout's reservation is released");
     let payment = e["payments"][0]["id"].as_str().unwrap_or("").to_string();
