@@ -4,6 +4,8 @@
 pub mod batcher;
 pub mod error;
 pub mod extract;
+pub mod openapi;
+pub mod ops_listener;
 pub mod pusher;
 pub mod routes;
 pub mod state;
@@ -65,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::jobs::router())
         .merge(routes::audit::router())
         .merge(routes::ops::router())
+        .merge(routes::docs::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))

@@ -3,7 +3,6 @@
 use anyhow::{Context, bail};
 use kobatela_api::state::AppState;
 use kobatela_api::waiter::JobWaiter;
-use metrics_exporter_prometheus::PrometheusBuilder;
 use shared::config::Config;
 use shared::domain::access::keys as api_keys;
 use shared::jobs::Queue;
@@ -119,12 +118,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Lazy: the api starts and answers (`/ready` says Redis is down) while
     // Redis is away; pushes that fail are the relay's to make.
     let queue = Queue::new(&config.redis_url, &config.queue_prefix, config.stream_maxlen).context("REDIS_URL")?;
-    let metrics = PrometheusBuilder::new()
-        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])?
-        .install_recorder()?;
+    let metrics = kobatela_api::ops_listener::install()?;
+    let sampler = kobatela_api::ops_listener::Sampler::new(pool.clone(), queue.clone(), metrics, config.stream_block);
+    let metrics_addr = sampler.serve(config.metrics_addr).await?;
+    tracing::info!(addr = %metrics_addr, "api ops listener (/metrics) listening");
     let waiter = JobWaiter::start(queue.client().clone(), queue.ended_channel());
     let addr = config.bind_addr;
-    let state = AppState::new(pool, queue, config, metrics, waiter);
+    let state = AppState::new(pool, queue, config, waiter);
     let app = kobatela_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "api listening");

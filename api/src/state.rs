@@ -4,7 +4,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use metrics_exporter_prometheus::PrometheusHandle;
 use shared::config::{Config, RateLimit};
 use shared::ids::ApiKeyId;
 use shared::jobs::Queue;
@@ -22,7 +21,6 @@ pub struct Inner {
     pub pool: PgPool,
     pub queue: Queue,
     pub config: Config,
-    pub metrics: PrometheusHandle,
     pub limiter: DefaultKeyedRateLimiter<ApiKeyId>,
     pub waiter: JobWaiter,
     pub store: Arc<dyn ProofStore>,
@@ -40,7 +38,7 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, queue: Queue, config: Config, metrics: PrometheusHandle, waiter: JobWaiter) -> Self {
+    pub fn new(pool: PgPool, queue: Queue, config: Config, waiter: JobWaiter) -> Self {
         let quota = match config.rate_limit {
             RateLimit::PerSecond(n) => Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
             RateLimit::PerMinute(n) => Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
@@ -54,6 +52,6 @@ impl AppState {
             config.psp_api_key.clone(),
             std::time::Duration::from_secs(5),
         );
-        AppState(Arc::new(Inner { pool, queue, config, metrics, limiter, waiter, store, pusher, batcher, psp }))
+        AppState(Arc::new(Inner { pool, queue, config, limiter, waiter, store, pusher, batcher, psp }))
     }
 }

@@ -48,6 +48,8 @@ pub struct Config {
     /// Where the worker serves `/health` and `/metrics` (port 0: a free one,
     /// logged at start).
     pub worker_metrics_addr: SocketAddr,
+    /// The api's ops listener (`/metrics`), apart from the public port.
+    pub metrics_addr: SocketAddr,
     pub body_limit_bytes: usize,
     pub proof_max_bytes: usize,
     pub storage_dir: PathBuf,
@@ -169,6 +171,13 @@ impl Config {
             Some(v) => v.parse().map_err(|_| err("WORKER_METRICS_ADDR", format!("`{v}` is not host:port")))?,
             None => SocketAddr::from(([127, 0, 0, 1], 0)),
         };
+        let metrics_addr = match get("METRICS_ADDR") {
+            Some(v) => v.parse().map_err(|_| err("METRICS_ADDR", format!("`{v}` is not host:port")))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 9100)),
+        };
+        if metrics_addr == bind_addr && metrics_addr.port() != 0 {
+            return Err(err("METRICS_ADDR", "must differ from the public address (BIND_ADDR / PORT)"));
+        }
         let worker_concurrency = parse_num("WORKER_CONCURRENCY", 8)?;
         if worker_concurrency == 0 {
             return Err(err("WORKER_CONCURRENCY", "must be at least 1"));
@@ -202,6 +211,7 @@ impl Config {
             stream_maxlen,
             stream_block: Duration::from_millis(stream_block_ms),
             worker_metrics_addr,
+            metrics_addr,
             body_limit_bytes: parse_num("BODY_LIMIT_BYTES", 64 * 1024)? as usize,
             proof_max_bytes: parse_num("PROOF_MAX_BYTES", 10 * 1024 * 1024)? as usize,
             storage_dir: storage_dir(get("STORAGE_DIR"))?,
@@ -264,6 +274,7 @@ mod tests {
     fn defaults_load() {
         let c = load(&[]).expect("defaults are valid");
         assert_eq!(c.bind_addr.port(), 8080);
+        assert_eq!(c.metrics_addr, SocketAddr::from(([127, 0, 0, 1], 9100)));
         assert_eq!(c.rate_limit, RateLimit::PerSecond(50));
         assert_eq!(c.saka_timezone, chrono_tz::UTC);
         assert!(c.require_webhook_secrets().is_err());
@@ -279,6 +290,9 @@ mod tests {
         assert_eq!(load(&[("STREAM_BLOCK_MS", "0")]).err().map(|e| e.key), Some("STREAM_BLOCK_MS"));
         assert_eq!(load(&[("RELAY_EVERY_SECS", "60")]).err().map(|e| e.key), Some("RELAY_EVERY_SECS"));
         assert_eq!(load(&[("WORKER_METRICS_ADDR", "nowhere")]).err().map(|e| e.key), Some("WORKER_METRICS_ADDR"));
+        assert_eq!(load(&[("METRICS_ADDR", "nowhere")]).err().map(|e| e.key), Some("METRICS_ADDR"));
+        let same = [("BIND_ADDR", "127.0.0.1:9100"), ("METRICS_ADDR", "127.0.0.1:9100")];
+        assert_eq!(load(&same).err().map(|e| e.key), Some("METRICS_ADDR"));
     }
 
     #[test]

@@ -326,7 +326,9 @@ pub fn format_amount(amount: Decimal, decimals: u32) -> String {
 
 /// SAKA grains: whole numbers, never money. There is deliberately no
 /// conversion to or from `Money` or `Decimal`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 #[sqlx(transparent)]
 pub struct Grains(pub i64);

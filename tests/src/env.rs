@@ -138,12 +138,14 @@ impl Env {
         let admin_key = format!("kb_admin_{}", uuid::Uuid::new_v4().simple());
         let webhook_secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
         let api_port = free_port()?;
+        let metrics_port = free_port()?;
         let mut vars: HashMap<String, String> = [
             ("DATABASE_URL", db_url.clone()),
             ("REDIS_URL", redis_url.clone()),
             ("QUEUE_PREFIX", format!("e2e-{}", &id[..12])),
             ("PORT", api_port.to_string()),
             ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
+            ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
             ("BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
             ("PSP_WEBHOOK_SECRETS", webhook_secret.clone()),
             ("LOG_FORMAT", "json".into()),
@@ -382,6 +384,14 @@ impl Env {
 
     pub fn var(&self, k: &str) -> Option<&str> {
         self.vars.get(k).map(String::as_str)
+    }
+
+    /// The api's `/metrics` text, from its ops listener (`METRICS_ADDR`).
+    pub async fn api_metrics(&self) -> anyhow::Result<String> {
+        let addr = self.var("METRICS_ADDR").context("no METRICS_ADDR")?;
+        let r =
+            reqwest::Client::new().get(format!("http://{addr}/metrics")).timeout(Duration::from_secs(5)).send().await?;
+        Ok(r.error_for_status()?.text().await?)
     }
 
     /// Deletes every Redis key of this environment: what `FLUSHALL` does

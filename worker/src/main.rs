@@ -146,7 +146,13 @@ async fn run() -> anyhow::Result<()> {
     if std::env::args().nth(1).is_some_and(|a| a != "run") {
         bail!("usage: worker [run]  (configuration comes from the environment)");
     }
-    let metrics = PrometheusBuilder::new().install_recorder()?;
+    // Histograms with buckets (not summaries), so latency aggregates across
+    // replicas; gauges nothing writes any more age out instead of going stale.
+    let metrics = PrometheusBuilder::new()
+        .set_buckets(shared::telemetry::LATENCY_BUCKETS)?
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(shared::telemetry::GAUGE_IDLE))
+        .install_recorder()?;
+    shared::telemetry::describe_metrics();
     let pool =
         db::connect(&config.database_url, (config.worker_concurrency as u32 + 4).max(config.db_pool_size.min(64)))
             .await
@@ -162,6 +168,7 @@ async fn run() -> anyhow::Result<()> {
         statuses: statuses.clone(),
         block: config.stream_block,
         metrics,
+        name: config.worker_name.clone(),
     };
     let ops_addr = ops.serve(config.worker_metrics_addr).await?;
     let psp_http = shared::psp::client::HttpPspClient::new(

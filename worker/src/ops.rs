@@ -27,9 +27,15 @@ pub struct Ops {
     pub statuses: Vec<Arc<ConsumerStatus>>,
     pub block: Duration,
     pub metrics: PrometheusHandle,
+    /// `WORKER_NAME`: the consumer name in every kind's group.
+    pub name: String,
 }
 
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How often the streams are sampled and the consumers' polls reported.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// How often reports of consumers gone for an hour are dropped (in samples).
+const FORGET_EVERY_SAMPLES: u64 = 150;
 
 impl Ops {
     /// Binds the listener (port 0: a free one) and serves it in the
@@ -55,7 +61,25 @@ impl Ops {
     /// failed sample leaves the gauges as they were; the consumers' own
     /// liveness tells that Redis is gone.
     async fn sample_streams(self) {
+        let mut samples: u64 = 0;
         loop {
+            // Each consumer's last completed poll, for the api's liveness
+            // view (`GET /ops/queues`, `kobatela_queue_consumers_alive`).
+            let polls: Vec<(shared::jobs::JobKind, &str, i64)> = self
+                .statuses
+                .iter()
+                .filter_map(|s| s.last_poll().map(|at| (s.kind, self.name.as_str(), at.timestamp_millis())))
+                .collect();
+            if let Err(e) = self.queue.report_polls(&polls).await {
+                tracing::debug!(error = %e, "consumer polls not reported");
+            }
+            if samples.is_multiple_of(FORGET_EVERY_SAMPLES) {
+                let before = chrono::Utc::now().timestamp_millis() - shared::jobs::stats::FORGET_CONSUMER_AFTER_MS;
+                for status in &self.statuses {
+                    let _ = self.queue.forget_polls_before(status.kind, before).await;
+                }
+            }
+            samples += 1;
             for status in &self.statuses {
                 let kind = status.kind.as_str();
                 if let Ok(stats) = self.queue.stats(status.kind).await {

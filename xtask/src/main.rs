@@ -13,7 +13,9 @@
 //! signals (Ctrl-C, SIGTERM) every command turns into a clean stop.
 
 mod bench;
+mod contract;
 mod demo;
+mod ops_checks;
 mod procs;
 mod services;
 mod soak;

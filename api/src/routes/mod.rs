@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod catalogue;
+pub mod docs;
 pub mod escrows;
 pub mod health;
 pub mod jobs;

@@ -1,5 +1,9 @@
 //! `GET /ops/invariants` (support, admin): the last invariants run, or a
 //! run now with `?run=1` (DOMAIN.md, "Invariants and reconciliation").
+//! `GET /ops/queues` (support, admin): each job kind's queue, rows and stream.
+//! `GET /ops/cron` (support, admin): each schedule's last claimed tick.
+//! `GET /ops`: the ops console, one page in the binary (`assets/ops.html`)
+//! that calls these and the other JSON endpoints with a key typed into it.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -14,7 +18,11 @@ use crate::extract::{Auth, QueryMap};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/ops/invariants", get(read))
+    Router::new()
+        .route("/ops", get(console))
+        .route("/ops/invariants", get(read))
+        .route("/ops/queues", get(queues))
+        .route("/ops/cron", get(cron))
 }
 
 async fn read(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiResult<impl IntoResponse> {
@@ -38,4 +46,26 @@ async fn read(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiRes
         Some(run) => Ok(Json(serde_json::to_value(run).map_err(Error::from)?)),
         None => Ok(Json(serde_json::json!({"run_id": null, "checked_at": null, "invariants": []}))),
     }
+}
+
+/// Every kind, zeros included, in a list like every other (never paged:
+/// there are as many entries as job kinds).
+async fn queues(State(s): State<AppState>, Auth(who): Auth) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Support])?;
+    let items = shared::jobs::stats::queues(&s.pool, &s.queue).await?;
+    Ok(Json(serde_json::json!({"items": items, "next_cursor": null})))
+}
+
+async fn cron(State(s): State<AppState>, Auth(who): Auth) -> ApiResult<impl IntoResponse> {
+    who.require(&[Role::Admin, Role::Support])?;
+    let mut conn = s.pool.acquire().await?;
+    let items = shared::domain::ops::cron::last_ticks(&mut conn).await?;
+    Ok(Json(serde_json::json!({"items": items, "next_cursor": null})))
+}
+
+const CONSOLE_HTML: &str = include_str!("../../assets/ops.html");
+
+/// The page only: public, like `/docs`; every call it makes needs a key.
+async fn console() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], CONSOLE_HTML)
 }

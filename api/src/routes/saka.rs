@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/saka/wallets/{user_id}", get(wallet))
         .route("/saka/harvest", post(harvest))
         .route("/saka/spend", post(spend))
-        .route("/saka/adjustments", post(request_adjustment))
+        .route("/saka/adjustments", post(request_adjustment).get(list_adjustments))
         .route("/saka/adjustments/{id}", get(read_adjustment))
         .route("/saka/adjustments/{id}/approve", post(approve_adjustment))
         .route("/saka/adjustments/{id}/reject", post(reject_adjustment))
@@ -140,4 +140,16 @@ async fn read_adjustment(
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = s.pool.acquire().await?;
     Ok(Json(saka::get_adjustment(&mut conn, &who, id).await?))
+}
+
+/// `GET /saka/adjustments?status=PENDING_APPROVAL` (admin, support): what
+/// waits for a second admin, newest first.
+async fn list_adjustments(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    q: crate::extract::QueryMap,
+) -> ApiResult<impl IntoResponse> {
+    let page = q.page()?;
+    let mut conn = s.pool.acquire().await?;
+    Ok(Json(saka::list_adjustments(&mut conn, &who, q.get("status"), &page).await?))
 }

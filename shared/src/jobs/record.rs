@@ -97,7 +97,7 @@ impl JobRow {
 }
 
 /// What a client sees of a job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Receipt {
     pub job_id: JobId,
     pub kind: String,

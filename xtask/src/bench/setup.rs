@@ -48,6 +48,7 @@ impl Setup {
             ("REDIS_URL", services.redis.to_string()),
             ("PORT", api_port.to_string()),
             ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
+            ("METRICS_ADDR", format!("127.0.0.1:{}", procs::free_port()?)),
             ("QUEUE_PREFIX", queue_prefix.clone()),
             ("BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
             ("PSP_WEBHOOK_SECRETS", webhook_secret.clone()),

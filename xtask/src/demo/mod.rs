@@ -91,6 +91,7 @@ impl Setup {
             ("DATABASE_URL", database.to_string()),
             ("REDIS_URL", services.redis.to_string()),
             ("PORT", api_port.to_string()),
+            ("METRICS_ADDR", format!("127.0.0.1:{}", procs::free_port()?)),
             ("QUEUE_PREFIX", queue_prefix.clone()),
             ("BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
             ("PSP_WEBHOOK_SECRETS", webhook_secret.clone()),

@@ -16,7 +16,7 @@ use crate::principal::{Principal, Role};
 
 const KEY_PREFIX_LEN: usize = 11;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: ApiKeyId,
     pub prefix: String,
@@ -30,7 +30,7 @@ pub struct ApiKey {
 }
 
 /// A key just created: the only time the secret is seen.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     pub id: ApiKeyId,
     pub prefix: String,

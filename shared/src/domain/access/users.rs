@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::ids::UserId;
 use crate::principal::Principal;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: UserId,
     pub username: String,

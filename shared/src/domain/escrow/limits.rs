@@ -29,7 +29,7 @@ pub struct Payee {
 pub(crate) const PAYEE_COLUMNS: &str =
     "id, escrow_id, payee_ref, label, daily_limit, total_limit, spent_day, spent_today, spent_total";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PayeeOut {
     pub id: PayeeId,
     pub escrow_id: EscrowId,

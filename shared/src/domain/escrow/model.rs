@@ -51,7 +51,7 @@ impl Escrow {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EscrowOut {
     pub id: EscrowId,
     pub client_id: UserId,
@@ -110,14 +110,14 @@ pub struct Milestone {
     pub status: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GeofenceIn {
     pub lat: f64,
     pub lng: f64,
     pub radius_m: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MilestoneOut {
     pub id: MilestoneId,
     pub escrow_id: EscrowId,
@@ -203,7 +203,7 @@ impl Payment {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PaymentOut {
     pub id: PaymentId,
     pub escrow_id: EscrowId,

@@ -138,7 +138,7 @@ const SAMPLE: usize = 20;
 /// Alerts raised per invariant per run at most.
 const MAX_ALERTS: usize = 100;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvariantResult {
     pub name: String,
     pub description: String,
@@ -146,7 +146,7 @@ pub struct InvariantResult {
     pub sample: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Run {
     pub run_id: crate::ids::InvariantRunId,
     pub checked_at: DateTime<Utc>,
@@ -336,7 +336,8 @@ async fn store(pool: &PgPool, mut invariants: Vec<InvariantResult>) -> Result<Ru
     for inv in run.invariants.iter().filter(|i| i.violations > 0) {
         tracing::error!(invariant = %inv.name, violations = inv.violations, run_id = %run.run_id, "invariant violated");
     }
-    metrics::gauge!("kobatela_invariant_violations").set(run.violations() as f64);
+    // `kobatela_invariant_violations{invariant}` is the api's sampler's,
+    // read from the stored run, so it holds between runs and across restarts.
     Ok(run)
 }
 

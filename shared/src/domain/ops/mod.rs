@@ -5,4 +5,5 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod cron;
 pub mod invariants;

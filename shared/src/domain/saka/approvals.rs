@@ -197,3 +197,32 @@ pub async fn get_adjustment(conn: &mut PgConnection, who: &Principal, id: SakaAd
             .await?;
     adj.map(Into::into).ok_or_else(|| Error::not_found(ErrorCode::SakaAdjustmentNotFound, "SAKA adjustment"))
 }
+
+/// Adjustments, newest first, for admin and support; `status` (one of
+/// [`status`]) filters, e.g. those waiting for a second admin.
+pub async fn list_adjustments(
+    conn: &mut PgConnection,
+    who: &Principal,
+    status_filter: Option<&str>,
+    page: &crate::page::PageRequest,
+) -> Result<crate::page::Page<AdjustmentOut>> {
+    who.require(&[Role::Admin, Role::Support])?;
+    let known = [status::PENDING_APPROVAL, status::APPLIED, status::REJECTED, status::EXPIRED];
+    if let Some(st) = status_filter
+        && !known.contains(&st)
+    {
+        let why = FieldError::new("status", "must be PENDING_APPROVAL, APPLIED, REJECTED or EXPIRED");
+        return Err(Problem::fields(ErrorCode::ValidationError, vec![why]).into());
+    }
+    let rows: Vec<Adjustment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ADJUSTMENT_COLUMNS} FROM saka_adjustments
+          WHERE ($1::text IS NULL OR status = $1) AND id < $2 ORDER BY id DESC LIMIT $3"
+    )))
+    .bind(status_filter)
+    .bind(page.before())
+    .bind(page.fetch_limit())
+    .fetch_all(conn)
+    .await?;
+    let page = crate::page::Page::from_rows(rows, page, |a| a.id.0);
+    Ok(page.map(AdjustmentOut::from))
+}

@@ -23,7 +23,7 @@ pub mod rollover;
 pub mod wallet;
 
 pub use adjustments::{request_adjustment, run_adjustment};
-pub use approvals::{approve_adjustment, expire_pending, get_adjustment, reject_adjustment};
+pub use approvals::{approve_adjustment, expire_pending, get_adjustment, list_adjustments, reject_adjustment};
 pub use harvest::harvest;
 pub use model::{
     ADJUSTMENT_MAX, APPROVAL_TTL_HOURS, Adjustment, AdjustmentOut, DAILY_MANUAL_CAP, DUAL_APPROVAL_ABOVE,

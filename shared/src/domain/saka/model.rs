@@ -124,7 +124,7 @@ pub enum SakaAdjustmentV1 {
 
 /// `GET /saka/wallets/{user_id}`. `manual_adjust_today` is the count of
 /// `day` (zero when the stored counter belongs to an earlier day).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WalletOut {
     pub user_id: UserId,
     pub balance: Grains,
@@ -153,7 +153,7 @@ pub(crate) const LEDGER_COLUMNS: &str =
     "id, user_id, seq, direction, reason, amount, balance_after, job_id, adjustment_id, created_at";
 
 /// A SAKA transaction as a job result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SakaTxOut {
     pub id: SakaTxId,
     pub user_id: UserId,
@@ -204,7 +204,7 @@ pub struct Adjustment {
 
 pub(crate) const ADJUSTMENT_COLUMNS: &str = "id, user_id, amount, note, status, requested_by, approved_by, rejected_by, decision_note, decided_at, created_at, expires_at";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AdjustmentOut {
     pub id: SakaAdjustmentId,
     pub user_id: UserId,

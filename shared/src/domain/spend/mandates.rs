@@ -35,7 +35,7 @@ pub struct Mandate {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MandateOut {
     pub id: MandateId,
     pub sender_id: UserId,

@@ -41,7 +41,7 @@ pub struct Purchase {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PurchaseOut {
     pub id: PurchaseId,
     pub sender_id: UserId,

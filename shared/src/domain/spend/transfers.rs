@@ -36,7 +36,7 @@ pub struct Transfer {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TransferOut {
     pub id: TransferId,
     pub sender_id: UserId,

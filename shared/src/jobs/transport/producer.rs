@@ -156,6 +156,52 @@ impl Queue {
         pipe.cmd("PUBLISH").arg(self.ended_channel()).arg(ids.join(",")).ignore();
     }
 
+    /// Where workers report when each of their consumers of `kind` last
+    /// completed a poll: a hash `{prefix}.{kind}.alive`, field the consumer
+    /// name, value unix milliseconds. `XINFO CONSUMERS` cannot say it: on
+    /// Redis 7.0 a read that finds nothing neither creates the consumer nor
+    /// refreshes its idle time, so an idle queue's live consumers look dead.
+    pub fn alive_key(&self, kind: JobKind) -> String {
+        format!("{}.{}.alive", self.prefix, kind.as_str())
+    }
+
+    /// Records `(kind, consumer, last poll in unix ms)` for each, in one round trip.
+    pub async fn report_polls(&self, polls: &[(JobKind, &str, i64)]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for (kind, name, at_ms) in polls {
+            pipe.cmd("HSET").arg(self.alive_key(*kind)).arg(*name).arg(*at_ms).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(queue_err)
+    }
+
+    /// `(consumer, last poll in unix ms)` of every consumer of `kind` that
+    /// reported.
+    pub async fn polls(&self, kind: JobKind) -> Result<Vec<(String, i64)>> {
+        let mut conn = self.conn.clone();
+        let map: std::collections::HashMap<String, i64> =
+            redis::cmd("HGETALL").arg(self.alive_key(kind)).query_async(&mut conn).await.map_err(queue_err)?;
+        Ok(map.into_iter().collect())
+    }
+
+    /// Drops the reports of consumers silent since `before_ms` (replicas
+    /// that are gone), so the hash does not grow with every restart.
+    pub async fn forget_polls_before(&self, kind: JobKind, before_ms: i64) -> Result<()> {
+        let old: Vec<String> =
+            self.polls(kind).await?.into_iter().filter(|(_, at)| *at < before_ms).map(|(name, _)| name).collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("HDEL")
+            .arg(self.alive_key(kind))
+            .arg(&old)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(queue_err)?;
+        Ok(())
+    }
+
     /// Length, pending count and consumers of one kind's stream. A stream or
     /// group that does not exist (yet, or after a flush) is empty.
     pub async fn stats(&self, kind: JobKind) -> Result<StreamStats> {

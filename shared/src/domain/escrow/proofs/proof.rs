@@ -39,7 +39,7 @@ pub struct Proof {
     pub decision_note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProofOut {
     pub id: ProofId,
     pub escrow_id: EscrowId,
