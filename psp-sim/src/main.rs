@@ -133,6 +133,9 @@ struct WebhookRecord {
     delivered: bool,
     /// The HTTP status of the last try, `None` if it got no answer.
     last_status: Option<u16>,
+    /// The signed body exactly as sent (the first version sent under this
+    /// id), so a test can replay a captured event byte for byte.
+    body: String,
 }
 
 #[derive(Default)]
@@ -154,7 +157,7 @@ impl Ledger {
 
     /// The record for an event id, created on first use (a replayed id from
     /// `/sim/events` keeps counting on the same record).
-    fn webhook(&mut self, event_id: &str, kind: &str, payment_id: Option<String>) -> &mut WebhookRecord {
+    fn webhook(&mut self, event_id: &str, kind: &str, payment_id: Option<String>, body: &[u8]) -> &mut WebhookRecord {
         let index = match self.webhook_by_event.get(event_id) {
             Some(&i) => i,
             None => {
@@ -165,6 +168,7 @@ impl Ledger {
                     attempts: 0,
                     delivered: false,
                     last_status: None,
+                    body: String::from_utf8_lossy(body).into_owned(),
                 });
                 self.webhook_by_event.insert(event_id.to_string(), self.webhooks.len() - 1);
                 self.webhooks.len() - 1
@@ -338,7 +342,7 @@ async fn create_payout(State(sim): State<SharedSim>, headers: HeaderMap, body: B
     let kind = if failed { "payment.failed" } else { "payment.settled" };
     let event_id = Uuid::new_v4().to_string();
     let body = event_body(&event_id, kind, &data);
-    ledger.webhook(&event_id, kind, Some(payout.payment_id.clone()));
+    ledger.webhook(&event_id, kind, Some(payout.payment_id.clone()), &body);
     drop(ledger);
 
     tracing::info!(payment_id = %payout.payment_id, %psp_ref, event_id, event_type = kind, "payout accepted");
@@ -483,7 +487,7 @@ async fn send_event(State(sim): State<SharedSim>, body: Bytes) -> Response {
     let event_id = input.id.filter(|id| !id.trim().is_empty()).unwrap_or_else(|| Uuid::new_v4().to_string());
     let payment_id = data.get("payment_id").and_then(Value::as_str).map(str::to_string);
     let body = event_body(&event_id, &input.kind, &data);
-    sim.ledger().webhook(&event_id, &input.kind, payment_id);
+    sim.ledger().webhook(&event_id, &input.kind, payment_id, &body);
 
     let status = send_once(&sim, &event_id, &body).await;
     let delivered = status.is_some_and(|s| (200..300).contains(&s));
@@ -578,7 +582,7 @@ async fn create_funding(State(sim): State<SharedSim>, body: Bytes) -> Response {
             created_at: now_text(),
         };
         ledger.fundings.push(record.clone());
-        ledger.webhook(&event_id, "funding.succeeded", None);
+        ledger.webhook(&event_id, "funding.succeeded", None, &body);
         record
     };
     tracing::info!(funding_id = %record.id, escrow_id = %record.escrow_id, event_id, "funding taken");

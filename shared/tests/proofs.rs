@@ -91,8 +91,9 @@ async fn after_a_release_no_decision_or_validation_moves_a_paid_milestone_back(p
     drive(&pool, id).await.expect("driven");
     psp_says(&pool, id, true).await;
     assert_eq!(d.milestone_statuses(&pool).await, vec!["PAID"]);
+    // The proof left in review was closed by the release (see below).
     for decision in [Decision::Reject, Decision::Approve] {
-        assert_eq!(code(&decide(&pool, d.admin, in_review, decision).await), Some(ErrorCode::EscrowNotActive));
+        assert_eq!(code(&decide(&pool, d.admin, in_review, decision).await), Some(ErrorCode::ProofAlreadyDecided));
     }
     assert_eq!(d.milestone_statuses(&pool).await, vec!["PAID"], "a PAID milestone never moves back");
     // A validation still queued when the escrow was released: the proof is
@@ -125,6 +126,46 @@ async fn after_a_release_no_decision_or_validation_moves_a_paid_milestone_back(p
     assert_eq!(payments(&pool, d.escrow).await.len(), 1);
     let (_, reserved, paid, _) = d.money(&pool).await;
     assert_eq!((reserved, paid), (dec("50.00"), dec("50.00")));
+}
+
+/// Found by the chaos soak: an escrow released or refunded while a proof
+/// waited for a person left that proof in review for ever (no decision
+/// applies to an ended escrow). The transition closes it.
+async fn an_ended_escrow_leaves_no_proof_in_review(pool: PgPool, action: TransitionAction, milestone: &str) {
+    let d = deal(&pool, "50.00", "USD", &[("50.00", "DOCUMENT")]).await;
+    d.deposit(&pool, "50.00").await;
+    let in_review = proof_in_review(&pool, &d, 1).await;
+    let parent = job(&pool, &d.client, JobKind::EscrowTransition).await;
+    assert_eq!(code(&transition(&pool, d.client, &parent, d.escrow, action).await), None);
+    let proof: (String, Option<String>) = sqlx::query_as("SELECT status, rejection_code FROM proofs WHERE id = $1")
+        .bind(in_review)
+        .fetch_one(&pool)
+        .await
+        .expect("proof");
+    assert_eq!(proof, ("REJECTED".into(), Some("ESCROW_NOT_ACTIVE".into())));
+    assert_eq!(d.milestone_statuses(&pool).await, vec![milestone]);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE entity = 'proof' AND entity_id = $1 AND action = 'PROOF_REJECTED'",
+    )
+    .bind(in_review.to_string())
+    .fetch_one(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(audited, 1);
+    assert_eq!(
+        code(&decide(&pool, d.client, in_review, Decision::Approve).await),
+        Some(ErrorCode::ProofAlreadyDecided)
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_release_closes_a_proof_left_in_review_and_pays_the_milestone_it_approved(pool: PgPool) {
+    an_ended_escrow_leaves_no_proof_in_review(pool, TransitionAction::ClientApprove, "APPROVED").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_refund_closes_a_proof_left_in_review_and_its_milestone_waits_no_more(pool: PgPool) {
+    an_ended_escrow_leaves_no_proof_in_review(pool, TransitionAction::ClientReject, "WAITING").await;
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]

@@ -5,6 +5,8 @@
 //! - `demo`: the product end to end through its HTTP API.
 //! - `bench [--quick]`: purchases per second end to end against pgbench,
 //!   enqueue and webhook acknowledgement latency (see `bench.rs`).
+//! - `soak --minutes N [--seed S]`: a chaos soak on private services (see
+//!   `soak/mod.rs`).
 //! - `services`: say which Postgres and Redis the others would use.
 //!
 //! Shared here: where the workspace and its target directory are, and the
@@ -16,6 +18,7 @@ mod demo;
 mod ops_checks;
 mod procs;
 mod services;
+mod soak;
 mod test;
 
 use std::path::PathBuf;
@@ -33,6 +36,10 @@ commands:
   demo             run the product end to end through its HTTP API
   bench [--quick]  measure purchases per second against pgbench, enqueue and
                    webhook latency (release binaries; table in target/bench/results.md)
+  soak --minutes N [--seed S]
+                   a chaos soak: random workload and seeded faults on private
+                   Postgres and Redis, then invariants and reconciliation
+                   (table in target/soak/results.md)
   services         print the Postgres and Redis the other commands would use
 
 Postgres and Redis: DATABASE_URL / REDIS_URL when set and reachable, else
@@ -95,6 +102,15 @@ async fn run(args: Vec<String>) -> Result<ExitCode> {
                 )
             })
             .await
+        }
+        "soak" => {
+            let options = match soak::Options::parse(rest) {
+                Ok(options) => options,
+                Err(e) => bail!("{e}\n\n{USAGE}"),
+            };
+            let mut signals = Signals::listen()?;
+            let layout = Layout::load().await?;
+            soak::run(&layout, &mut signals, options).await
         }
         "services" => {
             let layout = Layout::load().await?;

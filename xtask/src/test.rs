@@ -9,6 +9,9 @@
 //! - `REDIS_URL`.
 //! - `KOBATELA_API_BIN`, `KOBATELA_WORKER_BIN`, `KOBATELA_PSP_SIM_BIN`:
 //!   absolute paths of the binaries the end-to-end suites start.
+//!
+//! Then, on a full run (or with `KOBATELA_SOAK_MINUTES` set), a 3-minute
+//! chaos soak (`soak`), whose failure fails the run.
 
 use std::process::ExitCode;
 
@@ -58,13 +61,28 @@ pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, ex
     if !checks_ok {
         println!("a check after cargo test failed (see above)");
     }
+    let soaked = soak_after_tests(layout, signals, full_run).await?;
     // The last line: every test binary's results added up (doc tests, which
     // we have none of, close cargo's own output with "0 passed").
     println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
-    if !checks_ok && code == 0 {
+    if (!checks_ok || !soaked) && code == 0 {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The chaos soak after the tests and checks (`soak`), on private services
+/// of its own: on a full run, or when `KOBATELA_SOAK_MINUTES` is set
+/// (default 3 minutes, 0 skips it; `KOBATELA_SOAK_SEED` fixes the seed).
+/// False when it failed.
+async fn soak_after_tests(layout: &Layout, signals: &mut Signals, full_run: bool) -> Result<bool> {
+    if !full_run && std::env::var_os("KOBATELA_SOAK_MINUTES").is_none() {
+        return Ok(true);
+    }
+    println!("\nchaos soak (KOBATELA_SOAK_MINUTES=0 skips it)");
+    let passed = crate::soak::ci(layout, signals).await?;
+    println!("chaos soak: {}", if passed { "passed" } else { "FAILED" });
+    Ok(passed)
 }
 
 /// The checks after cargo test (`KOBATELA_CHECKS=ops cargo xtask test` runs

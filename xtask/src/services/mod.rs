@@ -21,9 +21,11 @@ use reqwest::Url;
 use crate::Layout;
 use crate::procs::{self, Proc};
 
+mod owned;
 mod private;
 mod probe;
 
+pub use owned::Owned;
 pub use private::Psql;
 use private::{PostgresBins, PrivatePostgres, RunDir, find_redis_server, start_postgres, start_redis};
 pub(crate) use probe::percent_decode;

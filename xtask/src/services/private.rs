@@ -116,9 +116,15 @@ pub(super) struct RunDir {
 
 impl RunDir {
     pub(super) async fn create(layout: &Layout, for_postgres: bool) -> Result<Self> {
+        Self::create_named(layout, &std::process::id().to_string(), for_postgres).await
+    }
+
+    /// A run directory named `name` (`<pid>` or `<tag>-<pid>`, which the
+    /// sweep of stale directories reads back).
+    pub(super) async fn create_named(layout: &Layout, name: &str, for_postgres: bool) -> Result<Self> {
         let base = layout.services();
         sweep_stale(&base).await;
-        let pid = std::process::id().to_string();
+        let pid = name.to_string();
         let path = base.join(&pid);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let run_as = match for_postgres && is_root().await {
@@ -199,6 +205,8 @@ pub(super) async fn sweep_stale(base: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        // `<pid>`, or `<tag>-<pid>` for a command's own instances (the soak).
+        let name = name.rsplit('-').next().unwrap_or_default().to_string();
         if name.parse::<u32>().is_err() || Path::new("/proc").join(&name).exists() {
             continue;
         }
@@ -326,7 +334,11 @@ pub(super) async fn start_postgres(bins: &PostgresBins, dir: &RunDir) -> Result<
 /// redis-server as our child on a free port, no persistence; up once it
 /// answers PING.
 pub(super) async fn start_redis(bin: &Path, dir: &Path) -> Result<(Url, Proc)> {
-    let port = procs::free_port()?;
+    start_redis_on(bin, dir, procs::free_port()?).await
+}
+
+/// redis-server on a given port (a restart keeps its port).
+pub(super) async fn start_redis_on(bin: &Path, dir: &Path, port: u16) -> Result<(Url, Proc)> {
     println!("starting a private Redis on 127.0.0.1:{port} under {}", dir.display());
     let port_arg = port.to_string();
     let dir_arg = dir.to_string_lossy().into_owned();

@@ -140,6 +140,32 @@ pub async fn transition_milestone(conn: &mut PgConnection, m: &Milestone, from: 
     }
 }
 
+/// The escrow ended (released, refunded) while proofs waited for a
+/// person: no decision can apply to them any more (decisions need an
+/// active escrow), so they are closed now, as a validation that finds the
+/// escrow ended closes its proof: `REJECTED` with `ESCROW_NOT_ACTIVE`,
+/// audited. Left alone they would wait in review forever. Milestones still
+/// in review go back to `WAITING` (a release has already approved its own).
+pub async fn close_reviews(conn: &mut PgConnection, escrow: EscrowId, status: &str, actor: &str) -> Result<()> {
+    let closed: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "UPDATE proofs SET status = 'REJECTED', rejection_code = 'ESCROW_NOT_ACTIVE'
+         WHERE escrow_id = $1 AND status = 'PENDING_REVIEW' RETURNING id",
+    )
+    .bind(escrow)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (proof,) in closed {
+        let data = serde_json::json!({"code": "ESCROW_NOT_ACTIVE", "escrow_status": status});
+        audit::write(conn, actor, "PROOF_REJECTED", "proof", proof, data).await?;
+    }
+    for m in milestones(conn, escrow).await? {
+        if m.status == "PENDING_REVIEW" {
+            transition_milestone(conn, &m, &["PENDING_REVIEW"], "WAITING").await?;
+        }
+    }
+    Ok(())
+}
+
 /// After a settlement: when every milestone is PAID and no remainder is
 /// left (the balance is 0), the escrow is RELEASED. A remainder is paid
 /// by the client's approval or the deadline, which release it.

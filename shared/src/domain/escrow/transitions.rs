@@ -13,7 +13,9 @@ use sqlx::PgConnection;
 use crate::domain::escrow::escrows::full;
 use crate::domain::escrow::model::{ESCROW_COLUMNS, Escrow, PaymentKind};
 use crate::domain::escrow::payouts;
-use crate::domain::escrow::state::{event, load, load_for, milestones, require_parties_active, transition_milestone};
+use crate::domain::escrow::state::{
+    close_reviews, event, load, load_for, milestones, require_parties_active, transition_milestone,
+};
 use crate::domain::ops::{alerts, audit};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::EscrowId;
@@ -116,6 +118,7 @@ async fn reject(
         if e.status == "DRAFT" { (&["DRAFT"], "CANCELLED") } else { (&["FUNDED", "RELEASABLE"], "REFUNDED") };
     let after = set_status(conn, e, from, to).await?;
     event(conn, e.id, to, actor, note).await?;
+    close_reviews(conn, e.id, to, actor).await?;
     let mut jobs = Vec::new();
     if after.balance() > Decimal::ZERO {
         jobs.extend(payouts::enqueue(conn, job, &after, PaymentKind::Refund, None, after.balance()).await?.1);
@@ -180,6 +183,7 @@ async fn release(
             jobs.extend(payouts::enqueue(conn, job, &after, PaymentKind::Milestone, Some(&m), m.amount).await?.1);
         }
     }
+    close_reviews(conn, e.id, "RELEASED", actor).await?;
     let after = load(conn, e.id).await?;
     if after.balance() > Decimal::ZERO {
         jobs.extend(payouts::enqueue(conn, job, &after, PaymentKind::Release, None, after.balance()).await?.1);
