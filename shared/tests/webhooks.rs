@@ -83,3 +83,33 @@ async fn an_event_postgres_cannot_hold_is_kept_raw_and_refused_with_an_alert(poo
     assert_eq!(code(&apply(&pool, "nul-1").await), Some(ErrorCode::WebhookPayloadInvalid));
     assert_eq!(count(&pool, "SELECT count(*) FROM alerts WHERE type = 'WEBHOOK_PAYLOAD_INVALID'").await, 1);
 }
+
+/// Found by the chaos soak's review: a PSP funding no escrow can take (over
+/// its total, or an escrow that ended) was refused with nothing to tell ops
+/// that the sender's money sat at the PSP, credited nowhere.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_psp_funding_no_escrow_can_take_is_refused_with_an_alert_and_credits_nothing(pool: PgPool) {
+    let d = deal(&pool, "100.00", "USD", &[]).await;
+    let funding = |id: &str, amount: &str| {
+        format!(
+            r#"{{"id": "{id}", "type": "funding.succeeded", "data": {{"escrow_id": "{}", "amount": "{amount}"}}}}"#,
+            d.escrow
+        )
+    };
+    receive(&pool, &funding("f-1", "80.00")).await;
+    assert_eq!(succeeded(apply(&pool, "f-1").await)["status"], "DRAFT");
+    receive(&pool, &funding("f-2", "30.00")).await;
+    assert_eq!(code(&apply(&pool, "f-2").await), Some(ErrorCode::EscrowOverfunded));
+    assert_eq!(d.money(&pool).await.0, dec("80.00"), "nothing credited past the total");
+    let alert: (i64, Option<String>) =
+        sqlx::query_as("SELECT count(*), max(payload->>'event_id') FROM alerts WHERE type = 'PSP_FUNDING_REFUSED'")
+            .fetch_one(&pool)
+            .await
+            .expect("alerts");
+    assert_eq!(alert, (1, Some("f-2".to_string())));
+    assert_eq!(count(&pool, "SELECT count(*) FROM audit_log WHERE action = 'WEBHOOK_REFUSED'").await, 1);
+    // A funding with no escrow to read is refused and alerted the same way.
+    receive(&pool, r#"{"id": "f-3", "type": "funding.succeeded", "data": {"amount": "1.00"}}"#).await;
+    assert_eq!(code(&apply(&pool, "f-3").await), Some(ErrorCode::WebhookPayloadInvalid));
+    assert_eq!(count(&pool, "SELECT count(*) FROM alerts WHERE type = 'PSP_FUNDING_REFUSED'").await, 2);
+}

@@ -98,7 +98,10 @@ pub async fn apply(conn: &mut PgConnection, cmd: &PspWebhookV1) -> Result<Outcom
     let event = Event { id: &cmd.event_id, kind: &event_type, data: &data, raw: &raw };
     let result = match event_type.as_str() {
         "payment.settled" | "payment.failed" => payment_event(conn, &event).await?,
-        "funding.succeeded" => funding(conn, &event).await?,
+        "funding.succeeded" => match funding(conn, &event).await {
+            Err(Error::Problem(refusal)) => return refuse_funding(conn, &event, refusal).await,
+            other => other?,
+        },
         _ => serde_json::json!({"event_id": cmd.event_id, "type": event_type, "ignored": true}),
     };
     audit::write(conn, ACTOR, "WEBHOOK_APPLIED", "webhook_event", &cmd.event_id, result.clone()).await?;
@@ -155,6 +158,23 @@ async fn funding(conn: &mut PgConnection, event: &Event<'_>) -> Result<serde_jso
     let cmd = EscrowDepositV1 { escrow_id, money };
     let e = deposits::deposit(conn, &psp_principal(), Source::Psp(event.id), &cmd).await?;
     Ok(serde_json::json!({"event_id": event.id, "type": event.kind, "escrow_id": e.id, "status": e.status}))
+}
+
+/// A funding the PSP holds that no escrow can take (over the total, an
+/// escrow no longer taking deposits, an amount or escrow that cannot be
+/// read): the sender's money sits at the PSP, credited nowhere. The job
+/// fails with the refusal and ops get an alert to send it back; both
+/// commit (the refusal wrote nothing before it).
+async fn refuse_funding(conn: &mut PgConnection, event: &Event<'_>, refusal: Problem) -> Result<Outcome> {
+    let data = serde_json::json!({
+        "event_id": event.id, "escrow_id": event.data.get("escrow_id"), "amount": event.data.get("amount"),
+        "currency": event.data.get("currency"), "code": refusal.code.as_str(),
+    });
+    let why =
+        format!("a PSP funding could not be credited ({}): the sender's money is held at the PSP", refusal.detail);
+    alerts::raise(conn, "PSP_FUNDING_REFUSED", &why, None, data.clone()).await?;
+    audit::write(conn, ACTOR, "WEBHOOK_REFUSED", "webhook_event", event.id, data).await?;
+    Ok(Outcome::refused(refusal))
 }
 
 async fn unknown_payment(conn: &mut PgConnection, event_id: &str, event_type: &str) -> Result<serde_json::Value> {
