@@ -92,6 +92,16 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `N` free ports, distinct (all held open while they are picked).
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 fn server_url() -> String {
     std::env::var("KOBATELA_TEST_DATABASE_URL")
         .or_else(|_| std::env::var("DATABASE_URL"))
@@ -137,8 +147,7 @@ impl Env {
         };
         let admin_key = format!("kb_admin_{}", uuid::Uuid::new_v4().simple());
         let webhook_secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
-        let api_port = free_port()?;
-        let metrics_port = free_port()?;
+        let [api_port, metrics_port, psp_port] = free_ports()?;
         let mut vars: HashMap<String, String> = [
             ("DATABASE_URL", db_url.clone()),
             ("REDIS_URL", redis_url.clone()),
@@ -161,7 +170,6 @@ impl Env {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let psp_port = free_port()?;
         if opts.psp {
             vars.insert("PSP_BASE_URL".into(), format!("http://127.0.0.1:{psp_port}"));
             vars.insert("PSP_SIM_PORT".into(), psp_port.to_string());
@@ -171,16 +179,21 @@ impl Env {
             vars.insert(k, v);
         }
         let prefix = vars.get("QUEUE_PREFIX").cloned().unwrap_or_default();
-        let status = Command::new(bin("api", "KOBATELA_API_BIN"))
+        // Its output goes to the test's log folder, and into the error.
+        let out = Command::new(bin("api", "KOBATELA_API_BIN"))
             .arg("migrate")
             .envs(&vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .output()
             .await
             .context("running `api migrate` (build the binaries first: cargo build --bins)")?;
-        if !status.success() {
-            bail!("api migrate failed");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        std::fs::write(log_dir.join("migrate.log"), &text)?;
+        if !out.status.success() {
+            bail!(
+                "api migrate failed ({}):\n{}",
+                out.status,
+                text.chars().rev().take(3000).collect::<String>().chars().rev().collect::<String>()
+            );
         }
         let pool = PgPool::connect(&db_url).await?;
         let mut env = Env {
