@@ -26,6 +26,13 @@ async fn apply(pool: &PgPool, event_id: &str) -> shared::Result<Outcome> {
     db::serializable(pool, &cmd, |tx, cmd| Box::pin(events::apply(tx, cmd))).await
 }
 
+/// A `funding.succeeded` body for `escrow`.
+fn funding_event(id: &str, escrow: impl std::fmt::Display, amount: &str) -> String {
+    format!(
+        r#"{{"id": "{id}", "type": "funding.succeeded", "data": {{"escrow_id": "{escrow}", "amount": "{amount}"}}}}"#
+    )
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await.expect("count")
 }
@@ -49,12 +56,7 @@ async fn eight_deliveries_of_one_event_at_once_store_it_and_its_job_once(pool: P
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_funding_is_read_in_the_escrow_currency_and_an_unknown_payment_is_alerted(pool: PgPool) {
     let d = deal(&pool, "5000", "XOF", &[]).await;
-    let funding = |id: &str, amount: &str| {
-        format!(
-            r#"{{"id": "{id}", "type": "funding.succeeded", "data": {{"escrow_id": "{}", "amount": "{amount}"}}}}"#,
-            d.escrow
-        )
-    };
+    let funding = |id: &str, amount: &str| funding_event(id, d.escrow, amount);
     receive(&pool, &funding("f-cents", "100.50")).await;
     assert_eq!(code(&apply(&pool, "f-cents").await), Some(ErrorCode::AmountInvalid), "XOF has no cents");
     receive(&pool, &funding("f-ok", "100.00")).await;
@@ -90,12 +92,7 @@ async fn an_event_postgres_cannot_hold_is_kept_raw_and_refused_with_an_alert(poo
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_psp_funding_no_escrow_can_take_is_refused_with_an_alert_and_credits_nothing(pool: PgPool) {
     let d = deal(&pool, "100.00", "USD", &[]).await;
-    let funding = |id: &str, amount: &str| {
-        format!(
-            r#"{{"id": "{id}", "type": "funding.succeeded", "data": {{"escrow_id": "{}", "amount": "{amount}"}}}}"#,
-            d.escrow
-        )
-    };
+    let funding = |id: &str, amount: &str| funding_event(id, d.escrow, amount);
     receive(&pool, &funding("f-1", "80.00")).await;
     assert_eq!(succeeded(apply(&pool, "f-1").await)["status"], "DRAFT");
     receive(&pool, &funding("f-2", "30.00")).await;

@@ -89,7 +89,8 @@ pub fn bin(name: &str, var: &str) -> PathBuf {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let [port] = free_ports()?;
+    Ok(port)
 }
 
 /// `N` free ports, distinct (all held open while they are picked).

@@ -58,15 +58,15 @@ pub async fn run(layout: &Layout, services: &Services, binaries: &Binaries) -> R
     let database = crate::services::fresh_database(&services.postgres, DATABASE).await?;
     let logs = layout.target.join("kobatela-logs").join("contract");
     std::fs::create_dir_all(&logs)?;
-    let port = procs::free_port()?;
+    let [port, metrics_port, worker_metrics_port] = procs::free_ports()?;
     let admin_key = crate::services::random_text(40);
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", database.to_string()),
         ("REDIS_URL", services.redis.to_string()),
         ("PORT", port.to_string()),
         ("BIND_ADDR", format!("127.0.0.1:{port}")),
-        ("METRICS_ADDR", format!("127.0.0.1:{}", procs::free_port()?)),
-        ("WORKER_METRICS_ADDR", format!("127.0.0.1:{}", procs::free_port()?)),
+        ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+        ("WORKER_METRICS_ADDR", format!("127.0.0.1:{worker_metrics_port}")),
         ("QUEUE_PREFIX", format!("contract-{}", crate::services::random_text(8).to_lowercase())),
         ("BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
         ("PSP_WEBHOOK_SECRETS", crate::services::random_text(32)),

@@ -303,8 +303,23 @@ async fn kill(signal: &str, target: &str) -> Result<()> {
 /// A TCP port free on 127.0.0.1 right now (the OS picks it; we let it go
 /// for the child to bind).
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
-    Ok(listener.local_addr().context("reading the free port")?.port())
+    let [port] = free_ports()?;
+    Ok(port)
+}
+
+/// `N` free ports, distinct: all are held open while they are picked (two
+/// separate picks can get the same port back, and the api refuses a
+/// `METRICS_ADDR` equal to its own address).
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("finding a free port")?;
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr().context("reading the free port")?.port();
+    }
+    Ok(ports)
 }
 
 /// The last [`TAIL_LINES`] lines of a log file, after a line naming it.

@@ -39,7 +39,7 @@ pub(super) struct Setup {
 
 impl Setup {
     pub(super) fn new(database: &Url, services: &Services) -> Result<Self> {
-        let api_port = procs::free_port()?;
+        let [api_port, metrics_port] = procs::free_ports()?;
         let queue_prefix = format!("bench-{}", crate::services::random_text(8).to_lowercase());
         let admin_key = crate::services::random_text(40);
         let webhook_secret = crate::services::random_text(32);
@@ -48,7 +48,7 @@ impl Setup {
             ("REDIS_URL", services.redis.to_string()),
             ("PORT", api_port.to_string()),
             ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
-            ("METRICS_ADDR", format!("127.0.0.1:{}", procs::free_port()?)),
+            ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
             ("QUEUE_PREFIX", queue_prefix.clone()),
             ("BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
             ("PSP_WEBHOOK_SECRETS", webhook_secret.clone()),

@@ -82,8 +82,7 @@ struct Setup {
 
 impl Setup {
     fn new(database: &Url, services: &Services) -> Result<Self> {
-        let api_port = procs::free_port()?;
-        let psp_port = procs::free_port()?;
+        let [api_port, psp_port, metrics_port] = procs::free_ports()?;
         let queue_prefix = format!("demo-{}", crate::services::random_text(8).to_lowercase());
         let admin_key = crate::services::random_text(40);
         let webhook_secret = crate::services::random_text(32);
@@ -91,7 +90,7 @@ impl Setup {
             ("DATABASE_URL", database.to_string()),
             ("REDIS_URL", services.redis.to_string()),
             ("PORT", api_port.to_string()),
-            ("METRICS_ADDR", format!("127.0.0.1:{}", procs::free_port()?)),
+            ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
             ("QUEUE_PREFIX", queue_prefix.clone()),
             ("BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
             ("PSP_WEBHOOK_SECRETS", webhook_secret.clone()),

@@ -29,9 +29,7 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(database: &Url, redis: &Url, storage: &std::path::Path) -> Result<Self> {
-        let api_port = procs::free_port()?;
-        let psp_port = procs::free_port()?;
-        let metrics_port = procs::free_port()?;
+        let [api_port, psp_port, metrics_port] = procs::free_ports()?;
         let admin_key = crate::services::random_text(40);
         let webhook_secret = crate::services::random_text(32);
         let common = [
