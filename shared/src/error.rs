@@ -49,12 +49,17 @@ codes! {
     // Money.
     AmountInvalid = ("AMOUNT_INVALID", 422, "Amount invalid"),
     CurrencyUnsupported = ("CURRENCY_UNSUPPORTED", 422, "Currency not supported"),
+    CurrencyMismatch = ("CURRENCY_MISMATCH", 422, "Currency does not match"),
     // Users, roles, keys.
     UserExists = ("USER_EXISTS", 409, "User already exists"),
     UserNotFound = ("USER_NOT_FOUND", 404, "User not found"),
     AuthRequired = ("AUTH_REQUIRED", 401, "Authentication required"),
     AuthInvalid = ("AUTH_INVALID", 401, "Invalid API key"),
     Forbidden = ("FORBIDDEN", 403, "Forbidden"),
+    // Four eyes on admin power.
+    AdminSelfApproval = ("ADMIN_SELF_APPROVAL", 403, "The requester cannot approve"),
+    AdminGrantNeedsSecondAdmin = ("ADMIN_GRANT_NEEDS_SECOND_ADMIN", 409, "Admin grants need a second active admin"),
+    ApproverNotIndependent = ("APPROVER_NOT_INDEPENDENT", 403, "The approver is not independent of the requester"),
     // Catalogue.
     CategoryExists = ("CATEGORY_EXISTS", 409, "Category already exists"),
     CategoryNotFound = ("CATEGORY_NOT_FOUND", 404, "Category not found"),
@@ -384,6 +389,13 @@ mod tests {
             "PAYEE_LIMIT_OVERRUN",
             "ESCROW_OVERDRAWN",
             "INVARIANT_VIOLATED",
+            // The `code` of the 202 answer to an admin grant request
+            // (waiting for a second admin, not refused).
+            "ADMIN_GRANT_PENDING",
+            "ADMIN_GRANTED",
+            "PSP_DOUBLE_PAYOUT",
+            "PSP_AUTH_FAILED",
+            "PSP_FUNDING_REFUSED",
         ];
         missing.retain(|w| !not_codes.contains(&w.as_str()));
         assert!(missing.is_empty(), "codes in DOMAIN.md without an ErrorCode: {missing:?}");
