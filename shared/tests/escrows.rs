@@ -243,7 +243,7 @@ async fn milestones_come_in_sequence_in_the_escrow_currency_and_never_pass_its_t
     let d = deal(&pool, "100.00", "USD", &[("60.00", "PHOTO")]).await;
     assert_eq!(add(&pool, d.client, &d, 3, "10.00", "USD").await, Some(ErrorCode::ValidationError), "idx 2 is next");
     assert_eq!(add(&pool, d.client, &d, 2, "40.01", "USD").await, Some(ErrorCode::MilestoneSumExceedsTotal));
-    assert_eq!(add(&pool, d.client, &d, 2, "40", "EUR").await, Some(ErrorCode::AmountInvalid), "not its currency");
+    assert_eq!(add(&pool, d.client, &d, 2, "40", "EUR").await, Some(ErrorCode::CurrencyMismatch), "not its currency");
     assert_eq!(add(&pool, d.provider, &d, 2, "40.00", "USD").await, Some(ErrorCode::Forbidden));
     assert_eq!(add(&pool, d.client, &d, 2, "40.00", "USD").await, None, "exactly the total");
     assert_eq!(d.milestone_statuses(&pool).await, vec!["WAITING", "WAITING"]);

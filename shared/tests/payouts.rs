@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 use shared::ErrorCode;
 use shared::db;
@@ -17,6 +18,7 @@ use shared::domain::escrow::transitions::TransitionAction;
 use shared::ids::{JobId, PaymentId};
 use shared::jobs::{End, JobKind, Outcome};
 use shared::principal::Principal;
+use shared::psp::client::{PayoutRequest, PayoutResponse, PspClient, PspError, PspPayout};
 use sqlx::PgPool;
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -258,4 +260,200 @@ async fn a_retried_payout_job_never_drives_a_failed_payment_again_on_its_own(poo
     assert_eq!(code(&prepare_job(&pool, redrive).await), Some(ErrorCode::PayoutFailed));
     assert_eq!((status(&pool, id).await.as_str(), d.money(&pool).await.1), ("ERROR", Decimal::ZERO));
     assert_eq!(audited(&pool, "PAYMENT_REDRIVEN", id).await, 1);
+}
+
+/// The PSP as `payouts::call` sees it, in memory: what it holds under
+/// each key, and the payouts asked of it.
+#[derive(Default)]
+struct HeldPsp {
+    held: std::sync::Mutex<std::collections::HashMap<String, PspPayout>>,
+    sent: std::sync::Mutex<Vec<String>>,
+}
+
+impl HeldPsp {
+    fn hold(&self, key: &str, payment: PaymentId, psp_ref: &str, outcome: &str) {
+        let payout = PspPayout {
+            seq: 1,
+            payment_id: payment.to_string(),
+            idempotency_key: Some(key.to_string()),
+            psp_ref: Some(psp_ref.to_string()),
+            amount: "40.00".into(),
+            currency: "USD".into(),
+            status: "accepted".into(),
+            outcome: Some(outcome.to_string()),
+        };
+        self.held.lock().expect("lock").insert(key.to_string(), payout);
+    }
+}
+
+impl PspClient for HeldPsp {
+    fn payout<'a>(&'a self, req: &'a PayoutRequest) -> BoxFuture<'a, Result<PayoutResponse, PspError>> {
+        self.sent.lock().expect("lock").push(req.idempotency_key.clone());
+        let psp_ref = format!("psp-{}", req.idempotency_key);
+        Box::pin(async move { Ok(PayoutResponse { psp_ref, status: "accepted".into() }) })
+    }
+
+    fn payout_status<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<PspPayout>, PspError>> {
+        let held = self.held.lock().expect("lock").get(key).cloned();
+        Box::pin(async move { Ok(held) })
+    }
+}
+
+/// A released escrow of 40.00 whose payment was driven once (accepted as
+/// `psp-1`) and failed by the PSP: ERROR, ready for a re-drive.
+async fn failed_once(pool: &PgPool) -> (Deal, PaymentId) {
+    let d = deal(pool, "40.00", "USD", &[]).await;
+    d.deposit(pool, "40.00").await;
+    let parent = job(pool, &d.client, JobKind::EscrowTransition).await;
+    assert_eq!(code(&transition(pool, d.client, &parent, d.escrow, TransitionAction::ClientApprove).await), None);
+    let (id, ..) = payments(pool, d.escrow).await.remove(0);
+    let call = call_state(prepare(pool, id).await);
+    assert!(call.earlier.is_empty(), "a first drive asks about nothing");
+    assert_eq!(code(&record(pool, call, CallReply::Accepted { psp_ref: "psp-1".into() }).await), None);
+    assert_eq!(code(&psp_event(pool, payment_event(id, false, "psp-1")).await), None);
+    assert_eq!(status(pool, id).await, "ERROR");
+    (d, id)
+}
+
+async fn alert_payload(pool: &PgPool, kind: &str) -> Vec<serde_json::Value> {
+    sqlx::query_scalar("SELECT payload FROM alerts WHERE type = $1 ORDER BY created_at")
+        .bind(kind)
+        .fetch_all(pool)
+        .await
+        .expect("alerts")
+}
+
+/// Found from outside (issue 15): the PSP may pay a drive it reported
+/// failed. When it does after a re-drive was paid, both drives paid; the
+/// late settlement must move nothing (the money is counted once) and tell
+/// ops, with both drives, instead of passing unnoticed.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_late_settlement_of_a_failed_first_drive_after_a_paid_redrive_moves_nothing_and_raises_psp_double_payout(
+    pool: PgPool,
+) {
+    let (d, id) = failed_once(&pool).await;
+    let call = call_state(prepare_job(&pool, PayoutV1 { payment_id: id, redrive_of: Some(0) }).await);
+    assert_eq!(call.idempotency_key, format!("{id}-r1"));
+    assert_eq!(call.earlier.iter().map(|e| e.idempotency_key.clone()).collect::<Vec<_>>(), vec![id.to_string()]);
+    assert_eq!(code(&record(&pool, call, CallReply::Accepted { psp_ref: "psp-2".into() }).await), None);
+    assert_eq!(code(&psp_event(&pool, payment_event(id, true, "psp-2")).await), None);
+    let before = d.money(&pool).await;
+    assert_eq!((before.2, before.3.as_str()), (dec("40.00"), "RELEASED"));
+    // The PSP now settles the first drive too.
+    let late = succeeded(psp_event(&pool, payment_event(id, true, "psp-1")).await);
+    assert_eq!(late["applied"], false, "{late}");
+    assert_eq!(d.money(&pool).await, before, "counted once");
+    let (st, psp_ref): (String, Option<String>) = sqlx::query_as("SELECT status, psp_ref FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("p");
+    assert_eq!((st.as_str(), psp_ref.as_deref()), ("SETTLED", Some("psp-2")), "the current drive's");
+    let alerts = alert_payload(&pool, "PSP_DOUBLE_PAYOUT").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["current_drive"]["psp_ref"], "psp-2");
+    assert_eq!(alerts[0]["other_drive"]["psp_ref"], "psp-1");
+    assert_eq!(alerts[0]["other_drive"]["drive"], 0);
+}
+
+/// A failure of a drive the payment has moved past (a late or replayed
+/// `payment.failed` of the first drive while the re-drive is SENT) must
+/// not fail the re-drive: that would release a reservation the PSP is
+/// paying.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_failure_of_an_earlier_drive_never_fails_the_current_one(pool: PgPool) {
+    let (d, id) = failed_once(&pool).await;
+    let call = call_state(prepare_job(&pool, PayoutV1 { payment_id: id, redrive_of: Some(0) }).await);
+    assert_eq!(code(&record(&pool, call, CallReply::Accepted { psp_ref: "psp-2".into() }).await), None);
+    let stale = succeeded(psp_event(&pool, payment_event(id, false, "psp-1")).await);
+    assert_eq!(stale["applied"], false);
+    assert_eq!((status(&pool, id).await.as_str(), d.money(&pool).await.1), ("SENT", dec("40.00")), "still reserved");
+    // The current drive's own failure still counts.
+    assert_eq!(succeeded(psp_event(&pool, payment_event(id, false, "psp-2")).await)["applied"], true);
+    assert_eq!((status(&pool, id).await.as_str(), d.money(&pool).await.1), ("ERROR", Decimal::ZERO));
+}
+
+/// DOMAIN.md: before a re-drive, the PSP is asked about the earlier drives;
+/// one it holds as accepted or paid is adopted, never paid again.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_redrive_adopts_an_earlier_drive_the_psp_paid_instead_of_paying_again(pool: PgPool) {
+    let (d, id) = failed_once(&pool).await;
+    let psp = HeldPsp::default();
+    psp.hold(&id.to_string(), id, "psp-1", "settled");
+    let call = call_state(prepare_job(&pool, PayoutV1 { payment_id: id, redrive_of: Some(0) }).await);
+    let reply = payouts::call(&psp, &call).await.expect("an answer");
+    assert!(matches!(&reply, CallReply::Adopted { drive: 0, settled: true, .. }), "{reply:?}");
+    assert!(psp.sent.lock().expect("lock").is_empty(), "nothing paid again");
+    assert_eq!(code(&record(&pool, call, reply).await), None);
+    let (funded, reserved, paid, st) = d.money(&pool).await;
+    assert_eq!((funded, reserved, paid, st.as_str()), (dec("40.00"), dec("40.00"), dec("40.00"), "RELEASED"));
+    let (status, psp_ref, drive): (String, Option<String>, i32) =
+        sqlx::query_as("SELECT status, psp_ref, drive FROM payments WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("p");
+    assert_eq!((status.as_str(), psp_ref.as_deref(), drive), ("SETTLED", Some("psp-1"), 0));
+    let drives: Vec<(i32, Option<String>)> =
+        sqlx::query_as("SELECT drive, psp_status FROM payment_drives WHERE payment_id = $1 ORDER BY drive")
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .expect("drives");
+    assert_eq!(drives, vec![(0, Some("settled".into())), (1, Some("not_sent".into()))]);
+    // Its settlement webhook, arriving now, changes nothing and alerts nobody.
+    assert_eq!(succeeded(psp_event(&pool, payment_event(id, true, "psp-1")).await)["applied"], false);
+    assert_eq!(alert_payload(&pool, "PSP_DOUBLE_PAYOUT").await.len(), 0);
+    assert_eq!(d.money(&pool).await.2, dec("40.00"));
+}
+
+/// The other answers: an earlier drive the PSP failed, or never got, is
+/// driven again under the new key; an earlier one it still holds as
+/// accepted (not paid yet) is adopted as SENT.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_redrive_pays_again_only_when_every_earlier_drive_failed_or_never_reached_the_psp(pool: PgPool) {
+    let (_, failed) = failed_once(&pool).await;
+    let psp = HeldPsp::default();
+    psp.hold(&failed.to_string(), failed, "psp-1", "failed");
+    let call = call_state(prepare_job(&pool, PayoutV1 { payment_id: failed, redrive_of: Some(0) }).await);
+    let reply = payouts::call(&psp, &call).await.expect("an answer");
+    assert!(matches!(&reply, CallReply::Accepted { .. }), "{reply:?}");
+    assert_eq!(*psp.sent.lock().expect("lock"), vec![format!("{failed}-r1")]);
+
+    let (_, unknown) = failed_once(&pool).await;
+    let call = call_state(prepare_job(&pool, PayoutV1 { payment_id: unknown, redrive_of: Some(0) }).await);
+    assert!(matches!(payouts::call(&psp, &call).await, Ok(CallReply::Accepted { .. })));
+    assert_eq!(psp.sent.lock().expect("lock").len(), 2, "a drive the PSP never got is driven again");
+
+    let (d, pending) = failed_once(&pool).await;
+    psp.hold(&pending.to_string(), pending, "psp-1", "pending");
+    let call = call_state(prepare_job(&pool, PayoutV1 { payment_id: pending, redrive_of: Some(0) }).await);
+    let reply = payouts::call(&psp, &call).await.expect("an answer");
+    assert!(matches!(&reply, CallReply::Adopted { drive: 0, settled: false, .. }), "{reply:?}");
+    assert_eq!(code(&record(&pool, call, reply).await), None);
+    assert_eq!(status(&pool, pending).await, "SENT");
+    assert_eq!(d.money(&pool).await.1, dec("40.00"), "reserved for the adopted drive");
+    assert_eq!(psp.sent.lock().expect("lock").len(), 2, "not sent");
+}
+
+/// DOMAIN.md: our credentials refused (401/403) raise `PSP_AUTH_FAILED`
+/// once per outage, not once per payout; the next answer that is not one
+/// ends the outage, and the next refusal starts a new one.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn refused_credentials_raise_one_alert_per_outage(pool: PgPool) {
+    use shared::domain::psp::health;
+    let fail = |pool: PgPool| async move {
+        db::serializable(&pool, &(), |tx, _| Box::pin(health::auth_failed(tx, 401, "bad key"))).await.expect("tx")
+    };
+    let started = at_once(4, |_| fail(pool.clone())).await;
+    assert_eq!(started.iter().filter(|s| **s).count(), 1, "{started:?}");
+    assert!(!fail(pool.clone()).await);
+    assert_eq!(alerts(&pool, "PSP_AUTH_FAILED").await, 1);
+    let mut conn = pool.acquire().await.expect("conn");
+    assert!(health::auth_failing_since(&mut conn).await.expect("read").is_some());
+    assert!(health::answered(&mut conn).await.expect("answered"), "the outage ends");
+    assert!(!health::answered(&mut conn).await.expect("answered"), "once");
+    drop(conn);
+    assert!(fail(pool.clone()).await, "a new outage");
+    assert_eq!(alerts(&pool, "PSP_AUTH_FAILED").await, 2);
 }

@@ -35,17 +35,25 @@ pub struct PayoutResponse {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PspError {
-    /// We could not get an answer (connect error, timeout, 5xx, unreadable
-    /// 2xx): the outcome is unknown, so the call may be retried with the
-    /// same idempotency key.
+    /// We could not get an answer that decides (connect error, timeout,
+    /// `408`, `409` "a request with this key is in flight", `429`, `5xx`,
+    /// an unreadable 2xx): the outcome is unknown, so the call may be made
+    /// again with the same idempotency key.
     #[error("PSP transport error: {0}")]
     Transport(String),
-    /// The PSP answered and said no (4xx): final, retrying gives the same no.
+    /// `401` or `403`: our credentials are wrong (a rotated key). Nothing
+    /// was decided about the payout; it waits, reserved, for the
+    /// credentials to be fixed.
+    #[error("PSP refused our credentials ({status}): {message}")]
+    Auth { status: u16, message: String },
+    /// The PSP answered and said no (any other 4xx): final, retrying gives
+    /// the same no.
     #[error("PSP refused the payout: {code}: {message}")]
     Refused { code: String, message: String },
 }
 
 impl PspError {
+    /// Worth asking again within the same call (the same key, a moment later).
     pub fn is_retryable(&self) -> bool {
         matches!(self, PspError::Transport(_))
     }
@@ -54,6 +62,10 @@ impl PspError {
 /// Object safe so the runner can hold an `Arc<dyn PspClient>`.
 pub trait PspClient: Send + Sync {
     fn payout<'a>(&'a self, req: &'a PayoutRequest) -> BoxFuture<'a, Result<PayoutResponse, PspError>>;
+
+    /// The payout the PSP holds under `idempotency_key` (`None`: it never
+    /// got one), asked before a payment is driven again.
+    fn payout_status<'a>(&'a self, idempotency_key: &'a str) -> BoxFuture<'a, Result<Option<PspPayout>, PspError>>;
 }
 
 /// Tries per call, and the pause before each retry.
@@ -136,6 +148,9 @@ impl HttpPspClient {
 pub struct PspPayout {
     pub seq: u64,
     pub payment_id: String,
+    /// The key it was asked under (one per drive of a payment).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
     pub psp_ref: Option<String>,
     pub amount: String,
     pub currency: String,
@@ -193,6 +208,44 @@ impl HttpPspClient {
         }
     }
 
+    /// `GET {base}/payouts/{idempotency_key}`: the payout under that key,
+    /// `None` on a 404, with the payout call's timeout and retries.
+    async fn payout_by_key(&self, idempotency_key: &str) -> Result<Option<PspPayout>, PspError> {
+        let mut url = reqwest::Url::parse(&self.payouts_url)
+            .map_err(|e| PspError::Transport(format!("PSP_BASE_URL cannot be read as a URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| PspError::Transport("PSP_BASE_URL cannot take a path".into()))?
+            .push(idempotency_key);
+        let mut last = PspError::Transport("not attempted".into());
+        for attempt in 0..=BACKOFF.len() {
+            if attempt > 0 {
+                tokio::time::sleep(BACKOFF[attempt - 1]).await;
+            }
+            let mut call = self.http.get(url.clone()).timeout(self.timeout);
+            if let Some(key) = &self.api_key {
+                call = call.bearer_auth(key);
+            }
+            let answer = match call.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    match resp.bytes().await {
+                        Ok(body) => classify_lookup(status, &body),
+                        Err(e) => Err(PspError::Transport(describe(&e))),
+                    }
+                }
+                Err(e) => Err(PspError::Transport(describe(&e))),
+            };
+            match answer {
+                Err(err @ PspError::Transport(_)) => {
+                    tracing::warn!(idempotency_key, attempt = attempt + 1, error = %err, "PSP payout lookup failed");
+                    last = err;
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, PspError> {
         let mut last = PspError::Transport("not attempted".into());
         for attempt in 0..=BACKOFF.len() {
@@ -224,17 +277,26 @@ impl PspClient for HttpPspClient {
     fn payout<'a>(&'a self, req: &'a PayoutRequest) -> BoxFuture<'a, Result<PayoutResponse, PspError>> {
         self.send_payout(req).boxed()
     }
+
+    fn payout_status<'a>(&'a self, idempotency_key: &'a str) -> BoxFuture<'a, Result<Option<PspPayout>, PspError>> {
+        self.payout_by_key(idempotency_key).boxed()
+    }
 }
 
-/// Turns one HTTP answer into an outcome.
+/// Turns one HTTP answer to a payout into an outcome, as a PSP means it:
+/// only a 2xx we can read is an acceptance and only a 4xx that decides is a
+/// refusal; everything that says "not now" or "not you" leaves the payout
+/// undecided.
 fn classify(status: u16, body: &[u8]) -> Result<PayoutResponse, PspError> {
     match status {
         // A 2xx we cannot read still means the PSP may have paid: treat it as
         // unknown and ask again; the idempotency key returns the same payout.
         200..=299 => serde_json::from_slice::<PayoutResponse>(body)
             .map_err(|e| PspError::Transport(format!("unreadable {status} answer: {e}"))),
-        // 408 and 429 say "not now", not "no": the request was not acted on.
-        408 | 429 => Err(PspError::Transport(format!("PSP answered {status}"))),
+        401 | 403 => Err(PspError::Auth { status, message: snippet(body) }),
+        // 408 and 429 say "not now"; 409 says "a request with this key is
+        // in flight": none of them is "no".
+        408 | 409 | 429 => Err(PspError::Transport(format!("PSP answered {status}: {}", snippet(body)))),
         400..=499 => {
             #[derive(Deserialize)]
             struct RefusalIn {
@@ -247,6 +309,19 @@ fn classify(status: u16, body: &[u8]) -> Result<PayoutResponse, PspError> {
             Err(PspError::Refused { code, message })
         }
         _ => Err(PspError::Transport(format!("PSP answered {status}: {}", snippet(body)))),
+    }
+}
+
+/// The answer to `GET /payouts/{key}`: the payout, or `None` (404: the PSP
+/// never got one under this key).
+fn classify_lookup(status: u16, body: &[u8]) -> Result<Option<PspPayout>, PspError> {
+    match status {
+        200..=299 => serde_json::from_slice::<PspPayout>(body)
+            .map(Some)
+            .map_err(|e| PspError::Transport(format!("unreadable {status} answer to a payout lookup: {e}"))),
+        404 => Ok(None),
+        401 | 403 => Err(PspError::Auth { status, message: snippet(body) }),
+        _ => Err(PspError::Transport(format!("PSP answered {status} to a payout lookup: {}", snippet(body)))),
     }
 }
 
@@ -414,12 +489,32 @@ mod tests {
         assert!(seen[2].starts_with("GET /fundings?since=1&limit=500"), "{}", seen[2]);
     }
 
+    #[tokio::test]
+    async fn a_payout_lookup_reads_the_payout_or_none_and_retries_what_is_undecided() {
+        let held = r#"{"seq":3,"payment_id":"p","idempotency_key":"p-r1","psp_ref":"sim_9","amount":"5.00","currency":"USD","status":"accepted","outcome":"settled"}"#;
+        let psp = fake_psp(vec![(404, r#"{"code":"NOT_FOUND"}"#), (503, ""), (200, held), (401, "")]).await;
+        let client = HttpPspClient::new(psp.base_url.clone(), None, Duration::from_secs(5));
+        assert_eq!(client.payout_status("p").await, Ok(None), "404: never asked under this key");
+        let found = client.payout_status("p-r1").await.expect("after one 503").expect("held");
+        assert_eq!((found.psp_ref.as_deref(), found.outcome.as_deref()), (Some("sim_9"), Some("settled")));
+        assert!(matches!(client.payout_status("p").await, Err(PspError::Auth { status: 401, .. })));
+        let seen = psp.seen.lock().expect("lock").clone();
+        assert!(seen[0].starts_with("GET /payouts/p HTTP/1.1"), "{}", seen[0]);
+        assert!(seen[2].starts_with("GET /payouts/p-r1 HTTP/1.1"), "{}", seen[2]);
+    }
+
     #[test]
     fn answers_are_classified_by_status() {
         assert!(classify(200, ACCEPTED.as_bytes()).is_ok());
         assert!(matches!(classify(200, b"not json"), Err(PspError::Transport(_))));
         assert!(matches!(classify(429, b""), Err(PspError::Transport(_))));
+        assert!(matches!(classify(408, b""), Err(PspError::Transport(_))));
+        assert!(matches!(classify(409, b"{}"), Err(PspError::Transport(_))), "a request with this key is in flight");
         assert!(matches!(classify(504, b""), Err(PspError::Transport(_))));
+        assert!(matches!(classify(503, b""), Err(PspError::Transport(_))));
+        assert!(matches!(classify(401, b"bad key"), Err(PspError::Auth { status: 401, .. })));
+        assert!(matches!(classify(403, b""), Err(PspError::Auth { status: 403, .. })));
+        assert!(matches!(classify(302, b""), Err(PspError::Transport(_))));
         assert_eq!(
             classify(400, b"bad request"),
             Err(PspError::Refused { code: "PSP_HTTP_400".into(), message: "bad request".into() })

@@ -345,3 +345,23 @@ where
     }
     out
 }
+
+/// A signed PSP event as the api stores it (its event row and job) and its
+/// job applies it.
+pub async fn psp_event(pool: &PgPool, body: serde_json::Value) -> shared::Result<Outcome> {
+    let raw = body.to_string();
+    let env = shared::domain::psp::webhooks::envelope(raw.as_bytes(), None).expect("a valid envelope");
+    shared::intake::webhook(pool, &env, &raw).await.expect("stored");
+    let cmd = shared::domain::psp::webhooks::PspWebhookV1 { event_id: env.event_id.to_string() };
+    db::serializable(pool, &cmd, |tx, cmd| Box::pin(shared::domain::psp::events::apply(tx, cmd))).await
+}
+
+/// `payment.settled` (or `.failed`) of one drive of a payment, as a PSP
+/// sends it: the payment, the drive's reference.
+pub fn payment_event(id: PaymentId, settled: bool, psp_ref: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": if settled { "payment.settled" } else { "payment.failed" },
+        "data": {"payment_id": id, "psp_ref": psp_ref},
+    })
+}

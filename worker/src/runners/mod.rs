@@ -5,15 +5,16 @@ pub mod maintenance;
 
 use futures::future::BoxFuture;
 use shared::config::Config;
+use shared::db;
 use shared::domain::escrow::deposits::{self, Source};
 use shared::domain::escrow::proofs::ProofValidationV1;
 use shared::domain::escrow::{deadlines, escrows, payees, payouts, proofs, transitions};
-use shared::domain::psp::events;
+use shared::domain::psp::{events, health};
 use shared::domain::saka;
 use shared::domain::spend::{mandates, purchases, transfers};
 use shared::error::{Error, Result};
 use shared::jobs::{JobKind, JobRow, Outcome, Queue, Runner};
-use shared::psp::client::{PayoutRequest, PspClient, PspError};
+use shared::psp::client::{PspClient, PspError};
 use shared::storage::ProofStore;
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
@@ -90,25 +91,37 @@ impl Runner for Runners {
         })
     }
 
-    /// The PSP call of a payout, outside any transaction.
+    /// The PSP call of a payout, outside any transaction. An answer that
+    /// decides nothing is an error: the job is tried again with back-off,
+    /// the payment PENDING with its reservation.
     fn call<'c>(&'c self, _job: &'c JobRow, state: &'c serde_json::Value) -> BoxFuture<'c, Result<serde_json::Value>> {
         Box::pin(async move {
             let state: payouts::CallState = serde_json::from_value(state.clone())?;
-            let req = PayoutRequest {
-                payment_id: state.payment_id.to_string(),
-                idempotency_key: state.idempotency_key,
-                amount: state.amount,
-                currency: state.currency,
-                payee_ref: state.recipient,
-                kind: state.kind,
-            };
-            let reply = match self.psp.payout(&req).await {
-                Ok(res) => payouts::CallReply::Accepted { psp_ref: res.psp_ref },
-                Err(PspError::Refused { code, message }) => payouts::CallReply::Refused { code, message },
-                // Unknown outcome: retry the job later with the same payment id.
-                Err(e @ PspError::Transport(_)) => return Err(Error::internal(e)),
-            };
-            Ok(serde_json::to_value(reply)?)
+            match payouts::call(self.psp.as_ref(), &state).await {
+                Ok(reply) => {
+                    let mut conn = self.pool.acquire().await?;
+                    if health::answered(&mut conn).await? {
+                        tracing::info!("the PSP accepts our credentials again");
+                    }
+                    Ok(serde_json::to_value(reply)?)
+                }
+                Err(PspError::Auth { status, message }) => {
+                    let ctx = (status, message.as_str());
+                    let started = db::serializable(&self.pool, &ctx, |tx, (status, message)| {
+                        Box::pin(health::auth_failed(tx, *status, message))
+                    })
+                    .await?;
+                    if started {
+                        tracing::error!(
+                            status,
+                            "the PSP refuses our credentials: payouts wait until PSP_API_KEY is fixed"
+                        );
+                    }
+                    Err(Error::internal(PspError::Auth { status, message }))
+                }
+                // Unknown outcome: retry the job later under the same key.
+                Err(e) => Err(Error::internal(e)),
+            }
         })
     }
 

@@ -54,7 +54,7 @@ pub async fn add_milestone(
 pub(crate) fn in_escrow_currency(e: &Escrow, amount: &Money) -> Result<Decimal> {
     if amount.currency() != e.currency {
         return Err(Error::problem(
-            ErrorCode::AmountInvalid,
+            ErrorCode::CurrencyMismatch,
             format!("the amount is in {}, the escrow in {}", amount.currency(), e.currency),
         ));
     }

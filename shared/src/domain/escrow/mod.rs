@@ -4,7 +4,8 @@
 //!
 //! Inside, from the bottom: `model` (rows and what clients see of them)
 //! and `state` (loads, the event trail, guarded milestone moves, closing),
-//! `balance` and `limits` (the guarded money statements), `settlement`
+//! `drives` (each call to the PSP for a payment, and which one an event
+//! names), `balance` and `limits` (the guarded money statements), `settlement`
 //! (how a payment ends), `payouts` (creating and driving payments), then
 //! the rules that use them: `escrows`, `milestones`, `deposits`,
 //! `transitions`, `deadlines`, `payees` and `proofs`. Nothing below imports
@@ -13,6 +14,7 @@
 pub mod balance;
 pub mod deadlines;
 pub mod deposits;
+pub mod drives;
 pub mod escrows;
 pub mod limits;
 pub mod milestones;

@@ -171,7 +171,7 @@ impl PaymentKind {
     }
 }
 
-pub(crate) const PAYMENT_COLUMNS: &str = "id, escrow_id, milestone_id, payee_id, kind, recipient, amount, currency, status, idempotency_key, psp_ref, error_reason, attempts, created_at, limits_day, redrives";
+pub(crate) const PAYMENT_COLUMNS: &str = "id, escrow_id, milestone_id, payee_id, kind, recipient, amount, currency, status, idempotency_key, psp_ref, error_reason, attempts, created_at, limits_day, redrives, drive";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Payment {
@@ -192,8 +192,12 @@ pub struct Payment {
     /// The day this (usage) payment's share of its payee's limits counts
     /// on; `None` while it holds none.
     pub limits_day: Option<NaiveDate>,
-    /// How many times an ERROR drive was driven again.
+    /// How many times an ERROR drive was driven again: the newest drive's
+    /// number (`drives`).
     pub redrives: i32,
+    /// The current drive: the one whose settlement counts (the newest, or
+    /// an earlier one the PSP had accepted after all and that was adopted).
+    pub drive: i32,
 }
 
 impl Payment {

@@ -7,6 +7,7 @@
 use chrono::Utc;
 use sqlx::PgConnection;
 
+use crate::domain::escrow::drives::{self, PspSaid};
 use crate::domain::escrow::model::Payment;
 use crate::domain::escrow::{balance, limits, state};
 use crate::domain::ops::{alerts, audit};
@@ -41,8 +42,10 @@ pub async fn fail(conn: &mut PgConnection, p: &Payment, reason: &str, actor: &st
 /// whether it moved (a SETTLED payment stays as it is).
 ///
 /// A late settlement of an ERROR payment is recorded anyway: the PSP paid.
-/// See [`retake_late`].
+/// See [`retake_late`]. It is the settlement of the payment's current
+/// drive: the caller matched the event to it (`drives::named_by`).
 pub async fn settle(conn: &mut PgConnection, p: &Payment, psp_ref: Option<&str>, actor: &str) -> Result<bool> {
+    drives::record(conn, p.id, p.drive, psp_ref, PspSaid::Settled).await?;
     let counted = match p.status.as_str() {
         "SETTLED" => return Ok(false),
         "ERROR" => retake_late(conn, p).await?,

@@ -8,7 +8,7 @@
 //! in `invariant_runs`, raises one `INVARIANT_VIOLATED` alert per violating
 //! row, and never repairs anything.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -130,8 +130,9 @@ pub const SQL_INVARIANTS: &[Invariant] = &[
 
 pub const PSP_RECONCILIATION: &str = "psp_reconciliation";
 const PSP_DESCRIPTION: &str = "every payment we hold as SENT or SETTLED is known to the PSP with the same amount and \
-                               currency; every payout the PSP holds is one of our payments; every deposit from a \
-                               funding.succeeded event matches a funding the PSP holds";
+                               currency; every payout the PSP holds is one of our payments; no payment has more \
+                               than one payout the PSP did not fail; every deposit from a funding.succeeded event \
+                               matches a funding the PSP holds";
 
 /// Violating rows kept in a run's sample (all are counted).
 const SAMPLE: usize = 20;
@@ -279,6 +280,18 @@ async fn reconcile(pool: &PgPool, psp: PspSide<'_>, ours: &Ours) -> Result<Invar
     for p in accepted.iter().filter(|p| !ids.contains(&p.payment_id)) {
         rows.push(serde_json::json!({"problem": "PSP payout that is not one of our payments", "psp": p_json(p)}));
     }
+    // One payment, at most one payout the PSP pays: every drive of a
+    // payment that the PSP accepted and did not fail counts.
+    let mut live: BTreeMap<&str, Vec<&PspPayout>> = BTreeMap::new();
+    for p in accepted.iter().filter(|p| p.outcome.as_deref() != Some("failed")) {
+        live.entry(p.payment_id.as_str()).or_default().push(p);
+    }
+    for (payment_id, payouts) in live.into_iter().filter(|(_, v)| v.len() > 1) {
+        rows.push(serde_json::json!({
+            "problem": "payment with more than one payout the PSP did not fail", "payment_id": payment_id,
+            "psp": payouts.iter().map(|p| p_json(p)).collect::<Vec<_>>(),
+        }));
+    }
     let by_event: HashMap<&str, &PspFunding> = fundings.iter().map(|f| (f.event_id.as_str(), f)).collect();
     for (event_id, escrow_id, amount, currency) in &ours.deposits {
         let ours_json = serde_json::json!({"event_id": event_id, "escrow_id": escrow_id,
@@ -301,7 +314,7 @@ async fn reconcile(pool: &PgPool, psp: PspSide<'_>, ours: &Ours) -> Result<Invar
 }
 
 fn p_json(p: &PspPayout) -> serde_json::Value {
-    serde_json::json!({"payment_id": p.payment_id, "psp_ref": p.psp_ref, "amount": p.amount,
+    serde_json::json!({"payment_id": p.payment_id, "idempotency_key": p.idempotency_key, "psp_ref": p.psp_ref, "amount": p.amount,
                        "currency": p.currency, "status": p.status, "outcome": p.outcome})
 }
 

@@ -8,14 +8,15 @@ use serde_json::value::RawValue;
 use sqlx::PgConnection;
 
 use crate::domain::escrow::deposits::{self, EscrowDepositV1, Source};
+use crate::domain::escrow::drives::{self, Named, PspSaid};
 use crate::domain::escrow::model::Payment;
-use crate::domain::escrow::{settlement, state};
+use crate::domain::escrow::{payouts, settlement, state};
 use crate::domain::ops::{alerts, audit};
 use crate::domain::psp::webhooks::{PspWebhookV1, psp_principal};
 use crate::error::{Error, ErrorCode, Problem, Result};
 use crate::ids::{EscrowId, PaymentId};
 use crate::jobs::Outcome;
-use crate::money::{AmountIn, Money, parse_decimal};
+use crate::money::{AmountIn, Money, display, parse_decimal};
 use crate::text::holds_nul;
 
 async fn find_payment(conn: &mut PgConnection, data: &serde_json::Value) -> Result<Option<Payment>> {
@@ -25,7 +26,11 @@ async fn find_payment(conn: &mut PgConnection, data: &serde_json::Value) -> Resu
         return Ok(Some(p));
     }
     if let Some(psp_ref) = data.get("psp_ref").and_then(|v| v.as_str()) {
-        let id: Option<PaymentId> = sqlx::query_scalar("SELECT id FROM payments WHERE psp_ref = $1")
+        // Any drive's reference names its payment (a re-drive clears the
+        // payment's own `psp_ref`).
+        let id: Option<PaymentId> = sqlx::query_scalar(
+            "SELECT id FROM payments WHERE psp_ref = $1 UNION SELECT payment_id FROM payment_drives WHERE psp_ref = $1 LIMIT 1",
+        )
             .bind(psp_ref)
             .fetch_optional(&mut *conn)
             .await?;
@@ -126,15 +131,22 @@ async fn payment_event(conn: &mut PgConnection, event: &Event<'_>) -> Result<ser
         return unknown_payment(conn, event.id, event.kind).await;
     };
     let text = |name: &str| event.data.get(name).and_then(|v| v.as_str());
-    let moved = if event.kind == "payment.settled" {
-        settlement::settle(conn, &p, text("psp_ref"), ACTOR).await?
-    } else {
-        settlement::fail(conn, &p, text("reason").unwrap_or("PSP_FAILED"), ACTOR).await?
+    let settled = event.kind == "payment.settled";
+    let moved = match drives::named_by(conn, &p, text("idempotency_key"), text("psp_ref")).await? {
+        Named::Current if settled => settlement::settle(conn, &p, text("psp_ref"), ACTOR).await?,
+        Named::Current => {
+            drives::record(conn, p.id, p.drive, text("psp_ref"), PspSaid::Failed).await?;
+            settlement::fail(conn, &p, text("reason").unwrap_or("PSP_FAILED"), ACTOR).await?
+        }
+        Named::Other(other) => payouts::other_drive_said(conn, &p, &other, settled, ACTOR).await?,
     };
     Ok(serde_json::json!({"event_id": event.id, "type": event.kind, "payment_id": p.id, "applied": moved}))
 }
 
-/// `funding.succeeded`: a deposit keyed by the event id.
+/// `funding.succeeded`: a deposit keyed by the event id, in the escrow's
+/// own currency only: a funding that names another currency (or none)
+/// credits nothing (`CURRENCY_MISMATCH`), whatever its amount would read
+/// as; then the amount must fit that currency's minor unit.
 async fn funding(conn: &mut PgConnection, event: &Event<'_>) -> Result<serde_json::Value> {
     let escrow = event.data.get("escrow_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<EscrowId>().ok());
     // Exactly as the PSP wrote it (its shape first, as for any amount).
@@ -151,8 +163,21 @@ async fn funding(conn: &mut PgConnection, event: &Event<'_>) -> Result<serde_jso
             "funding.succeeded needs data.escrow_id and data.amount",
         ));
     };
-    // In the escrow's currency, at its minor unit.
-    let currency = state::load(conn, escrow_id).await?.currency();
+    let escrow_currency = state::load(conn, escrow_id).await?.currency();
+    let currency = match event.data.get("currency") {
+        Some(serde_json::Value::String(c)) if *c == escrow_currency.code => escrow_currency,
+        named => {
+            let named = match named {
+                Some(serde_json::Value::String(c)) => format!("`{}`", c.chars().take(16).collect::<String>()),
+                None | Some(serde_json::Value::Null) => "no currency".to_string(),
+                Some(_) => "a currency that is not a string".to_string(),
+            };
+            return Err(Error::problem(
+                ErrorCode::CurrencyMismatch,
+                format!("the funding names {named}; the escrow is in {}", escrow_currency.code),
+            ));
+        }
+    };
     let money = Money::of("data.amount", amount, &currency)
         .map_err(|(code, e)| Error::problem(code, format!("{}: {}", e.field, e.message)))?;
     let cmd = EscrowDepositV1 { escrow_id, money };
@@ -160,15 +185,29 @@ async fn funding(conn: &mut PgConnection, event: &Event<'_>) -> Result<serde_jso
     Ok(serde_json::json!({"event_id": event.id, "type": event.kind, "escrow_id": e.id, "status": e.status}))
 }
 
-/// A funding the PSP holds that no escrow can take (over the total, an
-/// escrow no longer taking deposits, an amount or escrow that cannot be
-/// read): the sender's money sits at the PSP, credited nowhere. The job
-/// fails with the refusal and ops get an alert to send it back; both
-/// commit (the refusal wrote nothing before it).
+/// A funding the PSP holds that no escrow can take (another currency than
+/// the escrow's, over the total, an escrow no longer taking deposits, an
+/// amount or escrow that cannot be read): the sender's money sits at the
+/// PSP, credited nowhere. The job fails with the refusal and ops get an
+/// alert carrying both sides (the funding's amount and currency, the
+/// escrow's currency and amounts) to send it back; both commit (the
+/// refusal wrote nothing before it).
 async fn refuse_funding(conn: &mut PgConnection, event: &Event<'_>, refusal: Problem) -> Result<Outcome> {
+    let escrow = match event.data.get("escrow_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<EscrowId>().ok()) {
+        Some(id) => match state::load(conn, id).await {
+            Ok(e) => Some(e),
+            Err(Error::Problem(_)) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
     let data = serde_json::json!({
         "event_id": event.id, "escrow_id": event.data.get("escrow_id"), "amount": event.data.get("amount"),
         "currency": event.data.get("currency"), "code": refusal.code.as_str(),
+        "escrow": escrow.map(|e| serde_json::json!({
+            "currency": e.currency, "amount_total": display(e.amount_total, &e.currency),
+            "funded_amount": display(e.funded_amount, &e.currency), "status": e.status,
+        })),
     });
     let why =
         format!("a PSP funding could not be credited ({}): the sender's money is held at the PSP", refusal.detail);
