@@ -200,6 +200,9 @@ pub struct OutcomeIn {
     /// `false` sends the event once; by default a failed first try is
     /// retried in the background like any other webhook.
     retry: Option<bool>,
+    /// `false` changes the outcome without sending its event (an event the
+    /// PSP lost): only a lookup or the log tells.
+    notify: Option<bool>,
 }
 
 /// `POST /sim/payouts/{idempotency_key}/outcome {"outcome": "settled"}`:
@@ -233,6 +236,10 @@ pub async fn set_outcome(
         record.outcome = Some(outcome);
         event_data(record, outcome == "failed")
     };
+    if input.notify == Some(false) {
+        tracing::info!(idempotency_key = %key, outcome, "payout outcome changed, no event sent");
+        return Json(json!({"event_id": null, "delivered": false, "status": null})).into_response();
+    }
     let kind = if outcome == "failed" { "payment.failed" } else { "payment.settled" };
     let event_id = Uuid::new_v4().to_string();
     let status = crate::webhooks::send_now(&sim, kind, &data, event_id.clone(), input.retry.unwrap_or(true)).await;

@@ -301,7 +301,7 @@ async fn funding_succeeded_deposits_once_per_event() -> anyhow::Result<()> {
     let deal = deal(&env, "100.00").await?;
     let secret = env.var("PSP_WEBHOOK_SECRETS").unwrap_or("").to_string();
     let event = |id: &str| {
-        json!({"id": id, "type": "funding.succeeded", "data": {"escrow_id": deal.escrow_id, "amount": "40.00"}})
+        json!({"id": id, "type": "funding.succeeded", "data": {"escrow_id": deal.escrow_id, "amount": "40.00", "currency": "USD"}})
             .to_string()
     };
     let now = chrono::Utc::now().timestamp();

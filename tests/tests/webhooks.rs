@@ -34,7 +34,7 @@ async fn identical_signed_bytes_replayed_under_new_header_ids_never_move_the_esc
     let deal = deal(&env, "30.00").await?;
     let secret = env.var("PSP_WEBHOOK_SECRETS").unwrap_or("").to_string();
     let body =
-        json!({"id": "fund-1", "type": "funding.succeeded", "data": {"escrow_id": deal.escrow_id, "amount": "10.00"}})
+        json!({"id": "fund-1", "type": "funding.succeeded", "data": {"escrow_id": deal.escrow_id, "amount": "10.00", "currency": "USD"}})
             .to_string();
     let now = chrono::Utc::now().timestamp();
     let first = webhook(&env, &body, Some("fund-1"), Some(&secret), now).await?;
@@ -122,7 +122,7 @@ async fn a_funding_amount_is_read_from_its_literal_text() -> anyhow::Result<()> 
     let secret = env.var("PSP_WEBHOOK_SECRETS").unwrap_or("").to_string();
     let now = chrono::Utc::now().timestamp();
     let body = format!(
-        r#"{{"id": "big-1", "type": "funding.succeeded", "data": {{"escrow_id": "{}", "amount": 100000000000000.01}}}}"#,
+        r#"{{"id": "big-1", "type": "funding.succeeded", "data": {{"escrow_id": "{}", "amount": 100000000000000.01, "currency": "USD"}}}}"#,
         deal.escrow_id
     );
     assert_eq!(webhook(&env, &body, None, Some(&secret), now).await?.status, 200);
