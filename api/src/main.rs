@@ -123,8 +123,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics_addr = sampler.serve(config.metrics_addr).await?;
     tracing::info!(addr = %metrics_addr, "api ops listener (/metrics) listening");
     let waiter = JobWaiter::start(queue.client().clone(), queue.ended_channel());
+    let store = shared::storage::ObjectProofStore::open(&config.storage).context("STORAGE_URL")?;
+    let swept = store.sweep_staging().await;
+    if swept > 0 {
+        tracing::info!(swept, "staging files left by a crash deleted");
+    }
     let addr = config.bind_addr;
-    let state = AppState::new(pool, queue, config, waiter);
+    let state = AppState::new(pool, queue, config, waiter, std::sync::Arc::new(store));
     let app = kobatela_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "api listening");

@@ -7,7 +7,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use shared::config::{Config, RateLimit};
 use shared::ids::ApiKeyId;
 use shared::jobs::Queue;
-use shared::storage::{LocalDirStore, ProofStore};
+use shared::storage::ProofStore;
 use sqlx::PgPool;
 
 use crate::batcher::Batcher;
@@ -38,13 +38,12 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, queue: Queue, config: Config, waiter: JobWaiter) -> Self {
+    pub fn new(pool: PgPool, queue: Queue, config: Config, waiter: JobWaiter, store: Arc<dyn ProofStore>) -> Self {
         let quota = match config.rate_limit {
             RateLimit::PerSecond(n) => Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
             RateLimit::PerMinute(n) => Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
         };
         let limiter = RateLimiter::keyed(quota);
-        let store: Arc<dyn ProofStore> = Arc::new(LocalDirStore::new(config.storage_dir.clone()));
         let pusher = Pusher::start(queue.clone());
         let batcher = Batcher::start(pool.clone());
         let psp = shared::psp::client::HttpPspClient::new(

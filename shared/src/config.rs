@@ -52,7 +52,9 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub body_limit_bytes: usize,
     pub proof_max_bytes: usize,
-    pub storage_dir: PathBuf,
+    /// Where proof objects live (`STORAGE_URL`, or `STORAGE_DIR` as a
+    /// shorthand for `file://`).
+    pub storage: StorageUrl,
     pub migrate_on_start: bool,
     pub db_pool_size: u32,
     /// Cron expression (with seconds) of the `mandate_expiry` job.
@@ -61,6 +63,8 @@ pub struct Config {
     pub escrow_deadlines_cron: String,
     /// Cron expression (with seconds) of the invariants run (hourly).
     pub invariants_cron: String,
+    /// Cron expression (with seconds) of the retention job (hourly).
+    pub retention_cron: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -214,12 +218,13 @@ impl Config {
             metrics_addr,
             body_limit_bytes: parse_num("BODY_LIMIT_BYTES", 64 * 1024)? as usize,
             proof_max_bytes: parse_num("PROOF_MAX_BYTES", 10 * 1024 * 1024)? as usize,
-            storage_dir: storage_dir(get("STORAGE_DIR"))?,
+            storage: storage_url(get("STORAGE_URL"), get("STORAGE_DIR"))?,
             migrate_on_start: matches!(get("MIGRATE_ON_START").as_deref(), Some("1" | "true" | "yes")),
             db_pool_size: u32::try_from(parse_num("DB_POOL_SIZE", 16)?.clamp(1, 200)).unwrap_or(16),
             mandate_expiry_cron: get("MANDATE_EXPIRY_CRON").unwrap_or_else(|| "0 * * * * *".into()),
             escrow_deadlines_cron: get("ESCROW_DEADLINES_CRON").unwrap_or_else(|| "15 * * * * *".into()),
             invariants_cron: get("INVARIANTS_CRON").unwrap_or_else(|| "0 41 * * * *".into()),
+            retention_cron: get("RETENTION_CRON").unwrap_or_else(|| "0 17 * * * *".into()),
         })
     }
 
@@ -232,13 +237,63 @@ impl Config {
     }
 }
 
-/// `STORAGE_DIR` (default `./data/proofs`, never a temporary directory
-/// that a reboot or a cleaner may empty), made absolute once here so that
-/// nothing later depends on the working directory.
-fn storage_dir(value: Option<String>) -> Result<PathBuf, ConfigError> {
-    let dir = PathBuf::from(value.unwrap_or_else(|| "./data/proofs".into()));
-    std::path::absolute(&dir)
-        .map_err(|e| err("STORAGE_DIR", format!("`{}` cannot be made absolute: {e}", dir.display())))
+/// The proof object store: `file:///abs/dir` (one host) or
+/// `s3://bucket[/prefix]` (any S3-compatible store; endpoint, region and
+/// credentials from the standard `AWS_*` variables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    File(PathBuf),
+    S3 { bucket: String, prefix: Option<String> },
+}
+
+impl std::fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageUrl::File(dir) => write!(f, "file://{}", dir.display()),
+            StorageUrl::S3 { bucket, prefix: None } => write!(f, "s3://{bucket}"),
+            StorageUrl::S3 { bucket, prefix: Some(p) } => write!(f, "s3://{bucket}/{p}"),
+        }
+    }
+}
+
+/// `STORAGE_URL`, else `STORAGE_DIR` (a local directory, made absolute
+/// once here so nothing later depends on the working directory), else
+/// `./data/proofs` (never a temporary directory that a reboot or a cleaner
+/// may empty). Both at once would be ambiguous.
+fn storage_url(url: Option<String>, dir: Option<String>) -> Result<StorageUrl, ConfigError> {
+    let url = match (url, dir) {
+        (Some(_), Some(_)) => return Err(err("STORAGE_URL", "set STORAGE_URL or STORAGE_DIR, not both")),
+        (Some(url), None) => url,
+        (None, dir) => {
+            let dir = PathBuf::from(dir.unwrap_or_else(|| "./data/proofs".into()));
+            let abs = std::path::absolute(&dir)
+                .map_err(|e| err("STORAGE_DIR", format!("`{}` cannot be made absolute: {e}", dir.display())))?;
+            return Ok(StorageUrl::File(abs));
+        }
+    };
+    let bad = |why: &str| err("STORAGE_URL", format!("`{url}`: {why} (file:///abs/dir or s3://bucket[/prefix])"));
+    if let Some(path) = url.strip_prefix("file://") {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(bad("a file:// URL takes an absolute path"));
+        }
+        return Ok(StorageUrl::File(path));
+    }
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err(bad("not a file:// or s3:// URL"));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !bucket_ok {
+        return Err(bad("the bucket must be 3 to 63 lower-case letters, digits, dots or hyphens"));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") {
+        return Err(bad("the prefix must be plain path segments"));
+    }
+    let prefix = (!prefix.is_empty()).then(|| prefix.to_string());
+    Ok(StorageUrl::S3 { bucket: bucket.to_string(), prefix })
 }
 
 /// A per-key request rate: `N` per second or per minute, with bursts of up
@@ -308,14 +363,35 @@ mod tests {
 
     #[test]
     fn the_storage_dir_is_absolute_and_by_default_not_temporary() {
-        let c = load(&[]).expect("defaults are valid");
-        assert!(c.storage_dir.is_absolute(), "{}", c.storage_dir.display());
-        assert!(c.storage_dir.ends_with("data/proofs"), "{}", c.storage_dir.display());
-        assert!(!c.storage_dir.starts_with(std::env::temp_dir()), "{}", c.storage_dir.display());
-        let c = load(&[("STORAGE_DIR", "relative/proofs")]).expect("valid");
-        assert_eq!(c.storage_dir, std::env::current_dir().expect("cwd").join("relative/proofs"));
-        let c = load(&[("STORAGE_DIR", "/srv/proofs")]).expect("valid");
-        assert_eq!(c.storage_dir, PathBuf::from("/srv/proofs"));
+        let dir = |pairs: &[(&str, &str)]| match load(pairs).expect("valid").storage {
+            StorageUrl::File(dir) => dir,
+            other => panic!("not a directory: {other}"),
+        };
+        let default = dir(&[]);
+        assert!(default.is_absolute(), "{}", default.display());
+        assert!(default.ends_with("data/proofs"), "{}", default.display());
+        assert!(!default.starts_with(std::env::temp_dir()), "{}", default.display());
+        let relative = dir(&[("STORAGE_DIR", "relative/proofs")]);
+        assert_eq!(relative, std::env::current_dir().expect("cwd").join("relative/proofs"));
+        assert_eq!(dir(&[("STORAGE_DIR", "/srv/proofs")]), PathBuf::from("/srv/proofs"));
+        assert_eq!(dir(&[("STORAGE_URL", "file:///srv/proofs")]), PathBuf::from("/srv/proofs"));
+    }
+
+    #[test]
+    fn a_storage_url_names_a_directory_or_a_bucket_and_its_prefix() {
+        let url = |v: &str| load(&[("STORAGE_URL", v)]).map(|c| c.storage).map_err(|e| e.key);
+        let s3 = |bucket: &str, prefix: Option<&str>| {
+            Ok(StorageUrl::S3 { bucket: bucket.into(), prefix: prefix.map(str::to_string) })
+        };
+        assert_eq!(url("s3://proofs"), s3("proofs", None));
+        assert_eq!(url("s3://proofs/"), s3("proofs", None));
+        assert_eq!(url("s3://my.proofs-1/eu/prod/"), s3("my.proofs-1", Some("eu/prod")));
+        for bad in ["s3://", "s3://UPPER", "s3://ab", "s3://b/../x", "s3://b/a//c", "file://relative", "http://x"] {
+            assert_eq!(url(bad), Err("STORAGE_URL"), "{bad}");
+        }
+        let both = [("STORAGE_URL", "s3://proofs"), ("STORAGE_DIR", "/srv")];
+        assert_eq!(load(&both).err().map(|e| e.key), Some("STORAGE_URL"));
+        assert_eq!(url("s3://proofs/eu").map(|u| u.to_string()), Ok("s3://proofs/eu".to_string()));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use shared::ErrorCode;
+use shared::config::StorageUrl;
 use shared::db;
 use shared::domain::escrow::proofs::NewProof;
 use shared::domain::escrow::proofs::{self, Decision};
@@ -19,7 +20,7 @@ use shared::intake;
 use shared::jobs::JobKind;
 use shared::jobs::{JobRow, Outcome};
 use shared::principal::{Principal, Role};
-use shared::storage::{LocalDirStore, ProofStore, StagedFile};
+use shared::storage::{ObjectProofStore, ProofStore, StagedFile};
 use sqlx::PgPool;
 
 fn age(root: &std::path::Path, key: &str, by: Duration) {
@@ -34,7 +35,7 @@ fn age(root: &std::path::Path, key: &str, by: Duration) {
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn retention_deletes_stored_files_no_proof_references_once_a_day_old(pool: PgPool) {
     let root = std::env::temp_dir().join(format!("kobatela-retention-{}", uuid::Uuid::new_v4()));
-    let store = LocalDirStore::new(&root);
+    let store = local_store(root.clone());
     let d = deal(&pool, "10.00", "USD", &[("10.00", "DOCUMENT")]).await;
     let milestone: uuid::Uuid = sqlx::query_scalar("SELECT id FROM milestones WHERE escrow_id = $1")
         .bind(d.escrow)
@@ -109,7 +110,7 @@ async fn after_a_release_no_decision_or_validation_moves_a_paid_milestone_back(p
     .execute(&pool)
     .await
     .expect("pending proof");
-    let store = shared::storage::LocalDirStore::new(std::env::temp_dir().join("kobatela-none"));
+    let store = local_store(std::env::temp_dir().join("kobatela-none"));
     let v = job(&pool, &d.provider, JobKind::ProofValidation).await;
     let r = as_job(&pool, &v, &(v.id, d.provider, pending, store), |tx, (job, who, id, store)| {
         Box::pin(proofs::validate(tx, store, who, *job, *id))
@@ -192,7 +193,7 @@ async fn a_decision_on_a_milestone_that_is_not_in_review_is_an_invalid_transitio
 }
 
 /// A file staged in `store` holding `bytes`, and its SHA-256.
-async fn staged(store: &LocalDirStore, bytes: &[u8]) -> (StagedFile, String) {
+async fn staged(store: &ObjectProofStore, bytes: &[u8]) -> (StagedFile, String) {
     let mut file = store.stage().await.expect("staged");
     file.write(bytes).await.expect("written");
     let sha = file.finish().await.expect("hashed");
@@ -203,7 +204,7 @@ async fn staged(store: &LocalDirStore, bytes: &[u8]) -> (StagedFile, String) {
 /// transaction (`intake`). Answers the proof and whether its job is new.
 async fn upload(
     pool: &PgPool,
-    store: &LocalDirStore,
+    store: &ObjectProofStore,
     who: Principal,
     d: &Deal,
     idx: i32,
@@ -232,8 +233,13 @@ async fn upload(
     }
 }
 
-fn temp_store() -> LocalDirStore {
-    LocalDirStore::new(std::env::temp_dir().join(format!("kobatela-proofs-{}", uuid::Uuid::new_v4())))
+/// A store on a local directory, as `STORAGE_URL=file://…` makes it.
+fn local_store(dir: std::path::PathBuf) -> ObjectProofStore {
+    ObjectProofStore::open(&StorageUrl::File(dir)).expect("a local store")
+}
+
+fn temp_store() -> ObjectProofStore {
+    local_store(std::env::temp_dir().join(format!("kobatela-proofs-{}", uuid::Uuid::new_v4())))
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -296,7 +302,12 @@ async fn two_uploads_racing_for_one_milestone_accept_exactly_one(
     assert_eq!(proofs, 1);
 }
 
-async fn validate(pool: &PgPool, store: &LocalDirStore, d: &Deal, proof: ProofId) -> (shared::Result<Outcome>, JobRow) {
+async fn validate(
+    pool: &PgPool,
+    store: &ObjectProofStore,
+    d: &Deal,
+    proof: ProofId,
+) -> (shared::Result<Outcome>, JobRow) {
     let parent = job(pool, &d.provider, JobKind::ProofValidation).await;
     let ctx = (parent.id, d.provider, proof, store);
     let r = as_job(pool, &parent, &ctx, |tx, (job, who, proof, store)| {

@@ -11,19 +11,23 @@ use tokio::process::{Child, Command};
 
 use crate::client::Client;
 use crate::redis::PrivateRedis;
+use crate::s3::PrivateS3;
 
 pub struct EnvOptions {
     pub workers: usize,
     pub psp: bool,
     /// A Redis of this test's own (restartable), instead of the shared one.
     pub private_redis: bool,
+    /// Proofs in a private S3-compatible server (`s3s-fs`) instead of a
+    /// local directory.
+    pub s3: bool,
     /// Extra variables for every process (e.g. `RATE_LIMIT_PER_KEY`).
     pub vars: Vec<(String, String)>,
 }
 
 impl Default for EnvOptions {
     fn default() -> Self {
-        Self { workers: 1, psp: false, private_redis: false, vars: Vec::new() }
+        Self { workers: 1, psp: false, private_redis: false, s3: false, vars: Vec::new() }
     }
 }
 
@@ -38,6 +42,10 @@ impl EnvOptions {
     }
     pub fn private_redis(mut self) -> Self {
         self.private_redis = true;
+        self
+    }
+    pub fn s3(mut self) -> Self {
+        self.s3 = true;
         self
     }
     pub fn var(mut self, k: &str, v: &str) -> Self {
@@ -59,6 +67,8 @@ pub struct Env {
     pub pool: PgPool,
     /// The test's own Redis, when asked for ([`EnvOptions::private_redis`]).
     pub redis: Option<PrivateRedis>,
+    /// The test's own S3 server, when asked for ([`EnvOptions::s3`]).
+    pub s3: Option<PrivateS3>,
     vars: HashMap<String, String>,
     api: Option<Child>,
     psp: Option<Child>,
@@ -176,6 +186,14 @@ impl Env {
             vars.insert("PSP_SIM_PORT".into(), psp_port.to_string());
             vars.insert("PSP_SIM_WEBHOOK_URL".into(), format!("http://127.0.0.1:{api_port}/psp/webhook"));
         }
+        let s3 = match opts.s3 {
+            true => Some(PrivateS3::start(log_dir.join("s3")).await?),
+            false => None,
+        };
+        if let Some(s3) = &s3 {
+            vars.remove("STORAGE_DIR");
+            vars.extend(s3.vars(&format!("e2e-{}", &id[..12])));
+        }
         for (k, v) in opts.vars {
             vars.insert(k, v);
         }
@@ -209,6 +227,7 @@ impl Env {
             webhook_secret,
             pool,
             redis,
+            s3,
             vars,
             api: None,
             psp: None,
@@ -231,9 +250,14 @@ impl Env {
     fn spawn(&self, name: &str, path: &Path, args: &[&str], extra: &[(&str, &str)]) -> anyhow::Result<Child> {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.log_dir.join(format!("{name}.log")))?;
+        // Each process its own temporary directory, as on a host of its own
+        // (an api's proof staging, say, is never another process's file).
+        let tmp = self.tmp_dir(name);
+        std::fs::create_dir_all(&tmp)?;
         let child = Command::new(path)
             .args(args)
             .envs(&self.vars)
+            .env("TMPDIR", &tmp)
             .envs(extra.iter().copied())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -349,6 +373,12 @@ impl Env {
         Client::new(&self.api_url, Some(key))
     }
 
+    /// A process's own temporary directory (`TMPDIR`), by its log name
+    /// (`api`, `worker-w0`, `psp-sim`).
+    pub fn tmp_dir(&self, name: &str) -> PathBuf {
+        self.log_dir.join("tmp").join(name)
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.log_dir.join(format!("{name}.log"))
     }
@@ -433,6 +463,9 @@ impl Env {
             let _ = a.kill().await;
         }
         self.pool.close().await;
+        if let Some(mut s3) = self.s3.take() {
+            let _ = s3.kill().await;
+        }
         match self.redis.take() {
             Some(mut redis) => redis.kill().await?,
             None => {

@@ -7,8 +7,10 @@ pub mod client;
 pub mod env;
 pub mod jpeg;
 pub mod load;
+pub mod owned;
 pub mod prom;
 pub mod redis;
+pub mod s3;
 pub mod scenario;
 
 pub use client::{Client, Reply};

@@ -58,7 +58,7 @@ pub fn schedules(config: &shared::config::Config) -> Vec<Schedule> {
         .into_iter()
         .chain([
             job(JobKind::MandateExpiry, &config.mandate_expiry_cron, false),
-            job(JobKind::Retention, "0 17 * * * *", false),
+            job(JobKind::Retention, &config.retention_cron, false),
             job(JobKind::EscrowDeadlines, &config.escrow_deadlines_cron, false),
             job(JobKind::SakaDayRollover, "0 0 0 * * *", true),
             job(JobKind::SakaApprovalExpiry, "30 * * * * *", false),

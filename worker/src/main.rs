@@ -182,7 +182,7 @@ async fn run() -> anyhow::Result<()> {
             pool,
             queue: queue.clone(),
             config: config.clone(),
-            store: Arc::new(shared::storage::LocalDirStore::new(config.storage_dir.clone())),
+            store: Arc::new(shared::storage::ObjectProofStore::open(&config.storage).context("STORAGE_URL")?),
             psp: Arc::new(psp_http.clone()),
             psp_http,
         },

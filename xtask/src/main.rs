@@ -20,6 +20,7 @@ mod procs;
 mod services;
 mod soak;
 mod test;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

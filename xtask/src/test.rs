@@ -8,7 +8,9 @@
 //!   fresh databases on it.
 //! - `REDIS_URL`.
 //! - `KOBATELA_API_BIN`, `KOBATELA_WORKER_BIN`, `KOBATELA_PSP_SIM_BIN`:
-//!   absolute paths of the binaries the end-to-end suites start.
+//!   absolute paths of the binaries the end-to-end suites start;
+//!   `KOBATELA_S3S_FS_BIN`, the S3 server of the proof store's tests
+//!   (installed under `target/tools/` when the machine has none).
 //!
 //! Then, on a full run (or with `KOBATELA_SOAK_MINUTES` set), a 3-minute
 //! chaos soak (`soak`), whose failure fails the run.
@@ -24,7 +26,9 @@ use crate::{Layout, Signals};
 /// Runs the tests; the exit code is cargo test's.
 pub async fn run(layout: &Layout, services: &Services, signals: &mut Signals, extra: Vec<String>) -> Result<ExitCode> {
     let binaries = procs::build_binaries(layout, signals).await?;
-    let envs = test_env(services, &binaries);
+    let mut envs = test_env(services, &binaries);
+    let s3s_fs = crate::tools::s3s_fs(layout, signals).await?;
+    envs.push(("KOBATELA_S3S_FS_BIN".into(), s3s_fs.to_string_lossy().into_owned()));
     if std::env::var("KOBATELA_CHECKS").as_deref() == Ok("contract") {
         let ok = contract_test(layout, services, &binaries).await;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });

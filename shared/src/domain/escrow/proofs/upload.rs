@@ -150,7 +150,10 @@ pub async fn sweep_files(
             .fetch_all(&mut *conn)
             .await?;
         for key in keys.iter().filter(|k| !referenced.contains(k)) {
-            if store.delete(key).await? {
+            // Written again since the listing (an upload of the same bytes,
+            // its row not yet committed): not an orphan.
+            let still_old = store.written_at(key).await?.is_some_and(|at| at < cutoff);
+            if still_old && store.delete(key).await? {
                 deleted += 1;
             }
         }
