@@ -124,11 +124,17 @@ async fn soak(owned: &mut Owned, binaries: Binaries, dir: &std::path::Path, opti
         Duration::from_secs(120),
     )
     .await?;
-    // The second admin (for approvals) is made on the host, as an operator
-    // does: over the API admin power waits for a second admin's approval.
-    let admin2 = procs::host_admin(&binaries.api, &setup.api_env(), &format!("s{}-root2", options.seed)).await?.key;
+    let api = binaries.api.clone();
     let mut fleet = fleet::Fleet::start(binaries, setup, dir.join("logs")).await?;
-    let result = drive(&mut fleet, owned, &database, dir, options, &admin2).await;
+    // The second admin (for approvals) is made on the host, as an operator
+    // does (over the API admin power waits for a second admin's approval);
+    // after the api started, which installs BOOTSTRAP_ADMIN_KEY only while
+    // no admin key exists.
+    let admin2 = procs::host_admin(&api, &fleet.setup.api_env(), &format!("s{}-root2", options.seed)).await;
+    let result = match admin2 {
+        Ok(admin2) => drive(&mut fleet, owned, &database, dir, options, &admin2.key).await,
+        Err(e) => Err(e),
+    };
     println!("soak: stopping api, workers and psp-sim");
     fleet.stop().await;
     result
