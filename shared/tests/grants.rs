@@ -177,6 +177,15 @@ async fn an_admin_grant_waits_for_a_second_admin_and_its_key_works_only_once_app
     );
     assert_eq!(audited(&pool, "ADMIN_GRANT_APPROVED", g.grant.id).await, 1);
     assert_eq!(audited(&pool, "API_KEY_CREATED", key_id).await, 1);
+    // The listing ties the key to who asked and who approved.
+    let mut conn = pool.acquire().await.expect("conn");
+    let listed = keys::list(&mut conn, Some(p.user_id)).await.expect("list");
+    let k = listed.first().expect("the key");
+    assert_eq!(
+        (k.origin.as_str(), k.granted_by, k.approved_by, k.grant_id),
+        ("api", Some(a.user_id), Some(b.user_id), Some(g.grant.id))
+    );
+    drop(conn);
     // Approved is final.
     let c = user(&pool, Role::Admin).await;
     assert_eq!(grant_code(&approve(&pool, c, g.grant.id).await), Some(ErrorCode::AdminGrantNotPending));
@@ -393,6 +402,45 @@ async fn a_chain_of_grants_from_the_requester_never_makes_an_independent_approve
     let d = user(&pool, Role::Admin).await;
     assert_eq!(succeeded(saka_approve(&pool, d, adjustment).await)["status"], "APPLIED");
     assert_eq!(grains(&pool, bob.user_id).await, 900);
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn nothing_is_approved_by_a_dead_key_for_a_requester_without_power_or_an_inactive_grantee(pool: PgPool) {
+    let (a, b, c) = (user(&pool, Role::Admin).await, user(&pool, Role::Admin).await, user(&pool, Role::Admin).await);
+    let revoke = |key: shared::ids::ApiKeyId| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1")
+                .bind(key)
+                .execute(&pool)
+                .await
+                .expect("r");
+        }
+    };
+    // An approval job that runs after its approver's key was revoked.
+    let bob = user(&pool, Role::Beneficiary).await;
+    let adjustment = saka_request(&pool, a, bob.user_id, 900).await;
+    let p = user(&pool, Role::Sender).await;
+    let grant = request_grant(&pool, a, p.user_id).await;
+    revoke(c.key_id).await;
+    assert_eq!(code(&saka_approve(&pool, c, adjustment).await), Some(ErrorCode::Forbidden));
+    assert_eq!(grant_code(&approve(&pool, c, grant.grant.id).await), Some(ErrorCode::Forbidden));
+    // The grantee deactivated meanwhile.
+    sqlx::query("UPDATE users SET is_active = false WHERE id = $1").bind(p.user_id).execute(&pool).await.expect("off");
+    assert_eq!(grant_code(&approve(&pool, b, grant.grant.id).await), Some(ErrorCode::Forbidden));
+    // The requester lost their admin power meanwhile.
+    let q = user(&pool, Role::Sender).await;
+    let other = request_grant(&pool, a, q.user_id).await;
+    revoke(a.key_id).await;
+    assert_eq!(grant_code(&approve(&pool, b, other.grant.id).await), Some(ErrorCode::Forbidden));
+    assert_eq!((admin_keys_of(&pool, p.user_id).await, admin_keys_of(&pool, q.user_id).await), (0, 0));
+    for id in [grant.grant.id, other.grant.id] {
+        assert_eq!(admin_grant(&pool, id).await.0, "PENDING_APPROVAL");
+    }
+    assert_eq!(
+        (saka_status(&pool, adjustment).await.as_str(), grains(&pool, bob.user_id).await),
+        ("PENDING_APPROVAL", 0)
+    );
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]

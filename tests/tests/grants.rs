@@ -17,6 +17,11 @@ async fn admin_keys_of(env: &Env, user: &str) -> anyhow::Result<i64> {
     count(env, "SELECT count(*) FROM api_keys WHERE user_id = $1::uuid AND role = 'admin'", user).await
 }
 
+/// The bootstrap admin's user id.
+async fn admin_me(env: &Env) -> anyhow::Result<serde_json::Value> {
+    Ok(env.admin().get("/me").await?.body["user"]["id"].clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_puppet_admin_made_over_http_cannot_pass_the_saka_dual_approval() -> anyhow::Result<()> {
     let env = Env::start().await?;
@@ -42,6 +47,8 @@ async fn a_puppet_admin_made_over_http_cannot_pass_the_saka_dual_approval() -> a
     assert_eq!((asked.s("status"), asked.s("code")), ("PENDING_APPROVAL".into(), "ADMIN_GRANT_PENDING".into()));
     let grant = asked.s("id");
     assert_eq!(asked.s("href"), format!("/admin-grants/{grant}"));
+    let location = asked.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert_eq!(location, format!("/admin-grants/{grant}"));
     assert_eq!((asked.s("user_id"), asked.s("role")), (puppet_id.clone(), "admin".to_string()));
     let puppet_key = asked.s("key");
     assert!(puppet_key.starts_with(&asked.s("prefix")) && !asked.s("request_expires_at").is_empty());
@@ -73,6 +80,11 @@ async fn a_puppet_admin_made_over_http_cannot_pass_the_saka_dual_approval() -> a
     assert_eq!(ok.s("approved_by"), second.id);
     assert!(!ok.text.contains(&puppet_key) && !ok.s("key_id").is_empty());
     assert_eq!(puppet_client.get("/me").await?.body["key"]["role"], json!("admin"));
+    // The key's listing ties it to who asked for it and who approved it.
+    let listed = admin.get(&format!("/api-keys?user_id={puppet_id}")).await?;
+    let k = &listed.body["items"][0];
+    assert_eq!((k["origin"].clone(), k["grant_id"].clone()), (json!("api"), json!(grant)), "{}", listed.text);
+    assert_eq!((k["granted_by"].clone(), k["approved_by"].clone()), (admin_me(&env).await?, json!(second.id)));
     let r = puppet_client.job(&format!("/saka/adjustments/{adjustment}/approve"), "p2", json!({}), 20).await?;
     assert_eq!((r.s("status").as_str(), r.code().as_str()), ("failed", "APPROVER_NOT_INDEPENDENT"), "{}", r.text);
     let a = admin.get(&format!("/saka/adjustments/{adjustment}")).await?;

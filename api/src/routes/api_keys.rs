@@ -46,7 +46,10 @@ async fn create(
     .await?;
     Ok(match issued {
         Issued::Key(key) => (StatusCode::CREATED, Json(key)).into_response(),
-        Issued::Requested(grant) => (StatusCode::ACCEPTED, Json(grant)).into_response(),
+        Issued::Requested(grant) => {
+            let location = [(axum::http::header::LOCATION, grant.grant.href.clone())];
+            (StatusCode::ACCEPTED, location, Json(grant)).into_response()
+        }
     })
 }
 

@@ -34,7 +34,18 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Where the key came from: `api`, `host` (`api keys create`),
+    /// `bootstrap` (`BOOTSTRAP_ADMIN_KEY`) or `legacy` (made before grants).
+    pub origin: String,
+    /// The admin who made it over the API, or who requested its grant.
+    pub granted_by: Option<UserId>,
+    /// The second admin who approved its grant.
+    pub approved_by: Option<UserId>,
+    pub grant_id: Option<AdminGrantId>,
 }
+
+/// The columns of [`ApiKey`], never the hash.
+const KEY_COLUMNS: &str = "id, prefix, role, user_id, name, expires_at, created_at, revoked_at, last_used_at, origin, granted_by, approved_by, grant_id";
 
 /// A key just created: the only time the secret is seen.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -137,17 +148,17 @@ pub(crate) async fn insert(
     stored: Stored<'_>,
     from: &Provenance,
 ) -> Result<ApiKey> {
-    let row: ApiKey = sqlx::query_as(
+    let row: ApiKey = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO api_keys (id, user_id, prefix, key_hash, role, name, expires_at, origin, granted_by, approved_by,
                                grant_id, derived_from)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
                  ARRAY(SELECT DISTINCT u FROM unnest(
                        ARRAY[$9, $10]::uuid[]
-                       || coalesce((SELECT derived_from FROM api_keys WHERE id = $12), '{}')
-                       || coalesce((SELECT derived_from FROM api_keys WHERE id = $13), '{}')) AS u
+                       || coalesce((SELECT derived_from FROM api_keys WHERE id = $12), '{{}}')
+                       || coalesce((SELECT derived_from FROM api_keys WHERE id = $13), '{{}}')) AS u
                        WHERE u IS NOT NULL))
-         RETURNING id, prefix, role, user_id, name, expires_at, created_at, revoked_at, last_used_at",
-    )
+         RETURNING {KEY_COLUMNS}"
+    )))
     .bind(ApiKeyId::new())
     .bind(new.user_id)
     .bind(stored.prefix)
@@ -265,10 +276,9 @@ pub async fn authenticate(pool: &PgPool, presented: &str) -> Result<Principal> {
 }
 
 pub async fn list(conn: &mut PgConnection, user: Option<UserId>) -> Result<Vec<ApiKey>> {
-    Ok(sqlx::query_as(
-        "SELECT id, prefix, role, user_id, name, expires_at, created_at, revoked_at, last_used_at FROM api_keys
-          WHERE ($1::uuid IS NULL OR user_id = $1) ORDER BY id DESC LIMIT 500",
-    )
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1::uuid IS NULL OR user_id = $1) ORDER BY id DESC LIMIT 500"
+    )))
     .bind(user)
     .fetch_all(conn)
     .await?)
@@ -276,12 +286,10 @@ pub async fn list(conn: &mut PgConnection, user: Option<UserId>) -> Result<Vec<A
 
 /// One key, never its secret.
 pub async fn get(conn: &mut PgConnection, id: ApiKeyId) -> Result<Option<ApiKey>> {
-    Ok(sqlx::query_as(
-        "SELECT id, prefix, role, user_id, name, expires_at, created_at, revoked_at, last_used_at FROM api_keys WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?)
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
 }
 
 pub async fn revoke(conn: &mut PgConnection, by: &Principal, id: ApiKeyId) -> Result<()> {
