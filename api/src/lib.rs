@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::health::router())
         .merge(routes::users::router())
         .merge(routes::api_keys::router())
+        .merge(routes::admin_grants::router())
         .merge(routes::catalogue::router())
         .merge(routes::mandates::router())
         .merge(routes::purchases::router())

@@ -12,6 +12,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use shared::domain::access::grants::{GrantOut, GrantRequested};
 use shared::domain::access::keys::{ApiKey, CreatedKey};
 use shared::domain::access::users::User;
 use shared::domain::escrow::limits::PayeeOut;
@@ -355,6 +356,12 @@ pub struct CronPage {
 }
 
 #[derive(ToSchema)]
+pub struct GrantPage {
+    items: Vec<GrantOut>,
+    next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
 pub struct AdjustmentPage {
     items: Vec<AdjustmentOut>,
     next_cursor: Option<String>,
@@ -408,12 +415,20 @@ fn users_create() {}
 fn users_read() {}
 #[utoipa::path(get, path = "/me", tag = "users", responses((status = 200, body = Me)))]
 fn me() {}
-#[utoipa::path(post, path = "/api-keys", tag = "users", request_body = ApiKeyIn, responses((status = 201, description = "`key` is shown this once", body = CreatedKey)))]
+#[utoipa::path(post, path = "/api-keys", tag = "users", description = "Any role but `admin`: the key at once (201). Role `admin`: a grant request a second, independent active admin approves (202, `code: ADMIN_GRANT_PENDING`; the secret in `key` is shown this once and works only after approval); 409 `ADMIN_GRANT_NEEDS_SECOND_ADMIN` while no other active admin could approve it (the operator makes further admins on the host: `api keys create --user NAME --role admin`).", request_body = ApiKeyIn, responses((status = 201, description = "`key` is shown this once", body = CreatedKey), (status = 202, description = "an admin grant waiting for a second admin; `Location` is its `/admin-grants/{id}`", body = GrantRequested)))]
 fn api_keys_create() {}
 #[utoipa::path(get, path = "/api-keys", tag = "users", params(("user_id" = Option<UserId>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = ApiKeyPage)))]
 fn api_keys_list() {}
 #[utoipa::path(delete, path = "/api-keys/{id}", tag = "users", params(("id" = shared::ids::ApiKeyId, Path)), responses((status = 204, description = "revoked")))]
 fn api_keys_revoke() {}
+#[utoipa::path(get, path = "/admin-grants", tag = "users", description = "admin, support; newest first", params(("status" = Option<String>, Query, description = "`PENDING_APPROVAL`, `APPROVED`, `REJECTED` or `EXPIRED`"), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = GrantPage)))]
+fn admin_grants_list() {}
+#[utoipa::path(get, path = "/admin-grants/{id}", tag = "users", description = "admin, support", params(("id" = shared::ids::AdminGrantId, Path)), responses((status = 200, body = GrantOut)))]
+fn admin_grants_read() {}
+#[utoipa::path(post, path = "/admin-grants/{id}/approve", tag = "users", description = "an admin other than the requester and the grantee (403 `ADMIN_SELF_APPROVAL`), holding admin power from before the request and not from the requester (403 `APPROVER_NOT_INDEPENDENT`); makes the key (`key_id`); 409 `ADMIN_GRANT_NOT_PENDING` once decided or expired", params(("id" = shared::ids::AdminGrantId, Path)), responses((status = 200, body = GrantOut)))]
+fn admin_grants_approve() {}
+#[utoipa::path(post, path = "/admin-grants/{id}/reject", tag = "users", description = "any admin (the requester may withdraw their own); final", params(("id" = shared::ids::AdminGrantId, Path)), request_body = NoteIn, responses((status = 200, body = GrantOut)))]
+fn admin_grants_reject() {}
 
 #[utoipa::path(post, path = "/spend/categories", tag = "catalogue", request_body = CategoryIn, responses((status = 201, body = Category)))]
 fn categories_create() {}
@@ -523,6 +538,7 @@ fn jobs_retry() {}
     paths(
         health, ready, openapi_json, docs, ops_console, ops_invariants, ops_queues, ops_cron,
         users_create, users_read, me, api_keys_create, api_keys_list, api_keys_revoke,
+        admin_grants_list, admin_grants_read, admin_grants_approve, admin_grants_reject,
         categories_create, merchants_create, allow_usage, allowlist_add, certify,
         mandates_create, mandates_list, mandates_read, mandates_revoke, mandates_cleanup,
         purchases_create, purchases_read, transfers_create, transfers_read, alerts_list,

@@ -60,6 +60,7 @@ codes! {
     AdminSelfApproval = ("ADMIN_SELF_APPROVAL", 403, "The requester cannot approve"),
     AdminGrantNeedsSecondAdmin = ("ADMIN_GRANT_NEEDS_SECOND_ADMIN", 409, "Admin grants need a second active admin"),
     ApproverNotIndependent = ("APPROVER_NOT_INDEPENDENT", 403, "The approver is not independent of the requester"),
+    AdminGrantNotPending = ("ADMIN_GRANT_NOT_PENDING", 409, "Admin grant is no longer pending approval"),
     // Catalogue.
     CategoryExists = ("CATEGORY_EXISTS", 409, "Category already exists"),
     CategoryNotFound = ("CATEGORY_NOT_FOUND", 404, "Category not found"),
@@ -340,6 +341,9 @@ mod tests {
             // expired, manual adjustment.
             "SAKA_ADJUSTMENT_NOT_FOUND",
             "SAKA_ADJUSTMENT_NOT_PENDING",
+            // Approving or rejecting an admin grant already decided or
+            // expired (an unknown one is plain NOT_FOUND).
+            "ADMIN_GRANT_NOT_PENDING",
             // A payout the PSP refused (the payment is ERROR, the balance freed);
             // re-driving a payment that is already SENT or SETTLED.
             "PAYOUT_FAILED",

@@ -36,6 +36,7 @@ macro_rules! id_type {
 id_type!(
     UserId,
     ApiKeyId,
+    AdminGrantId,
     JobId,
     CategoryId,
     MerchantId,

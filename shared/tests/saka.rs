@@ -27,6 +27,8 @@ fn noon() -> DateTime<Utc> {
     at(2025, 3, 10, 12, 0)
 }
 
+/// A user acting with `role`; an admin acts with a real admin key made on
+/// the host long before the tests' clock (2025), so their approvals count.
 async fn user(pool: &PgPool, role: Role) -> Principal {
     let id = UserId::new();
     sqlx::query("INSERT INTO users (id, username, email) VALUES ($1, $2, $3)")
@@ -36,7 +38,20 @@ async fn user(pool: &PgPool, role: Role) -> Principal {
         .execute(pool)
         .await
         .expect("insert user");
-    Principal { user_id: id, key_id: ApiKeyId::new(), role }
+    let key_id = ApiKeyId::new();
+    if role == Role::Admin {
+        sqlx::query(
+            "INSERT INTO api_keys (id, user_id, prefix, key_hash, role, name, origin, derived_from, created_at)
+             VALUES ($1, $2, 'kb_test', $3, 'admin', 'test', 'host', '{}', '2020-01-01T00:00:00Z')",
+        )
+        .bind(key_id)
+        .bind(id)
+        .bind(key_id.0.as_bytes().to_vec())
+        .execute(pool)
+        .await
+        .expect("insert admin key");
+    }
+    Principal { user_id: id, key_id, role }
 }
 
 /// The code of a refusal, whether the rule returned it as `Err` (rolled

@@ -76,6 +76,12 @@ pub struct Env {
     log_dir: PathBuf,
 }
 
+/// A user and the key `api keys create` printed for them.
+pub struct HostKey {
+    pub id: String,
+    pub key: String,
+}
+
 /// A running worker replica: its handle, its `WORKER_NAME`, and the base
 /// URL of its ops listener (`/health`, `/metrics`).
 pub struct Worker {
@@ -359,6 +365,33 @@ impl Env {
             return Ok(status.code());
         }
         Ok(None)
+    }
+
+    /// `api keys create --user NAME --role admin`, run as the operator runs
+    /// it on the host (with this environment's variables, so the database's
+    /// credentials): the only way to a second admin that does not wait for
+    /// one. Creates the user when needed.
+    pub async fn host_admin(&self, username: &str) -> anyhow::Result<HostKey> {
+        let out = Command::new(bin("api", "KOBATELA_API_BIN"))
+            .args(["keys", "create", "--user", username, "--role", "admin"])
+            .envs(&self.vars)
+            .output()
+            .await
+            .context("running `api keys create`")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("api keys create failed ({}): {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        // "created admin key kb_… for user NAME (<user id>)", then the key alone.
+        let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+        let key = lines.last().map(|l| l.trim().to_string()).context("no key printed")?;
+        let id = lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("created ").and_then(|l| l.rsplit_once('(')).map(|(_, id)| id))
+            .map(|id| id.trim_end_matches(')').to_string())
+            .with_context(|| format!("no user id in {stdout:?}"))?;
+        Ok(HostKey { id, key })
     }
 
     pub fn admin(&self) -> Client {

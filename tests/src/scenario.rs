@@ -12,8 +12,11 @@ pub struct Person {
     pub client: Client,
 }
 
-/// Creates a user and an API key with `role` for them.
+/// Creates a user and an API key with `role` for them, over HTTP. Not for
+/// `admin`: over HTTP that is a grant a second admin approves; a second
+/// admin comes from the host ([`host_admin`]).
 pub async fn person(env: &Env, username: &str, role: &str) -> anyhow::Result<Person> {
+    ensure!(role != "admin", "an admin key over HTTP is a grant: use scenario::host_admin for {username}");
     let admin = env.admin();
     let user = admin.post("/users", json!({"username": username, "email": format!("{username}@example.test")})).await?;
     ensure!(user.status == 201, "create user {username}: {} {}", user.status, user.text);
@@ -22,6 +25,13 @@ pub async fn person(env: &Env, username: &str, role: &str) -> anyhow::Result<Per
     ensure!(key.status == 201, "create key: {} {}", key.status, key.text);
     let key = key.s("key");
     Ok(Person { id, client: env.client(&key), key })
+}
+
+/// A second admin made on the host (`api keys create --role admin`), as
+/// the operator does: independent of every admin made before.
+pub async fn host_admin(env: &Env, username: &str) -> anyhow::Result<Person> {
+    let made = env.host_admin(username).await?;
+    Ok(Person { client: env.client(&made.key), id: made.id, key: made.key })
 }
 
 pub struct Shop {

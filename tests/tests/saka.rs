@@ -1,7 +1,7 @@
 //! SAKA end to end: harvest limits, spends, manual adjustments with a
 //! second admin, and the daily cap under parallel jobs on two workers.
 
-use e2e::scenario::person;
+use e2e::scenario::{host_admin, person};
 use e2e::{Env, EnvOptions};
 use serde_json::json;
 
@@ -70,7 +70,7 @@ async fn harvests_stop_at_the_daily_count_and_spends_never_go_below_zero() -> an
 async fn adjustments_above_500_need_a_second_admin_within_the_daily_cap() -> anyhow::Result<()> {
     let env = Env::start().await?;
     let admin = env.admin();
-    let second = person(&env, "root2", "admin").await?;
+    let second = host_admin(&env, "root2").await?;
     let bob = person(&env, "bob", "beneficiary").await?;
     let r =
         admin.job("/saka/adjustments", "a1", json!({"user_id": bob.id, "amount": 500, "note": "welcome"}), 20).await?;

@@ -277,6 +277,37 @@ pub async fn run_to_end(what: &str, command: &mut Command, log: &Path, limit: Du
 }
 
 /// Sends a signal (`TERM`, `INT`, `KILL`…) to a process.
+/// An admin made on the host: the user id and the key `api keys create`
+/// printed, and its first line (what it said it did).
+pub struct HostAdmin {
+    pub id: String,
+    pub key: String,
+    pub said: String,
+}
+
+/// `api keys create --user NAME --role admin` with `envs` (the database's
+/// credentials): the operator's way to a second admin, which the API only
+/// grants with a second admin's approval.
+pub async fn host_admin(api: &Path, envs: &[(String, String)], username: &str) -> Result<HostAdmin> {
+    let out = Command::new(api)
+        .args(["keys", "create", "--user", username, "--role", "admin"])
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running api keys create")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("api keys create exited {}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    // "created admin key kb_… for user NAME (<user id>)", then the key alone.
+    let lines: Vec<&str> = stdout.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let said = lines.first().copied().unwrap_or_default().to_string();
+    let id = said.rsplit_once('(').map(|(_, id)| id.trim_end_matches(')').to_string()).context("no user id printed")?;
+    let key = lines.last().copied().context("no key printed")?.to_string();
+    Ok(HostAdmin { id, key, said })
+}
+
 pub async fn send_signal(pid: u32, signal: &str) -> Result<()> {
     kill(signal, &pid.to_string()).await
 }

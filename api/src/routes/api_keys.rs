@@ -1,4 +1,6 @@
-//! API keys: create (the secret is shown once), list, revoke.
+//! API keys: create (the secret is shown once), list, revoke. An admin key
+//! is not made here: it is a grant request a second admin approves (202,
+//! `routes::admin_grants`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,6 +9,7 @@ use axum::routing::{delete, post};
 use axum::{Json, Router};
 use shared::ErrorCode;
 use shared::db;
+use shared::domain::access::grants::{self, Issued};
 use shared::domain::access::keys::{self, NewKey};
 use shared::ids::{ApiKeyId, UserId};
 use shared::principal::Role;
@@ -37,8 +40,17 @@ async fn create(
     let expires_at = f.opt::<chrono::DateTime<chrono::Utc>>("expires_at");
     f.finish()?;
     let new = NewKey { user_id: got(user_id)?, role: got(role)?, name: got(name)?, expires_at };
-    let key = db::serializable(&s.pool, &(who, new), |tx, (who, new)| Box::pin(keys::create(tx, who, new))).await?;
-    Ok((StatusCode::CREATED, Json(key)))
+    let issued = db::serializable(&s.pool, &(who, new), |tx, (who, new)| {
+        Box::pin(grants::issue(tx, who, new, chrono::Utc::now()))
+    })
+    .await?;
+    Ok(match issued {
+        Issued::Key(key) => (StatusCode::CREATED, Json(key)).into_response(),
+        Issued::Requested(grant) => {
+            let location = [(axum::http::header::LOCATION, grant.grant.href.clone())];
+            (StatusCode::ACCEPTED, location, Json(grant)).into_response()
+        }
+    })
 }
 
 async fn list(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiResult<impl IntoResponse> {

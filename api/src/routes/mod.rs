@@ -1,5 +1,6 @@
 //! One file per resource, each with its own `router()`.
 
+pub mod admin_grants;
 pub mod api_keys;
 pub mod audit;
 pub mod catalogue;

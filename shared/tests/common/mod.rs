@@ -32,6 +32,10 @@ pub fn money(text: &str, currency: &str) -> Money {
         .expect("a valid amount")
 }
 
+/// A user acting with `role`. An admin gets a real admin key row, made as on
+/// the host (no granter) and long ago (2020, before any test's clock):
+/// approvals judge the approver by the key they act with. Other roles act
+/// with a key id that has no row.
 pub async fn user(pool: &PgPool, role: Role) -> Principal {
     let id = UserId::new();
     sqlx::query("INSERT INTO users (id, username, email) VALUES ($1, $2, $3)")
@@ -41,7 +45,20 @@ pub async fn user(pool: &PgPool, role: Role) -> Principal {
         .execute(pool)
         .await
         .expect("insert user");
-    Principal { user_id: id, key_id: ApiKeyId::new(), role }
+    let key_id = ApiKeyId::new();
+    if role == Role::Admin {
+        sqlx::query(
+            "INSERT INTO api_keys (id, user_id, prefix, key_hash, role, name, origin, derived_from, created_at)
+             VALUES ($1, $2, 'kb_test', $3, 'admin', 'test', 'host', '{}', '2020-01-01T00:00:00Z')",
+        )
+        .bind(key_id)
+        .bind(id)
+        .bind(key_id.0.as_bytes().to_vec())
+        .execute(pool)
+        .await
+        .expect("insert admin key");
+    }
+    Principal { user_id: id, key_id, role }
 }
 
 #[derive(Clone)]

@@ -6,6 +6,7 @@ pub mod maintenance;
 use futures::future::BoxFuture;
 use shared::config::Config;
 use shared::db;
+use shared::domain::access::grants;
 use shared::domain::escrow::deposits::{self, Source};
 use shared::domain::escrow::proofs::ProofValidationV1;
 use shared::domain::escrow::{deadlines, escrows, payees, payouts, proofs, transitions};
@@ -62,9 +63,14 @@ impl Runner for Runners {
                     let reset = saka::rollover(conn, now(), self.config.saka_timezone).await?;
                     Ok(Outcome::succeeded(serde_json::json!({"reset": reset})))
                 }
+                // The pending-approval expiry: SAKA adjustments and admin
+                // grants wait 24 h for their second admin alike, so one
+                // schedule expires both (`expired` stays the SAKA count).
                 JobKind::SakaApprovalExpiry => {
-                    let expired = saka::expire_pending(conn, now()).await?;
-                    Ok(Outcome::succeeded(serde_json::json!({"expired": expired})))
+                    let at = now();
+                    let expired = saka::expire_pending(conn, at).await?;
+                    let grants = grants::expire_pending(conn, at).await?;
+                    Ok(Outcome::succeeded(serde_json::json!({"expired": expired, "admin_grants_expired": grants})))
                 }
                 JobKind::Transfer => transfers::execute(conn, &who, job.id, &job.payload()?).await,
                 JobKind::EscrowDeposit => {

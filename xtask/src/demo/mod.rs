@@ -9,8 +9,11 @@
 //! The scenes: a sealed mandate spent at a merchant; an escrow paid on
 //! photo proofs (real JPEG files with EXIF GPS, uploaded as multipart, one
 //! outside the geofence; payouts through `psp-sim`, settled by its signed
-//! webhooks, polled until the escrow is RELEASED); SAKA grains (harvest
-//! limit, an adjustment approved by a second admin, the daily cap).
+//! webhooks, polled until the escrow is RELEASED); SAKA grains (a second
+//! admin made on the host, an admin key requested over HTTP that waits for
+//! that second admin, the harvest limit, an adjustment approved by the
+//! independent second admin and refused to the one whose power the
+//! requester asked for, the daily cap).
 //!
 //! A scene is a list of [`Step`]s; values a step saves (`alice.id`) fill the
 //! `{alice.id}` placeholders of later paths, bodies and expected values.
@@ -167,7 +170,7 @@ async fn start_and_walk(
         }
     }
 
-    let mut walk = walk::Walk::new(setup)?;
+    let mut walk = walk::Walk::new(setup, &binaries.api)?;
     for scene in scenes::scenes() {
         println!("\n== {}", scene.title);
         for step in &scene.steps {

@@ -201,22 +201,53 @@ fn saka_grains() -> Scene {
     let harvest = || json!({"user_id": "{bob.id}", "reason": "CONTENT_READ"});
     let adjust = |amount: u32, note: &str| json!({"user_id": "{bob.id}", "amount": amount, "note": note});
     Scene {
-        title: "SAKA grains: bob harvests to the daily limit, a large adjustment needs a second admin, the daily cap holds",
+        title: "SAKA grains and four eyes on admin power: a second admin made on the host, an admin key asked over HTTP \
+                waits for them, bob harvests to the daily limit, a large adjustment needs an independent second admin, \
+                the daily cap holds",
         steps: vec![
+            Step::host_admin(
+                "the operator makes a second admin, root2",
+                "keys create --user root2 --role admin",
+                "root2.id",
+                "root2.key",
+            ),
             Step::post(
-                "admin creates user root2",
+                "admin creates user carol",
                 "admin.key",
                 "/users",
-                json!({"username": "root2", "email": "root2@example.com"}),
+                json!({"username": "carol", "email": "carol@example.com"}),
             )
-            .save("root2.id", "/id"),
+            .save("carol.id", "/id"),
             Step::post(
-                "admin gives root2 an admin key",
+                "admin asks admin power for carol over HTTP",
                 "admin.key",
                 "/api-keys",
-                json!({"user_id": "{root2.id}", "role": "admin", "name": "demo second admin"}),
+                json!({"user_id": "{carol.id}", "role": "admin", "name": "demo carol"}),
             )
-            .save("root2.key", "/key"),
+            .expect(Expect::Status(202))
+            .field("/status", "PENDING_APPROVAL")
+            .field("/code", "ADMIN_GRANT_PENDING")
+            .save("grant.id", "/id")
+            .save("carol.key", "/key"),
+            Step::get("carol's key does not work while it waits", "carol.key", "/me")
+                .expect(Expect::Refused(&["AUTH_INVALID"])),
+            Step::post(
+                "admin tries to approve their own request",
+                "admin.key",
+                "/admin-grants/{grant.id}/approve",
+                json!({}),
+            )
+            .expect(Expect::Refused(&["ADMIN_SELF_APPROVAL"])),
+            Step::post(
+                "root2 approves carol's admin power",
+                "root2.key",
+                "/admin-grants/{grant.id}/approve",
+                json!({}),
+            )
+            .expect(Expect::Status(200))
+            .field("/status", "APPROVED")
+            .field("/approved_by", "{root2.id}"),
+            Step::get("carol's key works now", "carol.key", "/me").field("/key/role", "admin"),
             Step::job("admin harvests CONTENT_READ for bob (1 of 3)", "admin.key", "/saka/harvest", harvest())
                 .field("/result/amount", "10"),
             Step::job("admin harvests CONTENT_READ for bob (2 of 3)", "admin.key", "/saka/harvest", harvest())
@@ -244,6 +275,13 @@ fn saka_grains() -> Scene {
                 json!({}),
             )
             .expect(Expect::Refused(&["SAKA_SELF_APPROVAL"])),
+            Step::job(
+                "carol, whose power admin asked for, tries to approve",
+                "carol.key",
+                "/saka/adjustments/{adjustment.id}/approve",
+                json!({}),
+            )
+            .expect(Expect::Refused(&["APPROVER_NOT_INDEPENDENT"])),
             Step::job("root2 approves the 600", "root2.key", "/saka/adjustments/{adjustment.id}/approve", json!({}))
                 .field("/result/status", "APPLIED")
                 .field("/result/approved_by", "{root2.id}"),

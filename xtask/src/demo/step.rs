@@ -30,6 +30,9 @@ pub(super) enum Target {
     Api,
     /// The PSP simulator's own `/sim/*` views, without a key.
     PspSim,
+    /// The `api` binary run on the host, as the operator runs it (with the
+    /// database's credentials); `path` holds its arguments.
+    Host,
 }
 
 /// A proof upload: `POST /proofs` as multipart/form-data with a real JPEG
@@ -154,6 +157,15 @@ impl Step {
     /// A GET repeated until its fields hold.
     pub(super) fn poll(title: &'static str, key: &'static str, path: &'static str) -> Self {
         Self { poll: true, ..Self::get(title, key, path) }
+    }
+
+    /// `api keys create --user NAME --role admin` on the host: the operator
+    /// makes an admin the API could only request. Saves `NAME.id` and
+    /// `NAME.key` (the step's `save` names them).
+    pub(super) fn host_admin(title: &'static str, args: &'static str, id: &'static str, key: &'static str) -> Self {
+        Self { target: Target::Host, body: None, expect: Expect::Succeeded, ..Self::get(title, "", args) }
+            .save(id, "/id")
+            .save(key, "/key")
     }
 
     /// A GET of the PSP simulator's own views.

@@ -27,10 +27,13 @@ pub(super) struct Walk {
     pub(super) run: String,
     pub(super) vars: HashMap<String, String>,
     pub(super) count: usize,
+    /// The `api` binary and its environment, for host steps.
+    pub(super) api_bin: std::path::PathBuf,
+    pub(super) host_env: Vec<(String, String)>,
 }
 
 impl Walk {
-    pub(super) fn new(setup: &Setup) -> Result<Self> {
+    pub(super) fn new(setup: &Setup, api_bin: &std::path::Path) -> Result<Self> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(45))
@@ -47,18 +50,23 @@ impl Walk {
             run: setup.queue_prefix.clone(),
             vars,
             count: 0,
+            api_bin: api_bin.to_path_buf(),
+            host_env: setup.api_env(),
         })
     }
 
     pub(super) async fn step(&mut self, step: &Step) -> Result<()> {
         self.count += 1;
         let n = self.count;
+        if step.target == Target::Host {
+            return self.host(step).await.with_context(|| format!("step {n} ({}): api {}", step.title, step.path));
+        }
         let path = self.fill(step.path)?;
         let fields =
             step.fields.iter().map(|(pointer, want)| Ok((*pointer, self.fill(want)?))).collect::<Result<Vec<_>>>()?;
         let key = match step.target {
             Target::Api => Some(self.var(step.key)?.to_string()),
-            Target::PspSim => None,
+            Target::PspSim | Target::Host => None,
         };
         let context = || format!("step {n} ({}): {} {path}", step.title, step.method);
         let (answer, photo) = if step.poll {
@@ -91,7 +99,7 @@ impl Walk {
     /// Sends a step once (a job followed to its end); the answer, and what
     /// the photo of an upload holds.
     async fn send_once(&self, step: &Step, path: &str, key: Option<&str>) -> Result<(Answer, Option<String>)> {
-        let mut request = self.request(step, path, key);
+        let mut request = self.request(step, path, key)?;
         if step.job {
             let idempotency = format!("{}-step-{}", self.run, self.count);
             request = request.header("Idempotency-Key", idempotency).header("Prefer", "wait=10");
@@ -131,16 +139,38 @@ impl Walk {
 
     /// The request of a step, without its body: to the API with the key,
     /// or to the simulator.
-    pub(super) fn request(&self, step: &Step, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+    pub(super) fn request(&self, step: &Step, path: &str, key: Option<&str>) -> Result<reqwest::RequestBuilder> {
         let base = match step.target {
             Target::Api => &self.base,
             Target::PspSim => &self.psp_base,
+            Target::Host => bail!("a host step is no HTTP request"),
         };
         let request = self.http.request(step.method.clone(), format!("{base}{path}"));
-        match key {
+        Ok(match key {
             Some(key) => request.bearer_auth(key),
             None => request,
+        })
+    }
+
+    /// Runs the `api` binary on the host, as the operator would (its
+    /// arguments in the step's `path`), and keeps the user id and key it
+    /// prints ("created admin key … for user NAME (<id>)", then the key).
+    async fn host(&mut self, step: &Step) -> Result<()> {
+        let args: Vec<&str> = step.path.split_whitespace().collect();
+        let username = match args.as_slice() {
+            ["keys", "create", "--user", name, "--role", "admin"] => *name,
+            _ => bail!("a host step makes an admin: keys create --user NAME --role admin"),
+        };
+        let made = crate::procs::host_admin(&self.api_bin, &self.host_env, username).await?;
+        let (id, key, said) = (made.id, made.key, made.said);
+        let body = serde_json::json!({"id": id, "key": key});
+        println!("{:>2}. {:<52} on the host: api {} -> {said}", self.count, step.title, step.path);
+        println!("    (needs the database's credentials: the API alone cannot make a second admin)");
+        for (name, pointer) in &step.save {
+            let value = text_at(&body, pointer).with_context(|| format!("nothing to save as {name}"))?;
+            self.vars.insert(name.to_string(), value);
         }
+        Ok(())
     }
 
     /// The multipart form of a proof upload, with a photo made now; and
@@ -174,7 +204,7 @@ impl Walk {
         let mut pointers: Vec<&str> = fields.iter().map(|(pointer, _)| *pointer).collect();
         pointers.extend(step.watch.iter().copied());
         loop {
-            let answer = self.send(self.request(step, path, key)).await?;
+            let answer = self.send(self.request(step, path, key)?).await?;
             let done = check(step, &answer, fields).is_ok();
             let seen = match answer.status {
                 200 => pointers
@@ -301,6 +331,8 @@ mod tests {
             run: "demo-test".into(),
             vars: HashMap::from([("alice.id".to_string(), "a-1".to_string())]),
             count: 0,
+            api_bin: std::path::PathBuf::new(),
+            host_env: Vec::new(),
         }
     }
 

@@ -124,8 +124,17 @@ async fn soak(owned: &mut Owned, binaries: Binaries, dir: &std::path::Path, opti
         Duration::from_secs(120),
     )
     .await?;
+    let api = binaries.api.clone();
     let mut fleet = fleet::Fleet::start(binaries, setup, dir.join("logs")).await?;
-    let result = drive(&mut fleet, owned, &database, dir, options).await;
+    // The second admin (for approvals) is made on the host, as an operator
+    // does (over the API admin power waits for a second admin's approval);
+    // after the api started, which installs BOOTSTRAP_ADMIN_KEY only while
+    // no admin key exists.
+    let admin2 = procs::host_admin(&api, &fleet.setup.api_env(), &format!("s{}-root2", options.seed)).await;
+    let result = match admin2 {
+        Ok(admin2) => drive(&mut fleet, owned, &database, dir, options, &admin2.key).await,
+        Err(e) => Err(e),
+    };
     println!("soak: stopping api, workers and psp-sim");
     fleet.stop().await;
     result
@@ -137,13 +146,14 @@ async fn drive(
     database: &reqwest::Url,
     dir: &std::path::Path,
     options: &Options,
+    admin2: &str,
 ) -> Result<ExitCode> {
     let shared = Arc::new(http::Shared::default());
     let setup = &fleet.setup;
     let http =
         http::Http::new(setup.api_base.clone(), setup.psp_base.clone(), setup.webhook_secret.clone(), shared.clone())?;
     let admin = setup.admin_key.clone();
-    let world = Arc::new(world::World::build(&http, &admin, ACTORS, &format!("s{}", options.seed)).await?);
+    let world = Arc::new(world::World::build(&http, &admin, admin2, ACTORS, &format!("s{}", options.seed)).await?);
     let length = Duration::from_secs(options.minutes * 60);
     let plan = faults::schedule(options.seed, length);
     println!("soak: {} faults planned; workload of {ACTORS} actors for {} min", plan.len(), options.minutes);

@@ -1,5 +1,6 @@
-//! The people and catalogue a soak starts from, made through the API: a
-//! second admin (for approvals), a support agent, a shared pair (one
+//! The people and catalogue a soak starts from, made through the API (but
+//! the second admin, for approvals, made on the host and passed in): a
+//! support agent, a shared pair (one
 //! mandate every actor spends at once) and a pair per actor, a category
 //! with a merchant, a certified merchant, a merchant nobody may use.
 
@@ -34,9 +35,8 @@ pub struct World {
 }
 
 impl World {
-    pub async fn build(http: &Http, admin: &str, actors: usize, run: &str) -> Result<Self> {
+    pub async fn build(http: &Http, admin: &str, admin2: &str, actors: usize, run: &str) -> Result<Self> {
         let setup = Setup { http, admin };
-        let admin2 = setup.person(&format!("{run}-root2"), "admin").await?.key;
         let support = setup.person(&format!("{run}-help"), "support").await?.key;
         let food = setup.post("/spend/categories", json!({"code": format!("FOOD-{run}"), "label": "Food"})).await?;
         let food = food.s("/id");
@@ -60,7 +60,7 @@ impl World {
         setup.post("/certified", json!({"user_id": shared.beneficiary.id, "level": "GOLD"})).await?;
         Ok(Self {
             admin: admin.to_string(),
-            admin2,
+            admin2: admin2.to_string(),
             support,
             shared,
             pairs,

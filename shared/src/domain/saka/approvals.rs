@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sqlx::PgConnection;
 
+use crate::domain::access::power::require_independent;
 use crate::domain::access::users::require_active_user;
 use crate::domain::ops::audit;
 use crate::domain::saka::cap::{Applied, credit_applied, lock_adjustment, not_pending, take_cap};
@@ -17,8 +18,10 @@ use crate::jobs::Outcome;
 use crate::principal::{Principal, Role};
 
 /// Approves a pending adjustment (job `saka_adjustment`, action `approve`):
-/// an admin other than the requester (and other than the credited user)
-/// applies it within the daily cap. A request past its expiry is expired
+/// an admin other than the requester (and other than the credited user),
+/// independent of the requester (`APPROVER_NOT_INDEPENDENT`: admin power
+/// held before the request, not from the requester), applies it within the
+/// daily cap. A request past its expiry is expired
 /// here (kept) and refused. A cap refusal leaves the request pending and is
 /// returned as `Ok` with `End::Refused` with its audit row kept.
 #[tracing::instrument(skip_all, fields(job_id = %job_id, adjustment_id = %id))]
@@ -41,6 +44,9 @@ pub async fn approve_adjustment(
             "the adjustment expired before it was approved; it is now EXPIRED",
         )));
     }
+    // The second pair of eyes must belong to someone else: a puppet admin
+    // the requester made, or one made after the request, does not count.
+    require_independent(conn, who, adj.requested_by, adj.created_at).await?;
     require_active_user(conn, adj.user_id, "user_id").await?;
     let day = saka_day(now, tz);
     let used = match take_cap(conn, adj.user_id, adj.amount, day).await? {
