@@ -8,7 +8,12 @@ use shared::{Error, ErrorCode, FieldError, Problem};
 #[derive(Debug)]
 pub enum ApiError {
     Shared(Error),
-    RateLimited { retry_after_secs: u64 },
+    /// `429 RATE_LIMITED` with `Retry-After`: a key over its rate, or an
+    /// address over its budget of failed authentications.
+    RateLimited {
+        retry_after_secs: u64,
+        detail: &'static str,
+    },
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -53,12 +58,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             ApiError::Shared(Error::Problem(p)) => problem_response(&p),
-            ApiError::RateLimited { retry_after_secs } => {
-                let mut res =
-                    problem_response(&Problem::new(ErrorCode::RateLimited, "too many requests for this API key"));
-                if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(1).to_string()) {
-                    res.headers_mut().insert(header::RETRY_AFTER, v);
-                }
+            ApiError::RateLimited { retry_after_secs, detail } => {
+                let mut res = problem_response(&Problem::new(ErrorCode::RateLimited, detail));
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
                 res
             }
             ApiError::Shared(other) => {

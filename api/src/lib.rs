@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod openapi;
 pub mod ops_listener;
 pub mod pusher;
@@ -48,7 +49,16 @@ pub fn router(state: AppState) -> Router {
         })
         .on_request(())
         .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
-            tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "request done");
+            let (status, latency_ms) = (res.status().as_u16(), latency.as_secs_f64() * 1000.0);
+            // A refused flood must not become a flood of log lines (issue
+            // #15: 97,282 of them in ten seconds): 429s are counted
+            // (`kobatela_http_requests_total`, `kobatela_auth_throttled_total`)
+            // and logged at debug; the throttle logs once when it starts.
+            if status == 429 {
+                tracing::debug!(status, latency_ms, "request done");
+            } else {
+                tracing::info!(status, latency_ms, "request done");
+            }
         });
     Router::new()
         .merge(routes::health::router())

@@ -128,7 +128,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = kobatela_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "api listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    // The peer's address is the client's (or its proxy's): `extract::ClientAddr`.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("api stopped");
     Ok(())
 }

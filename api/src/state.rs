@@ -1,16 +1,14 @@
 //! Application state shared by every handler.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use shared::config::{Config, RateLimit};
-use shared::ids::ApiKeyId;
+use shared::config::Config;
 use shared::jobs::Queue;
 use shared::storage::{LocalDirStore, ProofStore};
 use sqlx::PgPool;
 
 use crate::batcher::Batcher;
+use crate::limits::Limits;
 use crate::pusher::Pusher;
 use crate::waiter::JobWaiter;
 
@@ -21,7 +19,8 @@ pub struct Inner {
     pub pool: PgPool,
     pub queue: Queue,
     pub config: Config,
-    pub limiter: DefaultKeyedRateLimiter<ApiKeyId>,
+    /// Failed authentications per address, requests per key, bad keys.
+    pub limits: Limits,
     pub waiter: JobWaiter,
     pub store: Arc<dyn ProofStore>,
     pub pusher: Pusher,
@@ -39,11 +38,7 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config, waiter: JobWaiter) -> Self {
-        let quota = match config.rate_limit {
-            RateLimit::PerSecond(n) => Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
-            RateLimit::PerMinute(n) => Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
-        };
-        let limiter = RateLimiter::keyed(quota);
+        let limits = Limits::local(config.auth_failures_per_addr, config.rate_limit);
         let store: Arc<dyn ProofStore> = Arc::new(LocalDirStore::new(config.storage_dir.clone()));
         let pusher = Pusher::start(queue.clone());
         let batcher = Batcher::start(pool.clone());
@@ -52,6 +47,6 @@ impl AppState {
             config.psp_api_key.clone(),
             std::time::Duration::from_secs(5),
         );
-        AppState(Arc::new(Inner { pool, queue, config, limiter, waiter, store, pusher, batcher, psp }))
+        AppState(Arc::new(Inner { pool, queue, config, limits, waiter, store, pusher, batcher, psp }))
     }
 }

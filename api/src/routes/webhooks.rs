@@ -1,6 +1,10 @@
 //! `POST /psp/webhook`: verify the HMAC over `timestamp.raw_body` with any
 //! configured secret, store the raw event and enqueue its job in one short
 //! transaction, answer 200 at once. Nothing is stored for a refused call.
+//! A bad signature or timestamp is a failed authentication: it spends the
+//! client address's budget (`crate::limits`), and an address over it is
+//! refused before the signature is even checked; a valid one spends
+//! nothing.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -13,6 +17,7 @@ use shared::domain::psp::webhooks;
 use shared::psp::signature;
 
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ClientAddr;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -24,17 +29,27 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 #[tracing::instrument(skip_all)]
-async fn receive(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn receive(
+    State(s): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let started = std::time::Instant::now();
+    s.limits.admit(addr).await?;
     let now = chrono::Utc::now().timestamp();
-    signature::verify(
+    let verified = signature::verify(
         &s.config.psp_webhook_secrets,
         header(&headers, signature::SIGNATURE_HEADER),
         header(&headers, signature::TIMESTAMP_HEADER),
         &body,
         now,
-    )
-    .map_err(|code| ApiError::problem(code, code.title()))?;
+    );
+    if let Err(code) = verified {
+        s.limits.failed(addr, "webhook");
+        return Err(ApiError::problem(code, code.title()));
+    }
+    s.limits.passed(addr).await;
     // The id comes from the signed body; a header that differs is refused,
     // and so is one that is not even text (it cannot equal the id).
     let header_id = match headers.get(signature::EVENT_ID_HEADER) {
