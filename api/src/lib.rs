@@ -2,6 +2,7 @@
 //! validates, writes job rows and pushes them; it never runs a money rule.
 
 pub mod batcher;
+pub mod breaker;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use shared::{ErrorCode, Problem};
@@ -60,8 +61,12 @@ pub fn router(state: AppState) -> Router {
                 tracing::info!(status, latency_ms, "request done");
             }
         });
-    Router::new()
-        .merge(routes::health::router())
+    // Routes that need no key and no database: never throttled, never
+    // refused by the breaker.
+    let public = Router::new().merge(routes::health::router()).merge(routes::docs::router());
+    // Every other route authenticates (a key, or the PSP's signature) and
+    // needs Postgres: 503 at once while it is unreachable.
+    let data = Router::new()
         .merge(routes::users::router())
         .merge(routes::api_keys::router())
         .merge(routes::catalogue::router())
@@ -77,7 +82,9 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::jobs::router())
         .merge(routes::audit::router())
         .merge(routes::ops::router())
-        .merge(routes::docs::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), breaker::guard));
+    public
+        .merge(data)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
@@ -131,6 +138,10 @@ async fn problems_only(req: Request, next: Next) -> Response {
     if code == ErrorCode::ValidationError || code == ErrorCode::Internal {
         // Keep the original status: the code says what kind it is.
         *out.status_mut() = status;
+    }
+    // A 429 or 503 keeps the Retry-After its layer gave.
+    if let Some(retry) = res.headers().get(header::RETRY_AFTER) {
+        out.headers_mut().insert(header::RETRY_AFTER, retry.clone());
     }
     out
 }

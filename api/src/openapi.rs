@@ -569,10 +569,19 @@ const PROBLEMS: &[(&str, &str)] = &[
     ("413", "`PAYLOAD_TOO_LARGE`"),
     ("415", "`UNSUPPORTED_MEDIA_TYPE`"),
     ("422", "`VALIDATION_ERROR` (with `errors`) and the sharper codes of DOMAIN.md"),
-    ("429", "`RATE_LIMITED`, with `Retry-After`"),
+    (
+        "429",
+        "`RATE_LIMITED`: the key's `RATE_LIMIT_PER_KEY`, or the client address's budget of failed authentications (`AUTH_FAILURES_PER_ADDR`, checked before any key lookup); `Retry-After` says when to try again",
+    ),
     ("500", "`INTERNAL`, and nothing more"),
-    ("503", "`UNAVAILABLE`: Postgres or Redis cannot be reached"),
+    (
+        "503",
+        "`UNAVAILABLE`: Postgres or Redis cannot be reached (answered at once); `Retry-After` says when to try again",
+    ),
 ];
+
+/// The answers that say when to come back: each carries `Retry-After`.
+const RETRY_AFTER_STATUSES: &[&str] = &["429", "503"];
 
 /// The whole document: the derived paths, then what every operation shares.
 pub fn document() -> openapi::OpenApi {
@@ -618,6 +627,13 @@ pub fn document() -> openapi::OpenApi {
             for (status, what) in PROBLEMS {
                 op.responses.responses.entry(status.to_string()).or_insert_with(|| problem_response(what));
             }
+            // Here, once for every operation (its own 503 included, like
+            // `/ready`'s), rather than in each operation.
+            for status in RETRY_AFTER_STATUSES {
+                if let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) {
+                    response.headers.insert("Retry-After".into(), retry_after_header());
+                }
+            }
         }
     }
     doc
@@ -639,6 +655,14 @@ fn operations(item: &mut openapi::PathItem) -> Vec<(&'static str, &mut openapi::
 fn problem_response(what: &str) -> RefOr<openapi::Response> {
     let content = openapi::ContentBuilder::new().schema(Some(openapi::Ref::from_schema_name("Problem"))).build();
     RefOr::T(openapi::ResponseBuilder::new().description(what).content("application/problem+json", content).build())
+}
+
+/// `Retry-After`: whole seconds, at least 1.
+fn retry_after_header() -> openapi::Header {
+    openapi::HeaderBuilder::new()
+        .schema(openapi::ObjectBuilder::new().schema_type(openapi::schema::Type::Integer).minimum(Some(1)))
+        .description(Some("seconds to wait before trying again"))
+        .build()
 }
 
 fn receipt_response(what: &str, location: bool) -> RefOr<openapi::Response> {

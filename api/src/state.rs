@@ -8,6 +8,7 @@ use shared::storage::{LocalDirStore, ProofStore};
 use sqlx::PgPool;
 
 use crate::batcher::Batcher;
+use crate::breaker::Breaker;
 use crate::limits::Limits;
 use crate::pusher::Pusher;
 use crate::waiter::JobWaiter;
@@ -21,6 +22,8 @@ pub struct Inner {
     pub config: Config,
     /// Failed authentications per address, requests per key, bad keys.
     pub limits: Limits,
+    /// Open while Postgres is unreachable: requests that need it answer 503 at once.
+    pub breaker: Arc<Breaker>,
     pub waiter: JobWaiter,
     pub store: Arc<dyn ProofStore>,
     pub pusher: Pusher,
@@ -39,14 +42,16 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config, waiter: JobWaiter) -> Self {
         let limits = Limits::local(config.auth_failures_per_addr, config.rate_limit);
+        let breaker = Arc::new(Breaker::default());
+        breaker.start_probe(&pool);
         let store: Arc<dyn ProofStore> = Arc::new(LocalDirStore::new(config.storage_dir.clone()));
         let pusher = Pusher::start(queue.clone());
-        let batcher = Batcher::start(pool.clone());
+        let batcher = Batcher::start(pool.clone(), breaker.clone());
         let psp = shared::psp::client::HttpPspClient::new(
             config.psp_base_url.clone(),
             config.psp_api_key.clone(),
             std::time::Duration::from_secs(5),
         );
-        AppState(Arc::new(Inner { pool, queue, config, limits, waiter, store, pusher, batcher, psp }))
+        AppState(Arc::new(Inner { pool, queue, config, limits, breaker, waiter, store, pusher, batcher, psp }))
     }
 }

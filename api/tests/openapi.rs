@@ -145,6 +145,19 @@ fn the_docs_page_loads_nothing_but_the_document() {
 }
 
 #[test]
+fn every_operation_documents_its_429_and_503_with_retry_after() {
+    let doc = document();
+    for (method, path) in operations(&doc) {
+        for status in ["429", "503"] {
+            let response = &doc["paths"][&path][&method]["responses"][status];
+            assert!(response.is_object(), "{method} {path}: no {status}");
+            let header = &response["headers"]["Retry-After"];
+            assert_eq!(header["schema"]["type"], "integer", "{method} {path} {status}: Retry-After {header}");
+        }
+    }
+}
+
+#[test]
 #[ignore = "prints the document: cargo test -p kobatela-api --test openapi -- --ignored --nocapture"]
 fn print_the_document() {
     println!("{}", kobatela_api::openapi::json());

@@ -10,6 +10,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
 
 use crate::client::Client;
+use crate::postgres::PrivatePostgres;
 use crate::redis::PrivateRedis;
 
 pub struct EnvOptions {
@@ -17,13 +18,15 @@ pub struct EnvOptions {
     pub psp: bool,
     /// A Redis of this test's own (restartable), instead of the shared one.
     pub private_redis: bool,
+    /// A Postgres of this test's own (stoppable), instead of the shared one.
+    pub private_postgres: bool,
     /// Extra variables for every process (e.g. `RATE_LIMIT_PER_KEY`).
     pub vars: Vec<(String, String)>,
 }
 
 impl Default for EnvOptions {
     fn default() -> Self {
-        Self { workers: 1, psp: false, private_redis: false, vars: Vec::new() }
+        Self { workers: 1, psp: false, private_redis: false, private_postgres: false, vars: Vec::new() }
     }
 }
 
@@ -38,6 +41,12 @@ impl EnvOptions {
     }
     pub fn private_redis(mut self) -> Self {
         self.private_redis = true;
+        self
+    }
+    /// The test's database on a Postgres server of its own
+    /// ([`Env::postgres`]), which it may stop, start and restart.
+    pub fn private_postgres(mut self) -> Self {
+        self.private_postgres = true;
         self
     }
     pub fn var(mut self, k: &str, v: &str) -> Self {
@@ -59,6 +68,8 @@ pub struct Env {
     pub pool: PgPool,
     /// The test's own Redis, when asked for ([`EnvOptions::private_redis`]).
     pub redis: Option<PrivateRedis>,
+    /// The test's own Postgres server, when asked for ([`EnvOptions::private_postgres`]).
+    pub postgres: Option<PrivatePostgres>,
     vars: HashMap<String, String>,
     api: Option<Child>,
     psp: Option<Child>,
@@ -130,14 +141,18 @@ impl Env {
     pub async fn with(opts: EnvOptions) -> anyhow::Result<Env> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("kob_e2e_{}", &id[..12]);
-        let server_url = server_url();
+        let log_dir = workspace_root().join("target/kobatela-logs/e2e").join(&name);
+        std::fs::create_dir_all(&log_dir)?;
+        let postgres = match opts.private_postgres {
+            true => Some(PrivatePostgres::start_in(log_dir.join("postgres")).await?),
+            false => None,
+        };
+        let server_url = postgres.as_ref().map(PrivatePostgres::url).unwrap_or_else(server_url);
         let mut admin =
             PgConnection::connect(&server_url).await.with_context(|| format!("connecting to {server_url}"))?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
         admin.close().await?;
         let db_url = with_database(&server_url, &name);
-        let log_dir = workspace_root().join("target/kobatela-logs/e2e").join(&name);
-        std::fs::create_dir_all(&log_dir)?;
         let redis = match opts.private_redis {
             true => Some(PrivateRedis::start(log_dir.join("redis")).await?),
             false => None,
@@ -212,6 +227,7 @@ impl Env {
             webhook_secret,
             pool,
             redis,
+            postgres,
             vars,
             api: None,
             psp: None,
@@ -442,10 +458,16 @@ impl Env {
                 let _ = self.flush_redis().await;
             }
         }
-        let mut admin = PgConnection::connect(&self.server_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut admin)
-            .await?;
+        match self.postgres.take() {
+            // The whole server goes, and the database with it.
+            Some(postgres) => postgres.destroy().await?,
+            None => {
+                let mut admin = PgConnection::connect(&self.server_url).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                    .execute(&mut admin)
+                    .await?;
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.log_dir);
         Ok(())
     }

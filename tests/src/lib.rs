@@ -7,6 +7,7 @@ pub mod client;
 pub mod env;
 pub mod jpeg;
 pub mod load;
+pub mod postgres;
 pub mod prom;
 pub mod redis;
 pub mod scenario;
