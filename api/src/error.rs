@@ -55,7 +55,9 @@ impl ApiError {
     }
 }
 
-/// Renders a problem body with its status. Every `503` says when to retry.
+/// Renders a problem body with its status. Every problem is `no-store`
+/// (it may name a key's prefix, a user, an amount), and every `503` says
+/// when to retry.
 pub fn problem_response(p: &Problem) -> Response {
     let status = StatusCode::from_u16(p.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     problem_body(status, p.to_json())
@@ -67,6 +69,7 @@ pub fn problem_body(status: StatusCode, body: serde_json::Value) -> Response {
     let mut res = (status, body.to_string()).into_response();
     let headers = res.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS));
     }

@@ -25,6 +25,7 @@ use shared::{ErrorCode, Problem};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -63,9 +64,14 @@ pub fn router(state: AppState) -> Router {
         });
     // Routes that need no key and no database: never throttled, never
     // refused by the breaker.
-    let public = Router::new().merge(routes::health::router()).merge(routes::docs::router());
+    let public = Router::new()
+        .merge(routes::health::router())
+        .merge(routes::docs::router())
+        .merge(routes::assets::router())
+        .merge(routes::ops::console());
     // Every other route authenticates (a key, or the PSP's signature) and
-    // needs Postgres: 503 at once while it is unreachable.
+    // needs Postgres: 503 at once while it is unreachable, and its answers,
+    // which may hold keys or personal data, are never stored by a cache.
     let data = Router::new()
         .merge(routes::users::router())
         .merge(routes::api_keys::router())
@@ -82,6 +88,10 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::jobs::router())
         .merge(routes::audit::router())
         .merge(routes::ops::router())
+        .route_layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), breaker::guard));
     public
         .merge(data)
@@ -97,6 +107,9 @@ pub fn router(state: AppState) -> Router {
         .layer(trace)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // On every answer, errors and timeouts included.
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
         .with_state(state)
 }
 

@@ -395,6 +395,8 @@ fn openapi_json() {}
 fn docs() {}
 #[utoipa::path(get, path = "/ops", tag = "ops", security(()), responses((status = 200, description = "the ops console (HTML); its calls need a support or admin key", content_type = "text/html", body = String)))]
 fn ops_console() {}
+#[utoipa::path(get, path = "/assets/{name}", tag = "health", security(()), params(("name" = String, Path, description = "`console.js`, `console.css`, `docs.js` or `docs.css`")), responses((status = 200, description = "a script or style sheet of `/ops` or `/docs`", content((String = "text/javascript"), (String = "text/css")))))]
+fn assets() {}
 #[utoipa::path(get, path = "/ops/invariants", tag = "ops", params(("run" = Option<String>, Query, description = "`1` runs them now")), responses((status = 200, body = InvariantsAnswer)))]
 fn ops_invariants() {}
 #[utoipa::path(get, path = "/ops/cron", tag = "ops", responses((status = 200, body = CronPage)))]
@@ -521,7 +523,7 @@ fn jobs_retry() {}
 #[openapi(
     info(title = "Kobatela", description = "Payments back end: usage mandates, escrows with photo proofs, restricted transfers, PSP payouts, SAKA. Money is a string with the currency's decimals; a request that moves value is a job answered with a receipt."),
     paths(
-        health, ready, openapi_json, docs, ops_console, ops_invariants, ops_queues, ops_cron,
+        health, ready, openapi_json, docs, ops_console, assets, ops_invariants, ops_queues, ops_cron,
         users_create, users_read, me, api_keys_create, api_keys_list, api_keys_revoke,
         categories_create, merchants_create, allow_usage, allowlist_add, certify,
         mandates_create, mandates_list, mandates_read, mandates_revoke, mandates_cleanup,

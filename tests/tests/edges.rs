@@ -1,7 +1,8 @@
 //! The edges of issue #8, tried as an outsider would: amounts read from
 //! their literal text, U+0000 in text fields, pre-checks at the edge, and
-//! the smaller holes (idempotency keys, rate limits). Each test asserts the
-//! money or the rows, not only the status codes.
+//! the smaller holes (idempotency keys, rate limits); and of issue #15: the
+//! security headers on every answer. Each test asserts the money or the
+//! rows, not only the status codes.
 
 use e2e::scenario::person;
 use e2e::{Env, Reply};
@@ -249,5 +250,84 @@ async fn a_dead_job_retry_and_its_audit_commit_together() -> anyhow::Result<()> 
         count(&env, &format!("SELECT count(*) FROM audit_log WHERE action = 'JOB_RETRIED' AND entity_id = '{job}'"))
             .await?;
     assert_eq!(audits, 1);
+    env.stop().await
+}
+
+fn header<'a>(r: &'a Reply, name: &str) -> &'a str {
+    r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_security_headers_and_the_pages_allow_only_their_own_origin() -> anyhow::Result<()> {
+    let env = e2e::Env::with(e2e::EnvOptions::default().workers(0)).await?;
+    let anon = env.anonymous();
+    let admin = env.admin();
+    let alice = person(&env, "alice", "sender").await?;
+    for page in ["/ops", "/docs"] {
+        let r = anon.get(page).await?;
+        assert_eq!(r.status, 200, "{page}");
+        assert!(r.content_type.starts_with("text/html"), "{page}: {}", r.content_type);
+        let csp = header(&r, "content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ] {
+            assert!(csp.split(';').any(|d| d.trim() == directive), "{page}: {directive} missing from {csp:?}");
+        }
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{page}: {csp}");
+        // The page holds no script or style of its own: each is a file from
+        // the api, served with its type.
+        let html = r.text.to_ascii_lowercase();
+        assert!(!html.contains("<style") && !html.contains(" style="), "{page}: inline style");
+        let mut assets = 0;
+        for (at, _) in html.match_indices("<script") {
+            let tag = &html[at..at + html[at..].find('>').unwrap_or(0)];
+            let src = tag.split("src=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("");
+            assert!(src.starts_with("/assets/"), "{page}: an inline script: {tag}");
+            let js = anon.get(src).await?;
+            assert_eq!((js.status, js.content_type.as_str()), (200, "text/javascript; charset=utf-8"), "{src}");
+            assert_eq!(header(&js, "x-content-type-options"), "nosniff", "{src}");
+            assets += 1;
+        }
+        for (at, _) in html.match_indices("<link rel=\"stylesheet\"") {
+            let tag = &html[at..at + html[at..].find('>').unwrap_or(0)];
+            let href = tag.split("href=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("");
+            let css = anon.get(href).await?;
+            assert_eq!((css.status, css.content_type.as_str()), (200, "text/css; charset=utf-8"), "{href}");
+            assets += 1;
+        }
+        assert_eq!(assets, 2, "{page}: one script and one style sheet");
+    }
+    // Every answer: pages, public JSON, authenticated JSON, problems.
+    let created = admin.post("/api-keys", json!({"user_id": alice.id, "role": "sender", "name": "second"})).await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let answers = [
+        ("/health", anon.get("/health").await?),
+        ("/ops", anon.get("/ops").await?),
+        ("/me", admin.get("/me").await?),
+        ("POST /api-keys", created.clone()),
+        ("/users/{id}", alice.client.get(&format!("/users/{}", alice.id)).await?),
+        ("a 404", anon.get("/no/such/route").await?),
+        ("a 401", anon.get("/me").await?),
+        ("a 422", admin.get("/audit?limit=0").await?),
+    ];
+    for (what, r) in &answers {
+        assert_eq!(header(r, "x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(header(r, "referrer-policy"), "no-referrer", "{what}");
+    }
+    // Answers that may hold keys or personal data are never stored by a
+    // cache: every authenticated JSON answer and every problem.
+    for (what, r) in &answers[2..] {
+        assert_eq!(header(r, "cache-control"), "no-store", "{what}");
+    }
+    // The key shown once is the one that works; it was stored once.
+    assert_eq!(env.client(&created.s("key")).get("/me").await?.status, 200);
+    let keys: i64 = count(&env, "SELECT count(*) FROM api_keys WHERE name = 'second'").await?;
+    assert_eq!(keys, 1);
     env.stop().await
 }

@@ -187,7 +187,7 @@ async fn valid_keys_never_spend_the_budget_and_bad_signatures_do() -> anyhow::Re
     assert_eq!((r.status, r.code().as_str()), (429, "RATE_LIMITED"), "{}", r.text);
     assert!(retry_after(&r) >= 1);
     // Public routes spend nothing and are never refused.
-    for public in ["/health", "/ready", "/openapi.json", "/docs", "/ops"] {
+    for public in ["/health", "/ready", "/openapi.json", "/docs", "/ops", "/assets/console.js"] {
         assert_eq!(anonymous.get(public).await?.status, 200, "{public}");
     }
 

@@ -1,6 +1,7 @@
 //! One file per resource, each with its own `router()`.
 
 pub mod api_keys;
+pub mod assets;
 pub mod audit;
 pub mod catalogue;
 pub mod docs;
