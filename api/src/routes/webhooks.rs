@@ -4,7 +4,8 @@
 //! A bad signature or timestamp is a failed authentication: it spends the
 //! client address's budget (`crate::limits`), and an address over it is
 //! refused before the signature is even checked; a valid one spends
-//! nothing.
+//! nothing. A signed body that names one key twice is refused too: the
+//! worker and the PSP could read different values.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,6 +19,7 @@ use shared::psp::signature;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ClientAddr;
+use crate::extract::fields::{JsonError, parse_unique};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -50,6 +52,12 @@ async fn receive(
         return Err(ApiError::problem(code, code.title()));
     }
     s.limits.passed(addr).await;
+    if let Err(JsonError::Duplicate(key)) = parse_unique(&body) {
+        return Err(ApiError::problem(
+            ErrorCode::WebhookPayloadInvalid,
+            format!("the key `{key}` is named twice in the event; each key may appear once"),
+        ));
+    }
     // The id comes from the signed body; a header that differs is refused,
     // and so is one that is not even text (it cannot equal the id).
     let header_id = match headers.get(signature::EVENT_ID_HEADER) {
