@@ -217,3 +217,49 @@ async fn valid_keys_never_spend_the_budget_and_bad_signatures_do() -> anyhow::Re
     assert_eq!(events, 0, "nothing stored");
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget_and_others_cannot_forge_one()
+-> anyhow::Result<()> {
+    // 127.0.0.1 is the proxy; 127.0.0.2 is a client that reaches the api directly.
+    let env = Env::with(env_options("20/m").var("TRUSTED_PROXIES", "127.0.0.1/32")).await?;
+    let alice = person(&env, "alice", "sender").await?;
+    let path = format!("/users/{}", alice.id);
+    let anonymous = env.anonymous();
+    let via_proxy = |client: &str, key: &str| {
+        anonymous.send(
+            reqwest::Client::new()
+                .get(format!("{}{path}", env.api_url))
+                .bearer_auth(key)
+                .header("X-Forwarded-For", format!("198.51.100.77, {client}")),
+        )
+    };
+    // One forwarded client spends its budget…
+    let mut codes = Vec::new();
+    for i in 0..25 {
+        codes.push(via_proxy("203.0.113.7", &format!("kb_bad_{i}")).await?.code());
+    }
+    assert_eq!(codes.iter().filter(|c| *c == "AUTH_INVALID").count(), 20, "{codes:?}");
+    assert!(codes[20..].iter().all(|c| c == "RATE_LIMITED"), "{codes:?}");
+    // …and only its own: another client behind the same proxy, and the
+    // proxy's own valid traffic, are served.
+    let r = via_proxy("203.0.113.8", "kb_bad_other").await?;
+    assert_eq!(r.code(), "AUTH_INVALID", "{}", r.text);
+    assert_eq!(via_proxy("203.0.113.8", &alice.key).await?.status, 200);
+    assert_eq!(alice.client.get(&path).await?.status, 200, "the proxy itself is not throttled");
+    // A peer that is not a trusted proxy cannot name someone else: its
+    // forged header is ignored and its failures are its own.
+    let direct = reqwest::Client::builder().local_address(addr(2)).build()?;
+    let forged = |key: String| {
+        direct.get(format!("{}{path}", env.api_url)).bearer_auth(key).header("X-Forwarded-For", "203.0.113.99")
+    };
+    for i in 0..20 {
+        let r = env.anonymous().send(forged(format!("kb_forged_{i}"))).await?;
+        assert_eq!(r.code(), "AUTH_INVALID", "{}", r.text);
+    }
+    let r = env.anonymous().send(forged("kb_forged_last".into())).await?;
+    assert_eq!(r.code(), "RATE_LIMITED", "127.0.0.2 spent its own budget: {}", r.text);
+    let r = via_proxy("203.0.113.99", "kb_bad_named").await?;
+    assert_eq!(r.code(), "AUTH_INVALID", "the address it named was never charged: {}", r.text);
+    env.stop().await
+}
