@@ -34,18 +34,21 @@ use crate::error::ApiError;
 ///
 /// Checking a budget and spending it later races: eight requests checked
 /// at once all pass, all look their key up, and only then spend (measured:
-/// 66 lookups where the budget allowed 33). So a request that is about to
-/// authenticate takes one unit of its address's budget first, and gives it
-/// back when its key (or signature) turns out valid: a valid key never
-/// spends anything, and the lookups of bad keys can never outrun the budget.
+/// 66 lookups where the budget allowed 33). So the budget also counts the
+/// authentications in flight: once an address has failed lately, a new one
+/// is admitted only while its failures and those in flight together fit
+/// the budget. An address that has not failed lately is admitted whatever
+/// it has in flight, so valid keys are never held back by each other.
 pub trait FailureBudget: Send + Sync {
-    /// Takes one unit for an authentication about to be tried; `Err(wait)`
-    /// when the address is over its budget (refused before any lookup).
-    fn take(&self, addr: IpAddr) -> BoxFuture<'_, Result<(), Duration>>;
+    /// Admits an authentication about to be tried, or `Err(wait)` when the
+    /// address is over its budget (refused before any lookup).
+    fn admit(&self, addr: IpAddr) -> BoxFuture<'_, Result<(), Duration>>;
 
-    /// Gives back the unit taken: the key was valid, or no verdict was
-    /// reached (Postgres away). A failure simply keeps it spent.
-    fn give_back(&self, addr: IpAddr) -> BoxFuture<'_, ()>;
+    /// Ends an admitted authentication; `failed` spends one unit. It must
+    /// take effect even when the returned future is dropped unpolled (a
+    /// dropped [`Attempt`] calls it so): an implementation over the network
+    /// spawns its work.
+    fn settle(&self, addr: IpAddr, failed: bool) -> BoxFuture<'_, ()>;
 }
 
 /// Requests per API key.
@@ -61,6 +64,41 @@ pub struct Limits {
     pub bad_keys: BadKeys,
 }
 
+/// An authentication admitted by [`Limits::admit`]: [`failed`](Self::failed)
+/// or [`passed`](Self::passed) ends it; dropped without either (the client
+/// went away mid-lookup, Postgres was unreachable) it ends as not failed,
+/// so nothing stays in flight for ever.
+pub struct Attempt {
+    budget: Arc<dyn FailureBudget>,
+    addr: IpAddr,
+    settled: bool,
+}
+
+impl Attempt {
+    /// The key (or signature) was bad: one unit of the address's budget is
+    /// spent (`kind`: `key` or `webhook`).
+    pub async fn failed(mut self, kind: &'static str) {
+        self.settled = true;
+        tracing::debug!(addr = %self.addr, kind, "failed authentication");
+        metrics::counter!("kobatela_auth_failures_total", "kind" => kind).increment(1);
+        self.budget.settle(self.addr, true).await;
+    }
+
+    /// The key (or signature) was valid: nothing is spent.
+    pub async fn passed(mut self) {
+        self.settled = true;
+        self.budget.settle(self.addr, false).await;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            drop(self.budget.settle(self.addr, false));
+        }
+    }
+}
+
 impl Limits {
     /// The in-process budgets, pruned in the background while they live.
     pub fn local(failures: RateLimit, per_key: RateLimit) -> Self {
@@ -71,11 +109,10 @@ impl Limits {
     }
 
     /// Before anything looks a key (or a signature) up: refuses an address
-    /// over its budget of failed authentications, else holds one unit of
-    /// it until [`passed`](Self::passed) or [`failed`](Self::failed).
-    pub async fn admit(&self, addr: IpAddr) -> Result<(), ApiError> {
-        match self.failures.take(addr).await {
-            Ok(()) => Ok(()),
+    /// over its budget of failed authentications, else admits the attempt.
+    pub async fn admit(&self, addr: IpAddr) -> Result<Attempt, ApiError> {
+        match self.failures.admit(addr).await {
+            Ok(()) => Ok(Attempt { budget: self.failures.clone(), addr, settled: false }),
             Err(wait) => {
                 // One line per refused request would be the attacker's to
                 // write (97,282 of them in issue #15): debug only; the warn is
@@ -88,19 +125,6 @@ impl Limits {
                 })
             }
         }
-    }
-
-    /// The authentication admitted succeeded (or reached no verdict): its
-    /// unit goes back.
-    pub async fn passed(&self, addr: IpAddr) {
-        self.failures.give_back(addr).await;
-    }
-
-    /// The authentication admitted failed (`kind`: `key` or `webhook`): its
-    /// unit stays spent.
-    pub fn failed(&self, addr: IpAddr, kind: &'static str) {
-        tracing::debug!(%addr, kind, "failed authentication");
-        metrics::counter!("kobatela_auth_failures_total", "kind" => kind).increment(1);
     }
 }
 
@@ -164,11 +188,15 @@ fn per_window(rate: RateLimit) -> (u32, Duration) {
 }
 
 /// The in-process failure budget: a GCRA of our own per address (the
-/// algorithm governor uses), because governor can neither give a unit back
-/// nor look at a budget without spending it. N per window, bursts of N:
-/// each unit pushes the address's theoretical arrival time (`tat`) one
-/// emission interval (window / N) later; a unit fits while `tat` stays
-/// within one window of now.
+/// algorithm governor uses; governor can neither look at a budget without
+/// spending it nor count what is in flight). N per window, bursts of N:
+/// each failure pushes the address's theoretical arrival time (`tat`) one
+/// emission interval (window / N) later, and a failure fits while `tat`
+/// stays within one window of now. An address in debt (`tat` ahead of now)
+/// is admitted while its debt plus one interval per authentication in
+/// flight still leaves room for one more, so its lookups can never outrun
+/// the budget; one without debt is always admitted (its in-flight count
+/// only starts to matter once it fails, and then it is counted in full).
 pub struct LocalFailures {
     shards: Vec<Mutex<HashMap<IpAddr, Entry>>>,
     interval: Duration,
@@ -178,6 +206,7 @@ pub struct LocalFailures {
 
 struct Entry {
     tat: Instant,
+    in_flight: u32,
     episode: Option<Episode>,
 }
 
@@ -207,7 +236,7 @@ impl LocalFailures {
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take_now(&self, addr: IpAddr) -> Result<(), Duration> {
+    fn admit_now(&self, addr: IpAddr) -> Result<(), Duration> {
         let key = budget_key(addr);
         let now = Instant::now();
         let mut shard = self.shard(&key);
@@ -221,10 +250,15 @@ impl LocalFailures {
                 shard.remove(&victim);
             }
         }
-        let entry = shard.entry(key).or_insert(Entry { tat: now, episode: None });
-        let tat = entry.tat.max(now) + self.interval;
-        if tat <= now + self.window {
-            entry.tat = tat;
+        let entry = shard.entry(key).or_insert(Entry { tat: now, in_flight: 0, episode: None });
+        if entry.tat <= now {
+            entry.in_flight += 1;
+            return Ok(());
+        }
+        // In debt: its failures, what it has in flight, and this one must fit.
+        let needed = entry.tat + self.interval * (entry.in_flight + 1);
+        if needed <= now + self.window {
+            entry.in_flight += 1;
             return Ok(());
         }
         match &mut entry.episode {
@@ -241,18 +275,22 @@ impl LocalFailures {
                 entry.episode = Some(Episode { since: now, last_refused: now, refused: 1 });
             }
         }
-        Err(tat - now - self.window)
+        Err(needed - now - self.window)
     }
 
-    fn give_back_now(&self, addr: IpAddr) {
+    fn settle_now(&self, addr: IpAddr, failed: bool) {
         let key = budget_key(addr);
-        if let Some(entry) = self.shard(&key).get_mut(&key) {
-            entry.tat = entry.tat.checked_sub(self.interval).unwrap_or(entry.tat);
+        let now = Instant::now();
+        let mut shard = self.shard(&key);
+        let entry = shard.entry(key).or_insert(Entry { tat: now, in_flight: 1, episode: None });
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        if failed {
+            entry.tat = entry.tat.max(now) + self.interval;
         }
     }
 
-    /// Drops the addresses whose budget is whole again and whose episode
-    /// (if any) ended, logging how each episode went.
+    /// Drops the addresses whose budget is whole again, with nothing in
+    /// flight and whose episode (if any) ended, logging how each went.
     fn prune_shard(&self, shard: &mut HashMap<IpAddr, Entry>, now: Instant) {
         shard.retain(|addr, entry| {
             if let Some(episode) = &entry.episode
@@ -266,7 +304,7 @@ impl LocalFailures {
                 );
                 entry.episode = None;
             }
-            entry.tat > now || entry.episode.is_some()
+            entry.tat > now || entry.in_flight > 0 || entry.episode.is_some()
         });
     }
 
@@ -279,20 +317,21 @@ impl LocalFailures {
         }
     }
 
-    /// Addresses tracked now (in debt, or throttled lately).
+    /// Addresses tracked now (in debt, in flight, or throttled lately).
     pub fn tracked(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
     }
 }
 
 impl FailureBudget for LocalFailures {
-    fn take(&self, addr: IpAddr) -> BoxFuture<'_, Result<(), Duration>> {
-        let taken = self.take_now(addr);
-        Box::pin(async move { taken })
+    fn admit(&self, addr: IpAddr) -> BoxFuture<'_, Result<(), Duration>> {
+        let admitted = self.admit_now(addr);
+        Box::pin(async move { admitted })
     }
 
-    fn give_back(&self, addr: IpAddr) -> BoxFuture<'_, ()> {
-        self.give_back_now(addr);
+    fn settle(&self, addr: IpAddr, failed: bool) -> BoxFuture<'_, ()> {
+        // Done before the future is returned: a dropped future still counts.
+        self.settle_now(addr, failed);
         Box::pin(async {})
     }
 }
@@ -390,40 +429,55 @@ mod tests {
         text.parse().expect("an address")
     }
 
+    /// One authentication tried and settled.
+    fn attempt(budget: &LocalFailures, addr: IpAddr, failed: bool) -> Result<(), Duration> {
+        budget.admit_now(addr)?;
+        budget.settle_now(addr, failed);
+        Ok(())
+    }
+
     #[test]
     fn an_address_is_refused_once_its_failures_spend_the_burst_and_only_then() {
         let budget = LocalFailures::new(RateLimit::PerMinute(3));
         let a = ip("203.0.113.7");
         for _ in 0..3 {
-            assert_eq!(budget.take_now(a), Ok(()), "within the burst");
+            assert_eq!(attempt(&budget, a, true), Ok(()), "within the burst");
         }
-        let wait = budget.take_now(a).expect_err("past the budget");
+        let wait = budget.admit_now(a).expect_err("past the budget");
         assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20), "{wait:?}");
-        assert_eq!(budget.take_now(ip("203.0.113.8")), Ok(()), "another address keeps its budget");
+        assert_eq!(attempt(&budget, ip("203.0.113.8"), true), Ok(()), "another address keeps its budget");
     }
 
     #[test]
-    fn a_unit_given_back_was_never_spent() {
+    fn valid_keys_spend_nothing_and_are_never_held_back_by_each_other() {
         let budget = LocalFailures::new(RateLimit::PerMinute(2));
         let a = ip("203.0.113.9");
-        // A hundred valid keys, each holding a unit while it is looked up.
+        // A hundred valid keys looked up at once from an address that has
+        // not failed: all admitted.
         for _ in 0..100 {
-            assert_eq!(budget.take_now(a), Ok(()));
-            budget.give_back_now(a);
+            assert_eq!(budget.admit_now(a), Ok(()));
+        }
+        for _ in 0..100 {
+            budget.settle_now(a, false);
         }
         // The whole budget is still there for failures.
-        assert_eq!(budget.take_now(a), Ok(()));
-        assert_eq!(budget.take_now(a), Ok(()));
-        assert!(budget.take_now(a).is_err());
+        assert_eq!(attempt(&budget, a, true), Ok(()));
+        assert_eq!(attempt(&budget, a, true), Ok(()));
+        assert!(budget.admit_now(a).is_err());
     }
 
     #[test]
-    fn units_held_at_once_count_so_concurrent_lookups_cannot_outrun_the_budget() {
+    fn once_an_address_fails_what_it_has_in_flight_counts_so_lookups_cannot_outrun_the_budget() {
         let budget = LocalFailures::new(RateLimit::PerMinute(5));
         let a = ip("198.51.100.1");
-        // Eight lookups start before any of them ends: five are admitted.
-        let admitted = (0..8).filter(|_| budget.take_now(a).is_ok()).count();
-        assert_eq!(admitted, 5);
+        assert_eq!(attempt(&budget, a, true), Ok(()));
+        // Eight lookups start before any of them ends: four fit beside the failure.
+        let admitted = (0..8).filter(|_| budget.admit_now(a).is_ok()).count();
+        assert_eq!(admitted, 4);
+        for _ in 0..4 {
+            budget.settle_now(a, true);
+        }
+        assert!(budget.admit_now(a).is_err(), "five failures: the budget");
     }
 
     #[test]
@@ -432,15 +486,15 @@ mod tests {
         assert_eq!(budget_key(ip("2001:db8:1:2:ffff:1:2:3")), ip("2001:db8:1:2::"));
         assert_eq!(budget_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
         let budget = LocalFailures::new(RateLimit::PerMinute(1));
-        assert!(budget.take_now(ip("2001:db8::1")).is_ok());
-        assert!(budget.take_now(ip("2001:db8::3")).is_err(), "one /64, one budget");
+        assert_eq!(attempt(&budget, ip("2001:db8::1"), true), Ok(()));
+        assert!(budget.admit_now(ip("2001:db8::3")).is_err(), "one /64, one budget");
     }
 
     #[test]
     fn pruning_forgets_whole_budgets_and_ended_episodes() {
         let budget = LocalFailures::new(RateLimit::PerSecond(1000));
         for i in 0..200u8 {
-            let _ = budget.take_now(IpAddr::from([10, 0, 0, i]));
+            let _ = attempt(&budget, IpAddr::from([10, 0, 0, i]), true);
         }
         assert_eq!(budget.tracked(), 200);
         std::thread::sleep(Duration::from_millis(20));

@@ -162,11 +162,23 @@ async fn valid_keys_never_spend_the_budget_and_bad_signatures_do() -> anyhow::Re
     let env = Env::with(env_options("20/m")).await?;
     let alice = person(&env, "alice", "sender").await?;
     let path = format!("/users/{}", alice.id);
-    // Twice the burst of valid requests from one address…
+    // Twice the burst of valid requests from one address, then three
+    // times the burst at once (a busy gateway): all served…
     let valid = Client::from_address(&env.api_url, Some(&alice.key), addr(5));
     for _ in 0..40 {
         assert_eq!(valid.get(&path).await?.status, 200);
     }
+    let at_once: Vec<u16> = futures::stream::iter(0..60)
+        .map(|_| {
+            let (valid, path) = (valid.clone(), path.clone());
+            async move { valid.get(&path).await.map(|r| r.status) }
+        })
+        .buffer_unordered(60)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    assert!(at_once.iter().all(|s| *s == 200), "{at_once:?}");
     // …left its budget whole: a bad key is looked up and refused as such.
     let bad = Client::from_address(&env.api_url, Some("kb_not_a_key"), addr(5));
     let r = bad.with_key("kb_not_a_key_1").get(&path).await?;

@@ -3,12 +3,12 @@
 //! log line of the request carries it.
 //!
 //! In order: the client address over its budget of failed authentications
-//! is refused (429, no lookup), else it holds one unit of that budget
+//! is refused (429, no lookup), else the attempt is admitted
 //! (`crate::limits`); a missing or overlong key, a key that failed a few
 //! seconds ago (the negative cache, no lookup) or a key the database does
-//! not accept is a failed authentication and the unit stays spent; a valid
-//! key gives it back, then takes one request from its own budget
-//! (`RATE_LIMIT_PER_KEY`).
+//! not accept is a failed authentication that spends the address's budget;
+//! a valid key spends nothing there, then takes one request from its own
+//! budget (`RATE_LIMIT_PER_KEY`).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -32,7 +32,7 @@ impl FromRequestParts<AppState> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let ClientAddr(addr) = ClientAddr::from_request_parts(parts, state).await?;
-        state.limits.admit(addr).await?;
+        let attempt = state.limits.admit(addr).await?;
         let bearer = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -41,32 +41,32 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim);
         let header_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
         let Some(secret) = bearer.or(header_key).filter(|s| !s.is_empty()) else {
-            state.limits.failed(addr, "key");
+            attempt.failed("key").await;
             return Err(ApiError::problem(ErrorCode::AuthRequired, "send an API key as Authorization: Bearer <key>"));
         };
         if secret.len() > 256 {
-            state.limits.failed(addr, "key");
+            attempt.failed("key").await;
             return Err(invalid());
         }
         let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         if state.limits.bad_keys.contains(&hash) {
-            state.limits.failed(addr, "key");
+            attempt.failed("key").await;
             return Err(invalid());
         }
         let principal = match api_keys::authenticate(&state.pool, secret).await {
             Ok(principal) => principal,
             Err(shared::Error::Problem(p)) if p.code == ErrorCode::AuthInvalid => {
                 state.limits.bad_keys.insert(hash);
-                state.limits.failed(addr, "key");
+                attempt.failed("key").await;
                 return Err(p.into());
             }
             // Postgres away is not the client's failure: nothing is spent.
             Err(other) => {
-                state.limits.passed(addr).await;
+                attempt.passed().await;
                 return Err(other.into());
             }
         };
-        state.limits.passed(addr).await;
+        attempt.passed().await;
         tracing::Span::current().record("key_id", tracing::field::display(principal.key_id));
         if let Err(wait) = state.limits.keys.take(principal.key_id).await {
             return Err(ApiError::RateLimited {

@@ -38,7 +38,7 @@ async fn receive(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let started = std::time::Instant::now();
-    s.limits.admit(addr).await?;
+    let attempt = s.limits.admit(addr).await?;
     let now = chrono::Utc::now().timestamp();
     let verified = signature::verify(
         &s.config.psp_webhook_secrets,
@@ -48,10 +48,10 @@ async fn receive(
         now,
     );
     if let Err(code) = verified {
-        s.limits.failed(addr, "webhook");
+        attempt.failed("webhook").await;
         return Err(ApiError::problem(code, code.title()));
     }
-    s.limits.passed(addr).await;
+    attempt.passed().await;
     if let Err(JsonError::Duplicate(key)) = parse_unique(&body) {
         return Err(ApiError::problem(
             ErrorCode::WebhookPayloadInvalid,
