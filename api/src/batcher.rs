@@ -16,6 +16,8 @@ use shared::jobs::record::{self, JobRow};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::breaker::Breaker;
+
 const MAX_ROWS: usize = 128;
 const FLUSHES: usize = 4;
 
@@ -27,7 +29,9 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(pool: PgPool) -> Self {
+    /// `breaker` is opened at once when a batch finds Postgres unreachable
+    /// (its requests see only `Error::Unavailable`, which names no service).
+    pub fn start(pool: PgPool, breaker: Arc<Breaker>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<(NewJob, Reply)>();
         let flushes = Arc::new(Semaphore::new(FLUSHES));
         tokio::spawn(async move {
@@ -41,10 +45,10 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                let pool = pool.clone();
+                let (pool, breaker) = (pool.clone(), breaker.clone());
                 let taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_ROWS));
                 tokio::spawn(async move {
-                    flush(&pool, taken).await;
+                    flush(&pool, &breaker, taken).await;
                     drop(permit);
                 });
             }
@@ -61,7 +65,7 @@ impl Batcher {
     }
 }
 
-async fn flush(pool: &PgPool, batch: Vec<(NewJob, Reply)>) {
+async fn flush(pool: &PgPool, breaker: &Breaker, batch: Vec<(NewJob, Reply)>) {
     metrics::histogram!("kobatela_insert_batch_rows").record(batch.len() as f64);
     let (news, replies): (Vec<NewJob>, Vec<Reply>) = batch.into_iter().unzip();
     let inserted = match pool.acquire().await {
@@ -91,6 +95,7 @@ async fn flush(pool: &PgPool, batch: Vec<(NewJob, Reply)>) {
             }
         }
         Err(e) => {
+            breaker.trip("a job insert found Postgres unreachable");
             let message = e.to_string();
             for reply in replies {
                 let _ = reply.send(Err(Error::Unavailable(message.clone())));

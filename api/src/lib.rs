@@ -2,8 +2,10 @@
 //! validates, writes job rows and pushes them; it never runs a money rule.
 
 pub mod batcher;
+pub mod breaker;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod openapi;
 pub mod ops_listener;
 pub mod pusher;
@@ -16,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use shared::{ErrorCode, Problem};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -48,10 +51,28 @@ pub fn router(state: AppState) -> Router {
         })
         .on_request(())
         .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
-            tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "request done");
+            let (status, latency_ms) = (res.status().as_u16(), latency.as_secs_f64() * 1000.0);
+            // A refused flood must not become a flood of log lines (issue
+            // #15: 97,282 of them in ten seconds): 429s are counted
+            // (`kobatela_http_requests_total`, `kobatela_auth_throttled_total`)
+            // and logged at debug; the throttle logs once when it starts.
+            if status == 429 {
+                tracing::debug!(status, latency_ms, "request done");
+            } else {
+                tracing::info!(status, latency_ms, "request done");
+            }
         });
-    Router::new()
+    // Routes that need no key and no database: never throttled, never
+    // refused by the breaker.
+    let public = Router::new()
         .merge(routes::health::router())
+        .merge(routes::docs::router())
+        .merge(routes::assets::router())
+        .merge(routes::ops::console());
+    // Every other route authenticates (a key, or the PSP's signature) and
+    // needs Postgres: 503 at once while it is unreachable, and its answers,
+    // which may hold keys or personal data, are never stored by a cache.
+    let data = Router::new()
         .merge(routes::users::router())
         .merge(routes::api_keys::router())
         .merge(routes::admin_grants::router())
@@ -68,7 +89,13 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::jobs::router())
         .merge(routes::audit::router())
         .merge(routes::ops::router())
-        .merge(routes::docs::router())
+        .route_layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), breaker::guard));
+    public
+        .merge(data)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
@@ -81,6 +108,9 @@ pub fn router(state: AppState) -> Router {
         .layer(trace)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // On every answer, errors and timeouts included.
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
         .with_state(state)
 }
 
@@ -122,6 +152,10 @@ async fn problems_only(req: Request, next: Next) -> Response {
     if code == ErrorCode::ValidationError || code == ErrorCode::Internal {
         // Keep the original status: the code says what kind it is.
         *out.status_mut() = status;
+    }
+    // A 429 or 503 keeps the Retry-After its layer gave.
+    if let Some(retry) = res.headers().get(header::RETRY_AFTER) {
+        out.headers_mut().insert(header::RETRY_AFTER, retry.clone());
     }
     out
 }

@@ -102,9 +102,16 @@ fn user_name(s: &str) -> &str {
     s
 }
 
+/// How long a request waits for a Postgres connection before its `503`:
+/// the backstop behind the breaker (`kobatela_api::breaker`), for requests
+/// that started before it opened. The worker keeps `db::ACQUIRE_TIMEOUT`.
+const REQUEST_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     config.require_webhook_secrets()?;
-    let pool = db::connect(&config.database_url, config.db_pool_size).await.context("connecting to Postgres")?;
+    let pool = db::connect_with(&config.database_url, config.db_pool_size, REQUEST_ACQUIRE_TIMEOUT)
+        .await
+        .context("connecting to Postgres")?;
     if config.migrate_on_start {
         db::migrate(&pool).await?;
     }
@@ -133,7 +140,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = kobatela_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "api listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    // The peer's address is the client's (or its proxy's): `extract::ClientAddr`.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("api stopped");
     Ok(())
 }

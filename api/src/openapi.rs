@@ -402,6 +402,8 @@ fn openapi_json() {}
 fn docs() {}
 #[utoipa::path(get, path = "/ops", tag = "ops", security(()), responses((status = 200, description = "the ops console (HTML); its calls need a support or admin key", content_type = "text/html", body = String)))]
 fn ops_console() {}
+#[utoipa::path(get, path = "/assets/{name}", tag = "health", security(()), params(("name" = String, Path, description = "`console.js`, `console.css`, `docs.js` or `docs.css`")), responses((status = 200, description = "a script or style sheet of `/ops` or `/docs`", content((String = "text/javascript"), (String = "text/css")))))]
+fn assets() {}
 #[utoipa::path(get, path = "/ops/invariants", tag = "ops", params(("run" = Option<String>, Query, description = "`1` runs them now")), responses((status = 200, body = InvariantsAnswer)))]
 fn ops_invariants() {}
 #[utoipa::path(get, path = "/ops/cron", tag = "ops", responses((status = 200, body = CronPage)))]
@@ -536,7 +538,7 @@ fn jobs_retry() {}
 #[openapi(
     info(title = "Kobatela", description = "Payments back end: usage mandates, escrows with photo proofs, restricted transfers, PSP payouts, SAKA. Money is a string with the currency's decimals; a request that moves value is a job answered with a receipt."),
     paths(
-        health, ready, openapi_json, docs, ops_console, ops_invariants, ops_queues, ops_cron,
+        health, ready, openapi_json, docs, ops_console, assets, ops_invariants, ops_queues, ops_cron,
         users_create, users_read, me, api_keys_create, api_keys_list, api_keys_revoke,
         admin_grants_list, admin_grants_read, admin_grants_approve, admin_grants_reject,
         categories_create, merchants_create, allow_usage, allowlist_add, certify,
@@ -585,10 +587,19 @@ const PROBLEMS: &[(&str, &str)] = &[
     ("413", "`PAYLOAD_TOO_LARGE`"),
     ("415", "`UNSUPPORTED_MEDIA_TYPE`"),
     ("422", "`VALIDATION_ERROR` (with `errors`) and the sharper codes of DOMAIN.md"),
-    ("429", "`RATE_LIMITED`, with `Retry-After`"),
+    (
+        "429",
+        "`RATE_LIMITED`: the key's `RATE_LIMIT_PER_KEY`, or the client address's budget of failed authentications (`AUTH_FAILURES_PER_ADDR`, checked before any key lookup); `Retry-After` says when to try again",
+    ),
     ("500", "`INTERNAL`, and nothing more"),
-    ("503", "`UNAVAILABLE`: Postgres or Redis cannot be reached"),
+    (
+        "503",
+        "`UNAVAILABLE`: Postgres or Redis cannot be reached (answered at once); `Retry-After` says when to try again",
+    ),
 ];
+
+/// The answers that say when to come back: each carries `Retry-After`.
+const RETRY_AFTER_STATUSES: &[&str] = &["429", "503"];
 
 /// The whole document: the derived paths, then what every operation shares.
 pub fn document() -> openapi::OpenApi {
@@ -634,6 +645,13 @@ pub fn document() -> openapi::OpenApi {
             for (status, what) in PROBLEMS {
                 op.responses.responses.entry(status.to_string()).or_insert_with(|| problem_response(what));
             }
+            // Here, once for every operation (its own 503 included, like
+            // `/ready`'s), rather than in each operation.
+            for status in RETRY_AFTER_STATUSES {
+                if let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) {
+                    response.headers.insert("Retry-After".into(), retry_after_header());
+                }
+            }
         }
     }
     doc
@@ -655,6 +673,14 @@ fn operations(item: &mut openapi::PathItem) -> Vec<(&'static str, &mut openapi::
 fn problem_response(what: &str) -> RefOr<openapi::Response> {
     let content = openapi::ContentBuilder::new().schema(Some(openapi::Ref::from_schema_name("Problem"))).build();
     RefOr::T(openapi::ResponseBuilder::new().description(what).content("application/problem+json", content).build())
+}
+
+/// `Retry-After`: whole seconds, at least 1.
+fn retry_after_header() -> openapi::Header {
+    openapi::HeaderBuilder::new()
+        .schema(openapi::ObjectBuilder::new().schema_type(openapi::schema::Type::Integer).minimum(Some(1)))
+        .description(Some("seconds to wait before trying again"))
+        .build()
 }
 
 fn receipt_response(what: &str, location: bool) -> RefOr<openapi::Response> {

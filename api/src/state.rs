@@ -1,16 +1,15 @@
 //! Application state shared by every handler.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use shared::config::{Config, RateLimit};
-use shared::ids::ApiKeyId;
+use shared::config::Config;
 use shared::jobs::Queue;
 use shared::storage::ProofStore;
 use sqlx::PgPool;
 
 use crate::batcher::Batcher;
+use crate::breaker::Breaker;
+use crate::limits::Limits;
 use crate::pusher::Pusher;
 use crate::waiter::JobWaiter;
 
@@ -21,7 +20,10 @@ pub struct Inner {
     pub pool: PgPool,
     pub queue: Queue,
     pub config: Config,
-    pub limiter: DefaultKeyedRateLimiter<ApiKeyId>,
+    /// Failed authentications per address, requests per key, bad keys.
+    pub limits: Limits,
+    /// Open while Postgres is unreachable: requests that need it answer 503 at once.
+    pub breaker: Arc<Breaker>,
     pub waiter: JobWaiter,
     pub store: Arc<dyn ProofStore>,
     pub pusher: Pusher,
@@ -39,18 +41,16 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config, waiter: JobWaiter, store: Arc<dyn ProofStore>) -> Self {
-        let quota = match config.rate_limit {
-            RateLimit::PerSecond(n) => Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
-            RateLimit::PerMinute(n) => Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)),
-        };
-        let limiter = RateLimiter::keyed(quota);
+        let limits = Limits::local(config.auth_failures_per_addr, config.rate_limit);
+        let breaker = Arc::new(Breaker::default());
+        breaker.start_probe(&pool);
         let pusher = Pusher::start(queue.clone());
-        let batcher = Batcher::start(pool.clone());
+        let batcher = Batcher::start(pool.clone(), breaker.clone());
         let psp = shared::psp::client::HttpPspClient::new(
             config.psp_base_url.clone(),
             config.psp_api_key.clone(),
             std::time::Duration::from_secs(5),
         );
-        AppState(Arc::new(Inner { pool, queue, config, limiter, waiter, store, pusher, batcher, psp }))
+        AppState(Arc::new(Inner { pool, queue, config, limits, breaker, waiter, store, pusher, batcher, psp }))
     }
 }

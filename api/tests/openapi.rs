@@ -136,11 +136,31 @@ fn job_endpoints_document_their_headers_receipts_and_every_operation_its_problem
 }
 
 #[test]
-fn the_docs_page_loads_nothing_but_the_document() {
+fn the_docs_page_loads_nothing_but_the_document_and_its_own_assets() {
     let page = include_str!("../assets/docs.html");
-    assert!(page.contains("fetch(\"/openapi.json\")"));
-    for outside in ["http://", "https://", "//cdn", "<link ", "src=\""] {
-        assert!(!page.contains(outside), "docs.html reaches outside the api: {outside}");
+    let script = include_str!("../assets/docs.js");
+    assert!(script.contains("fetch(\"/openapi.json\")"));
+    for text in [page, script, include_str!("../assets/docs.css")] {
+        for outside in ["http://", "https://", "//cdn", "@import"] {
+            assert!(!text.contains(outside), "the docs page reaches outside the api: {outside}");
+        }
+    }
+    // What the page itself loads: its script and style sheet, from the api.
+    let loads: Vec<&str> =
+        page.split(['"', '\'']).filter(|s| s.starts_with('/') && !s.starts_with("/openapi.json")).collect();
+    assert_eq!(loads, ["/assets/docs.css", "/assets/docs.js"]);
+}
+
+#[test]
+fn every_operation_documents_its_429_and_503_with_retry_after() {
+    let doc = document();
+    for (method, path) in operations(&doc) {
+        for status in ["429", "503"] {
+            let response = &doc["paths"][&path][&method]["responses"][status];
+            assert!(response.is_object(), "{method} {path}: no {status}");
+            let header = &response["headers"]["Retry-After"];
+            assert_eq!(header["schema"]["type"], "integer", "{method} {path} {status}: Retry-After {header}");
+        }
     }
 }
 

@@ -24,6 +24,11 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Requests allowed per API key (`RATE_LIMIT_PER_KEY`, `N/s` or `N/m`).
     pub rate_limit: RateLimit,
+    /// Failed authentications a client address may make before its
+    /// requests are refused ahead of any key lookup (`AUTH_FAILURES_PER_ADDR`).
+    pub auth_failures_per_addr: RateLimit,
+    /// Peers whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub worker_concurrency: usize,
     pub worker_name: String,
     pub saka_timezone: chrono_tz::Tz,
@@ -80,6 +85,8 @@ impl std::fmt::Debug for Config {
             .field("currencies", &self.currencies)
             .field("cors_origins", &self.cors_origins)
             .field("rate_limit", &self.rate_limit)
+            .field("auth_failures_per_addr", &self.auth_failures_per_addr)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("worker_concurrency", &self.worker_concurrency)
             .field("worker_name", &self.worker_name)
             .field("saka_timezone", &self.saka_timezone)
@@ -136,6 +143,16 @@ impl Config {
             None => RateLimit::PerSecond(50),
             Some(v) => parse_rate(&v).ok_or_else(|| err("RATE_LIMIT_PER_KEY", format!("`{v}` is not N/s or N/m")))?,
         };
+        let auth_failures_per_addr = match get("AUTH_FAILURES_PER_ADDR") {
+            None => RateLimit::PerSecond(20),
+            Some(v) => {
+                parse_rate(&v).ok_or_else(|| err("AUTH_FAILURES_PER_ADDR", format!("`{v}` is not N/s or N/m")))?
+            }
+        };
+        let trusted_proxies = list("TRUSTED_PROXIES")
+            .iter()
+            .map(|v| parse_net(v).ok_or_else(|| err("TRUSTED_PROXIES", format!("`{v}` is not an IP address or CIDR"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let saka_timezone = match get("SAKA_TIMEZONE") {
             None => chrono_tz::UTC,
             Some(v) => v.parse().map_err(|_| err("SAKA_TIMEZONE", format!("`{v}` is not an IANA time zone")))?,
@@ -199,6 +216,8 @@ impl Config {
             currencies,
             cors_origins: list("CORS_ORIGINS"),
             rate_limit,
+            auth_failures_per_addr,
+            trusted_proxies,
             worker_concurrency: worker_concurrency as usize,
             worker_name,
             saka_timezone,
@@ -315,6 +334,12 @@ fn parse_rate(text: &str) -> Option<RateLimit> {
     }
 }
 
+/// An address (`10.0.0.7`, `::1`: that host only) or a CIDR (`10.0.0.0/8`).
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +356,8 @@ mod tests {
         assert_eq!(c.bind_addr.port(), 8080);
         assert_eq!(c.metrics_addr, SocketAddr::from(([127, 0, 0, 1], 9100)));
         assert_eq!(c.rate_limit, RateLimit::PerSecond(50));
+        assert_eq!(c.auth_failures_per_addr, RateLimit::PerSecond(20));
+        assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.saka_timezone, chrono_tz::UTC);
         assert!(c.require_webhook_secrets().is_err());
     }
@@ -340,6 +367,9 @@ mod tests {
         assert_eq!(load(&[("PORT", "x")]).err().map(|e| e.key), Some("PORT"));
         assert_eq!(load(&[("SAKA_TIMEZONE", "Mars/Base")]).err().map(|e| e.key), Some("SAKA_TIMEZONE"));
         assert_eq!(load(&[("RATE_LIMIT_PER_KEY", "fast")]).err().map(|e| e.key), Some("RATE_LIMIT_PER_KEY"));
+        assert_eq!(load(&[("AUTH_FAILURES_PER_ADDR", "0/s")]).err().map(|e| e.key), Some("AUTH_FAILURES_PER_ADDR"));
+        assert_eq!(load(&[("TRUSTED_PROXIES", "10.0.0.0/33")]).err().map(|e| e.key), Some("TRUSTED_PROXIES"));
+        assert_eq!(load(&[("TRUSTED_PROXIES", "proxy.local")]).err().map(|e| e.key), Some("TRUSTED_PROXIES"));
         assert_eq!(load(&[("PSP_WEBHOOK_SECRETS", "short")]).err().map(|e| e.key), Some("PSP_WEBHOOK_SECRETS"));
         assert_eq!(load(&[("STREAM_MAXLEN", "10")]).err().map(|e| e.key), Some("STREAM_MAXLEN"));
         assert_eq!(load(&[("STREAM_BLOCK_MS", "0")]).err().map(|e| e.key), Some("STREAM_BLOCK_MS"));
@@ -359,6 +389,15 @@ mod tests {
         assert_eq!(rate("7"), Some(RateLimit::PerSecond(7)));
         assert_eq!(rate("0/m"), None);
         assert_eq!(rate("10/h"), None);
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidrs_and_failures_take_the_rate_syntax() {
+        let c = load(&[("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1"), ("AUTH_FAILURES_PER_ADDR", "100/m")])
+            .expect("valid");
+        let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32", "::1/128"]);
+        assert_eq!(c.auth_failures_per_addr, RateLimit::PerMinute(100));
     }
 
     #[test]

@@ -69,6 +69,18 @@ pub const METRICS: &[Metric] = {
         m("kobatela_jobs_enqueued_total", Counter, Api, "jobs accepted by the api, by kind"),
         m("kobatela_insert_batch_rows", Histogram, Api, "job rows per group-commit insert"),
         m("kobatela_webhook_ack_seconds", Histogram, Api, "time to answer a PSP webhook"),
+        m(
+            "kobatela_auth_failures_total",
+            Counter,
+            Api,
+            "failed authentications by kind (key: missing, unknown, revoked or expired; webhook: bad signature or timestamp)",
+        ),
+        m(
+            "kobatela_auth_throttled_total",
+            Counter,
+            Api,
+            "requests refused 429 before any key lookup: their address is over AUTH_FAILURES_PER_ADDR",
+        ),
         m("kobatela_jobs", Gauge, Api, "job rows by kind and status (queued, running, dead); sampled"),
         m("kobatela_queue_depth", Gauge, Api, "entries in each kind's stream; sampled"),
         m("kobatela_queue_pending", Gauge, Api, "stream entries delivered and not acknowledged; sampled"),

@@ -2,6 +2,10 @@
 // browser download: the system's Chromium). Run by tests/tests/console.rs,
 // which prepares the data and checks the outcome through the API.
 //
+// The pages run under their Content-Security-Policy (no inline script or
+// style): any violation the browser reports fails the test, and the test
+// first shows that an injected inline script is indeed refused.
+//
 // Env: OPS_URL (the api), OPS_KEY (an admin key other than the one that
 // requested the adjustment), DEAD_JOB_ID, ADJUSTMENT_ID, SCREENSHOTS (a
 // directory), KOBATELA_PLAYWRIGHT_CORE (the module's directory),
@@ -41,8 +45,33 @@ async function main() {
   });
   const problems = [];
   page.on("pageerror", (e) => problems.push(String(e)));
+  // Violations of the pages' policy, as the page sees them and as the
+  // browser logs them.
+  await page.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener("securitypolicyviolation", (e) =>
+      window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile || ""}:${e.lineNumber || 0})`));
+  });
+  const cspLogged = [];
+  page.on("console", (msg) => {
+    if (msg.type() === "error" && /Content Security Policy/i.test(msg.text())) cspLogged.push(msg.text());
+  });
+  const violations = async () => (await page.evaluate(() => window.__cspViolations.slice())).concat(cspLogged);
   try {
     await page.goto(base + "/ops");
+    // The policy is enforced: an inline script injected into the page does
+    // not run, and the violation is seen (so the checks below can see one).
+    const ran = await page.evaluate(async () => {
+      const s = document.createElement("script");
+      s.textContent = "window.__inlineRan = true;";
+      document.body.append(s);
+      await new Promise((r) => setTimeout(r, 100));
+      return window.__inlineRan === true;
+    });
+    if (ran) throw new Error("an injected inline script ran: the page has no Content-Security-Policy");
+    if (!(await violations()).length) throw new Error("the blocked inline script was not reported as a CSP violation");
+    await page.reload();
+    cspLogged.length = 0;
     await shot("01-sign-in.png");
     await page.fill("[data-testid=key]", key);
     await page.click("[data-testid=sign-in]");
@@ -73,9 +102,20 @@ async function main() {
     await page.locator("[data-testid=cron] tr").first().waitFor();
     await page.locator("[data-testid=invariants]").waitFor();
     await shot("05-approved.png");
+    const onOps = await violations();
+    if (onOps.length) throw new Error("CSP violations on /ops: " + onOps.join("; "));
+
+    // The API reference renders under the same policy.
+    await page.goto(base + "/docs");
+    await page.locator("details.op").first().waitFor({ timeout: 20000 });
+    const rendered = await page.locator("details.op").count();
+    if (rendered < 50) throw new Error(`/docs rendered ${rendered} operations`);
+    await shot("06-docs.png");
+    const onDocs = await violations();
+    if (onDocs.length) throw new Error("CSP violations on /docs: " + onDocs.join("; "));
     if (outside.length) throw new Error("requests outside the api: " + outside.join(", "));
     if (problems.length) throw new Error("page errors: " + problems.join("; "));
-    console.log("console test: signed in, retried the dead job (succeeded), approved the adjustment; screenshots in " + shots);
+    console.log("console test: signed in, retried the dead job (succeeded), approved the adjustment, read /docs; no CSP violation; screenshots in " + shots);
   } catch (e) {
     await shot("failure.png").catch(() => {});
     throw e;

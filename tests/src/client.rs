@@ -53,6 +53,18 @@ impl Client {
         Self { base: base.to_string(), key: key.map(str::to_string), http }
     }
 
+    /// A client whose connections come from `local` (any 127.x.y.z reaches
+    /// the api on 127.0.0.1): another client address, as the api sees it.
+    pub fn from_address(base: &str, key: Option<&str>, local: std::net::IpAddr) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .local_address(local)
+            .build()
+            .unwrap_or_default();
+        Self { base: base.to_string(), key: key.map(str::to_string), http }
+    }
+
     pub fn with_key(&self, key: &str) -> Self {
         Self { base: self.base.clone(), key: Some(key.to_string()), http: self.http.clone() }
     }

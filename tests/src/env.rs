@@ -10,6 +10,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
 
 use crate::client::Client;
+use crate::postgres::PrivatePostgres;
 use crate::redis::PrivateRedis;
 use crate::s3::PrivateS3;
 
@@ -21,13 +22,15 @@ pub struct EnvOptions {
     /// Proofs in a private S3-compatible server (`s3s-fs`) instead of a
     /// local directory.
     pub s3: bool,
+    /// A Postgres of this test's own (stoppable), instead of the shared one.
+    pub private_postgres: bool,
     /// Extra variables for every process (e.g. `RATE_LIMIT_PER_KEY`).
     pub vars: Vec<(String, String)>,
 }
 
 impl Default for EnvOptions {
     fn default() -> Self {
-        Self { workers: 1, psp: false, private_redis: false, s3: false, vars: Vec::new() }
+        Self { workers: 1, psp: false, private_redis: false, private_postgres: false, s3: false, vars: Vec::new() }
     }
 }
 
@@ -46,6 +49,12 @@ impl EnvOptions {
     }
     pub fn s3(mut self) -> Self {
         self.s3 = true;
+        self
+    }
+    /// The test's database on a Postgres server of its own
+    /// ([`Env::postgres`]), which it may stop, start and restart.
+    pub fn private_postgres(mut self) -> Self {
+        self.private_postgres = true;
         self
     }
     pub fn var(mut self, k: &str, v: &str) -> Self {
@@ -69,6 +78,8 @@ pub struct Env {
     pub redis: Option<PrivateRedis>,
     /// The test's own S3 server, when asked for ([`EnvOptions::s3`]).
     pub s3: Option<PrivateS3>,
+    /// The test's own Postgres server, when asked for ([`EnvOptions::private_postgres`]).
+    pub postgres: Option<PrivatePostgres>,
     vars: HashMap<String, String>,
     api: Option<Child>,
     psp: Option<Child>,
@@ -146,14 +157,18 @@ impl Env {
     pub async fn with(opts: EnvOptions) -> anyhow::Result<Env> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("kob_e2e_{}", &id[..12]);
-        let server_url = server_url();
+        let log_dir = workspace_root().join("target/kobatela-logs/e2e").join(&name);
+        std::fs::create_dir_all(&log_dir)?;
+        let postgres = match opts.private_postgres {
+            true => Some(PrivatePostgres::start_in(log_dir.join("postgres")).await?),
+            false => None,
+        };
+        let server_url = postgres.as_ref().map(PrivatePostgres::url).unwrap_or_else(server_url);
         let mut admin =
             PgConnection::connect(&server_url).await.with_context(|| format!("connecting to {server_url}"))?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
         admin.close().await?;
         let db_url = with_database(&server_url, &name);
-        let log_dir = workspace_root().join("target/kobatela-logs/e2e").join(&name);
-        std::fs::create_dir_all(&log_dir)?;
         let redis = match opts.private_redis {
             true => Some(PrivateRedis::start(log_dir.join("redis")).await?),
             false => None,
@@ -182,6 +197,9 @@ impl Env {
             ("JOB_TIMEOUT_SECS", "10".into()),
             ("DB_POOL_SIZE", "8".into()),
             ("RATE_LIMIT_PER_KEY", "1000/s".into()),
+            // Tests send bad keys on purpose, all from 127.0.0.1: only the
+            // throttle's own tests set a real budget.
+            ("AUTH_FAILURES_PER_ADDR", "100000/s".into()),
             ("STORAGE_DIR", log_dir.join("storage").to_string_lossy().into_owned()),
         ]
         .into_iter()
@@ -234,6 +252,7 @@ impl Env {
             pool,
             redis,
             s3,
+            postgres,
             vars,
             api: None,
             psp: None,
@@ -505,10 +524,16 @@ impl Env {
                 let _ = self.flush_redis().await;
             }
         }
-        let mut admin = PgConnection::connect(&self.server_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut admin)
-            .await?;
+        match self.postgres.take() {
+            // The whole server goes, and the database with it.
+            Some(postgres) => postgres.destroy().await?,
+            None => {
+                let mut admin = PgConnection::connect(&self.server_url).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                    .execute(&mut admin)
+                    .await?;
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.log_dir);
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod env;
 pub mod jpeg;
 pub mod load;
 pub mod owned;
+pub mod postgres;
 pub mod prom;
 pub mod redis;
 pub mod s3;

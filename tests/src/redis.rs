@@ -1,6 +1,8 @@
 //! A private Redis for fault tests: our own `redis-server` on a free port,
 //! no persistence, that a test may restart, stop or flush (never the shared
-//! one on 6379, which CI and other suites use).
+//! one on 6379, which CI and other suites use). A free port is only free
+//! until someone takes it: each start checks that the server answering on
+//! the port is our own child (`INFO server`'s `process_id` and `tcp_port`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -31,10 +33,17 @@ impl PrivateRedis {
     /// Starts one under `dir` (its log goes there) on a free port.
     pub async fn start(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut redis = Self { port, dir, bin: find_server()?, child: None };
-        redis.spawn().await?;
-        Ok(redis)
+        let mut redis = Self { port: 0, dir, bin: find_server()?, child: None };
+        // A port taken between our pick and the server's bind: pick again.
+        let mut last = None;
+        for _ in 0..3 {
+            redis.port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            match redis.spawn().await {
+                Ok(()) => return Ok(redis),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("private redis-server did not start")))
     }
 
     pub fn url(&self) -> String {
@@ -52,13 +61,38 @@ impl PrivateRedis {
             .kill_on_drop(true)
             .spawn()
             .context("starting redis-server")?;
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.ping().await.is_err() {
             if Instant::now() > deadline {
+                self.kill().await.ok();
                 bail!("private redis-server on port {} did not answer within 10 s", self.port);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Err(e) = self.check_identity(pid).await {
+            self.kill().await.ok();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The server on our port must be our child: its pid, our port.
+    async fn check_identity(&self, pid: Option<u32>) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':'))).map(str::trim)
+        };
+        let (their_pid, their_port) = (field("process_id"), field("tcp_port"));
+        let ours = (pid.map(|p| p.to_string()), self.port.to_string());
+        if their_pid != ours.0.as_deref() || their_port != Some(ours.1.as_str()) {
+            bail!(
+                "the Redis on 127.0.0.1:{} is not ours: process {their_pid:?} on port {their_port:?}, our child is {:?}",
+                self.port,
+                ours.0
+            );
         }
         Ok(())
     }

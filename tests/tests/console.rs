@@ -1,7 +1,9 @@
 //! The ops console (`/ops`) in headless Chromium: a second admin signs in
 //! with a key typed into the page, sees a dead job this test made, retries
 //! it and sees it succeed, and approves a SAKA adjustment another admin
-//! requested; screenshots go to `target/console-screenshots/`. Needs
+//! requested, then reads `/docs`, both pages under their
+//! Content-Security-Policy (a violation fails the test); screenshots go to
+//! `target/console-screenshots/`. Needs
 //! Chromium and playwright-core, which `cargo xtask test` installs and
 //! passes in (`KOBATELA_CHROMIUM`, `KOBATELA_PLAYWRIGHT_CORE`), so it is
 //! ignored by a plain `cargo test`.
@@ -77,9 +79,14 @@ async fn an_operator_retries_a_dead_job_and_a_second_admin_approves_an_adjustmen
     assert_eq!((adj.s("status").as_str(), adj.s("approved_by")), ("APPLIED", second.id.clone()), "{}", adj.text);
     let wallet = admin.get(&format!("/saka/wallets/{}", member.id)).await?;
     assert_eq!(wallet.body["balance"], 600, "{}", wallet.text);
-    for shot in
-        ["01-sign-in.png", "02-dead-job.png", "03-retried-and-succeeded.png", "04-saka-pending.png", "05-approved.png"]
-    {
+    for shot in [
+        "01-sign-in.png",
+        "02-dead-job.png",
+        "03-retried-and-succeeded.png",
+        "04-saka-pending.png",
+        "05-approved.png",
+        "06-docs.png",
+    ] {
         let size = std::fs::metadata(shots.join(shot)).map(|m| m.len()).unwrap_or(0);
         assert!(size > 1000, "screenshot {shot} missing or empty");
     }

@@ -1,5 +1,8 @@
 //! Health, readiness and metrics.
 
+use std::time::Duration;
+
+use e2e::env::eventually;
 use e2e::scenario::shop;
 use e2e::{Env, EnvOptions};
 
@@ -51,5 +54,66 @@ async fn health_ready_and_metrics_answer() -> anyhow::Result<()> {
     assert!(page.text.contains("/openapi.json"), "{}", page.text);
     // Every response carries a request id.
     assert!(h.headers.get("x-request-id").is_some());
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_jobs_all_time_out_says_503_until_jobs_finish_again() -> anyhow::Result<()> {
+    // A lease of 2 s: stuck is three leases (6 s) holding jobs with none
+    // finished. The first eight purchase runs sleep past the lease (each
+    // times out), then the rule runs normally again.
+    let mut env =
+        Env::with(EnvOptions::default().workers(0).var("JOB_TIMEOUT_SECS", "2").var("JOB_MAX_ATTEMPTS", "20")).await?;
+    env.start_worker_with("w0", &[("KOBATELA_FAILPOINTS", "rule.purchase=8*sleep:5000")]).await?;
+    let shop = shop(&env, "100.00", "USD").await?;
+    let (status, _) = env.worker_health("w0").await?;
+    assert_eq!(status, 200, "healthy before any job");
+    // Purchases of one mandate run one after the other: the consumer holds
+    // jobs the whole time.
+    let mut receipts = Vec::new();
+    for i in 0..6 {
+        let r = shop
+            .beneficiary
+            .client
+            .job("/spend/purchases", &format!("p{i}"), shop.purchase_body("1.00", "USD"), 0)
+            .await?;
+        assert_eq!(r.status, 202, "{}", r.text);
+        receipts.push(r.s("job_id"));
+    }
+    let stuck = eventually(Duration::from_secs(30), || async {
+        let (status, body) = env.worker_health("w0").await?;
+        Ok((status == 503).then_some(body))
+    })
+    .await?;
+    let purchase = stuck["consumers"].as_array().and_then(|c| c.iter().find(|c| c["kind"] == "purchase")).cloned();
+    let purchase = purchase.ok_or_else(|| anyhow::anyhow!("no purchase consumer in {stuck}"))?;
+    assert_eq!(stuck["status"], "unhealthy", "{stuck}");
+    assert_eq!(purchase["stuck"], true, "{stuck}");
+    assert!(purchase["in_flight"].as_u64().unwrap_or(0) >= 1, "{stuck}");
+    assert_eq!(purchase["last_finish_at"], serde_json::Value::Null, "nothing finished: {stuck}");
+    assert_eq!(purchase["live"], true, "it polls Redis all the while: {stuck}");
+    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM purchases").fetch_one(&env.pool).await?;
+    assert_eq!(done, 0, "no purchase ran to its end while it was stuck");
+    // The fault heals: jobs finish again, and so does the 503.
+    let healthy = eventually(Duration::from_secs(60), || async {
+        let (status, body) = env.worker_health("w0").await?;
+        Ok((status == 200).then_some(body))
+    })
+    .await?;
+    let purchase = healthy["consumers"].as_array().and_then(|c| c.iter().find(|c| c["kind"] == "purchase")).cloned();
+    assert!(purchase.is_some_and(|p| p["last_finish_at"].is_string()), "{healthy}");
+    // Every purchase ends, exactly once.
+    let admin = env.admin();
+    for id in &receipts {
+        let r = admin.finished(id, 90).await?;
+        assert_eq!(r.s("status"), "succeeded", "{}", r.text);
+    }
+    let (purchases, spent): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM purchases), (SELECT spent_amount::text FROM mandates WHERE id = $1::uuid)",
+    )
+    .bind(&shop.mandate_id)
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!((purchases, spent.as_str()), (6, "6.00"));
     env.stop().await
 }

@@ -280,3 +280,40 @@ async fn refused_uploads_leave_no_file_on_disk_and_an_accepted_one_is_stored_onc
     }
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_with_two_file_parts_is_a_422_naming_file_and_stores_nothing() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let root = std::path::PathBuf::from(env.var("STORAGE_DIR").unwrap_or_default());
+    let deal = funded(&env, "10.00", &[("10.00", "DOCUMENT")]).await?;
+    let jobs_before: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&env.pool).await?;
+    let part = |bytes: &[u8]| reqwest::multipart::Part::bytes(bytes.to_vec()).file_name("proof.pdf");
+    // Which of the two would be the proof? A gateway may have scanned the other.
+    let form = reqwest::multipart::Form::new()
+        .text("escrow_id", deal.escrow_id.clone())
+        .text("milestone_idx", "1")
+        .text("source", "app")
+        .part("file", part(b"%PDF-1.4 the delivery note"))
+        .part("file", part(b"%PDF-1.4 something else entirely"));
+    let r = deal
+        .provider
+        .client
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/proofs", env.api_url))
+                .bearer_auth(&deal.provider.key)
+                .header("Idempotency-Key", "two-files")
+                .multipart(form),
+        )
+        .await?;
+    assert_eq!((r.status, r.code().as_str()), (422, "VALIDATION_ERROR"), "{}", r.text);
+    let fields: Vec<&str> =
+        r.body["errors"].as_array().map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect()).unwrap_or_default();
+    assert_eq!(fields, ["file"], "{}", r.text);
+    let proofs: i64 = sqlx::query_scalar("SELECT count(*) FROM proofs").fetch_one(&env.pool).await?;
+    let jobs_after: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&env.pool).await?;
+    assert_eq!((proofs, jobs_after), (0, jobs_before), "no proof, no job");
+    assert_eq!(files_on_disk(&root), Vec::<std::path::PathBuf>::new(), "no file, staging included");
+    assert_eq!(milestone_status(&deal, 1).await?, "WAITING");
+    env.stop().await
+}

@@ -101,3 +101,49 @@ async fn bad_purchases_and_mandates_are_refused_and_change_nothing() -> anyhow::
     assert_eq!(counts(&env).await?, before, "bad input changed something");
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_names_a_key_twice_is_a_422_naming_it_and_changes_nothing() -> anyhow::Result<()> {
+    let env = Env::with(EnvOptions::default().workers(1)).await?;
+    let shop = shop(&env, "100.00", "USD").await?;
+    let carol = e2e::scenario::person(&env, "carol", "beneficiary").await?;
+    let alice = &shop.sender.client;
+    let expires = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let before = counts(&env).await?;
+    let others = "SELECT (SELECT count(*) FROM escrows), (SELECT count(*) FROM spend_categories)";
+    let others_before: (i64, i64) = sqlx::query_as(others).fetch_one(&env.pool).await?;
+    let field_of = |r: &Reply| r.body["errors"][0]["field"].as_str().unwrap_or("").to_string();
+    // Issue #15: this made a 999.00 mandate (a gateway reading the first
+    // value would have seen 1.00).
+    let mandate = format!(
+        r#"{{"sender_id": "{}", "beneficiary_id": "{}", "total_amount": "1.00", "total_amount": "999.00", "currency": "USD", "expires_at": "{expires}"}}"#,
+        shop.sender.id, carol.id
+    );
+    let r = alice.post_raw("/mandates", "application/json", mandate.into_bytes()).await?;
+    expect(&r, 422, "VALIDATION_ERROR");
+    assert_eq!(field_of(&r), "total_amount", "{}", r.text);
+    // At any depth, with its path.
+    let escrow = format!(
+        r#"{{"client_id": "{}", "provider_id": "{}", "amount_total": "5.00", "currency": "USD", "deadline_at": "2100-01-01T00:00:00Z", "release_conditions": {{"steps": [{{"pay": "a"}}, {{"pay": "a", "pay": "b"}}]}}}}"#,
+        shop.sender.id, carol.id
+    );
+    let r = alice.post_raw("/escrows", "application/json", escrow.into_bytes()).await?;
+    expect(&r, 422, "VALIDATION_ERROR");
+    assert_eq!(field_of(&r), "release_conditions.steps[1].pay", "{}", r.text);
+    // A job body: no job row, no purchase.
+    let purchase = shop.purchase_body("10.00", "USD").to_string().replacen('{', r#"{"amount": "90.00", "#, 1);
+    let r = shop.beneficiary.client.job_raw("/spend/purchases", "dup-amount", &purchase, 0).await?;
+    expect(&r, 422, "VALIDATION_ERROR");
+    assert_eq!(field_of(&r), "amount", "{}", r.text);
+    // An escaped spelling of the same key is the same key.
+    let r = env
+        .admin()
+        .post_raw("/spend/categories", "application/json", br#"{"code": "A", "\u0063ode": "B", "label": "x"}"#.to_vec())
+        .await?;
+    expect(&r, 422, "VALIDATION_ERROR");
+    assert_eq!(field_of(&r), "code", "{}", r.text);
+    assert_eq!(counts(&env).await?, before, "nothing was written");
+    let others_after: (i64, i64) = sqlx::query_as(others).fetch_one(&env.pool).await?;
+    assert_eq!(others_after, others_before, "no escrow, no category");
+    env.stop().await
+}

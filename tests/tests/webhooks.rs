@@ -131,3 +131,27 @@ async fn a_funding_amount_is_read_from_its_literal_text() -> anyhow::Result<()> 
     assert_eq!(funded(&env, &deal.escrow_id).await?, ("100000000000000.01".to_string(), "FUNDED".to_string()));
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_naming_a_key_twice_is_refused_naming_it_and_stores_nothing() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let deal = deal(&env, "30.00").await?;
+    let secret = env.var("PSP_WEBHOOK_SECRETS").unwrap_or("").to_string();
+    let now = chrono::Utc::now().timestamp();
+    // Properly signed: the signature covers the bytes, not what they mean.
+    // We would read 30.00, a reader keeping the first value 1.00.
+    let body = format!(
+        r#"{{"id": "dup-1", "type": "funding.succeeded", "data": {{"escrow_id": "{}", "currency": "USD", "amount": "1.00", "amount": "30.00"}}}}"#,
+        deal.escrow_id
+    );
+    let r = webhook(&env, &body, None, Some(&secret), now).await?;
+    assert_eq!((r.status, r.code().as_str()), (400, "WEBHOOK_PAYLOAD_INVALID"), "{}", r.text);
+    assert!(r.is_problem() && r.s("detail").contains("data.amount"), "the key is named: {}", r.text);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM psp_webhook_events").fetch_one(&env.pool).await?;
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'psp_webhook'").fetch_one(&env.pool).await?;
+    assert_eq!((events, jobs), (0, 0), "nothing stored, nothing queued");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(funded(&env, &deal.escrow_id).await?, ("0.00".to_string(), "DRAFT".to_string()), "no money moved");
+    env.stop().await
+}

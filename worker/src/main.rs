@@ -6,6 +6,7 @@
 mod cron;
 mod keylocks;
 mod ops;
+mod progress;
 mod runners;
 
 use std::str::FromStr;
@@ -37,6 +38,8 @@ pub struct WorkerCtx {
     /// Jobs contending on one row run one after the other.
     pub keys: keylocks::KeyLocks,
     pub acker: Acker,
+    /// Jobs in flight and the last finish, per kind (`/health`).
+    pub progress: Arc<progress::Progress>,
 }
 
 impl WorkerCtx {
@@ -68,6 +71,9 @@ async fn main() {
 /// when even recording the outcome failed (the database is down).
 async fn handle(delivery: Delivery, ctx: Data<Arc<WorkerCtx>>) -> Result<(), BoxDynError> {
     let queue = &ctx.acker;
+    // Held from here until handled: a consumer holding jobs that never
+    // finish is unhealthy (`progress`).
+    let in_flight = ctx.progress.start(delivery.kind);
     let Some(job_id) = delivery.job_id else {
         tracing::warn!(entry = %delivery.entry, kind = %delivery.kind, "unreadable stream entry dropped");
         ack(queue, &delivery, &[]).await;
@@ -87,6 +93,9 @@ async fn handle(delivery: Delivery, ctx: Data<Arc<WorkerCtx>>) -> Result<(), Box
     let report = ctx.execute(job_id, &hint).await;
     drop(slot);
     drop(key);
+    if let Some(in_flight) = in_flight {
+        in_flight.done(&report);
+    }
     match report {
         Ok(Report::Busy) => tracing::debug!(%job_id, "job runs elsewhere under a live lease; delivery kept"),
         Ok(report) => {
@@ -162,7 +171,9 @@ async fn run() -> anyhow::Result<()> {
     }
     let queue = Queue::new(&config.redis_url, &config.queue_prefix, config.stream_maxlen).context("Redis URL")?;
     let statuses: Vec<Arc<ConsumerStatus>> = JobKind::ALL.iter().map(|k| ConsumerStatus::new(*k)).collect();
+    let progress = Arc::new(progress::Progress::new(config.job_timeout));
     let ops = ops::Ops {
+        progress: progress.clone(),
         pool: pool.clone(),
         queue: queue.clone(),
         statuses: statuses.clone(),
@@ -189,6 +200,7 @@ async fn run() -> anyhow::Result<()> {
         slots: Semaphore::new(config.worker_concurrency),
         keys: keylocks::KeyLocks::default(),
         acker: Acker::start(queue.clone()),
+        progress,
         config: config.clone(),
     });
 

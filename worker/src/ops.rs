@@ -1,6 +1,8 @@
 //! The worker's ops listener (`WORKER_METRICS_ADDR`): `/health`, which
 //! answers 503 when a kind's consumer has not completed a poll of Redis
-//! within three block periods or Postgres does not answer, and `/metrics`.
+//! within three block periods, when one has held jobs for three leases and
+//! finished none (`crate::progress`), or when Postgres does not answer;
+//! and `/metrics`.
 //! A background task samples each stream's length and pending count, so a
 //! scrape does no I/O.
 
@@ -29,6 +31,8 @@ pub struct Ops {
     pub metrics: PrometheusHandle,
     /// `WORKER_NAME`: the consumer name in every kind's group.
     pub name: String,
+    /// Jobs in flight and the last finish, per kind.
+    pub progress: Arc<crate::progress::Progress>,
 }
 
 /// How often the streams are sampled and the consumers' polls reported.
@@ -103,20 +107,28 @@ async fn health(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
         tokio::time::timeout(Duration::from_secs(1), sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&ops.pool))
             .await
             .is_ok_and(|r| r.is_ok());
+    let mut all_working = true;
     let consumers: Vec<serde_json::Value> = ops
         .statuses
         .iter()
         .map(|s| {
+            let progress = ops.progress.view(s.kind);
+            let stuck = progress.as_ref().is_some_and(|p| p.stuck);
+            all_working &= !stuck;
             json!({
                 "kind": s.kind.as_str(),
                 "last_poll_at": s.last_poll(),
                 "last_poll_age_ms": s.last_poll_age_ms(),
                 "live": ops.consumer_is_live(s),
+                "in_flight": progress.as_ref().map(|p| p.in_flight),
+                "last_finish_at": progress.as_ref().and_then(|p| p.last_finish_at),
+                "waiting_ms": progress.as_ref().and_then(|p| p.waiting_ms),
+                "stuck": stuck,
             })
         })
         .collect();
     let all_live = ops.statuses.iter().all(|s| ops.consumer_is_live(s));
-    let ok = postgres && all_live;
+    let ok = postgres && all_live && all_working;
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if ok { "ok" } else { "unhealthy" },

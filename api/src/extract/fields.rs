@@ -1,13 +1,20 @@
 //! JSON bodies: the body must be a JSON object (`Content-Type:
 //! application/json`); fields are read one by one so that every invalid field
 //! is reported at once in a single 422, unknown fields included.
+//!
+//! A body that names one key twice, at any depth, is refused (422 naming
+//! the key): serde_json keeps the last value silently, while a gateway or
+//! a log reader in front of us may keep the first, and the two would
+//! disagree on what was asked (`"total_amount":"1.00","total_amount":"999.00"`).
+//! [`parse_unique`] reads the body through a visitor of our own that builds
+//! the same `serde_json::Value` and stops at the first repeated key.
 
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use std::collections::HashMap;
 
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use shared::money::{AmountIn, Currencies, Money, json_type};
@@ -102,8 +109,19 @@ impl Fields {
         let value: Value = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             Value::Object(Map::new())
         } else {
-            serde_json::from_slice(bytes)
-                .map_err(|e| ApiError::field(ErrorCode::ValidationError, "body", format!("malformed JSON: {e}")))?
+            match parse_unique(bytes) {
+                Ok(value) => value,
+                Err(JsonError::Duplicate(key)) => {
+                    return Err(ApiError::field(
+                        ErrorCode::ValidationError,
+                        &key,
+                        "is named twice in the body; each key may appear once",
+                    ));
+                }
+                Err(JsonError::Malformed(e)) => {
+                    return Err(ApiError::field(ErrorCode::ValidationError, "body", format!("malformed JSON: {e}")));
+                }
+            }
         };
         match value {
             Value::Object(map) => {
@@ -284,4 +302,160 @@ impl Fields {
 /// one is a bug, answered as a 500 rather than a panic.
 pub fn got<T>(v: Option<T>) -> Result<T, ApiError> {
     v.ok_or_else(|| ApiError::Shared(shared::Error::internal("field missing after validation")))
+}
+
+/// Why a body could not be read by [`parse_unique`].
+#[derive(Debug)]
+pub enum JsonError {
+    /// A key named twice in one object: its path (`release_conditions.steps[1].x`).
+    Duplicate(String),
+    Malformed(serde_json::Error),
+}
+
+/// Parses JSON like `serde_json::from_slice::<Value>`, except that an
+/// object naming one key twice, at any depth, is refused with the key's path.
+pub fn parse_unique(bytes: &[u8]) -> Result<Value, JsonError> {
+    let duplicate = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Unique { path: String::new(), duplicate: &duplicate }.deserialize(&mut de).and_then(|v| {
+        de.end()?;
+        Ok(v)
+    });
+    match (parsed, duplicate.into_inner()) {
+        (_, Some(path)) => Err(JsonError::Duplicate(path)),
+        (Ok(value), None) => Ok(value),
+        (Err(e), None) => Err(JsonError::Malformed(e)),
+    }
+}
+
+/// A `Value` being read at `path`; the first repeated key's path goes to
+/// `duplicate` (the error serde returns cannot carry it).
+struct Unique<'a> {
+    path: String,
+    duplicate: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl Unique<'_> {
+    fn child(&self, step: std::fmt::Arguments<'_>) -> Self {
+        Unique { path: format!("{}{step}", self.path), duplicate: self.duplicate }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Unique<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Unique<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self.child(format_args!("[{}]", items.len())))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let child = if self.path.is_empty() {
+                self.child(format_args!("{key}"))
+            } else {
+                self.child(format_args!(".{key}"))
+            };
+            if object.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(child.path.replace('\0', "\\u0000"));
+                return Err(de::Error::custom(format!("the key `{key}` is named twice")));
+            }
+            let value = map.next_value_seed(child)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dup(text: &str) -> Option<String> {
+        match parse_unique(text.as_bytes()) {
+            Err(JsonError::Duplicate(path)) => Some(path),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_key_named_twice_at_any_depth_is_refused_with_its_path() {
+        assert_eq!(dup(r#"{"total_amount":"1.00","total_amount":"999.00"}"#).as_deref(), Some("total_amount"));
+        assert_eq!(dup(r#"{"a":{"b":1,"b":1}}"#).as_deref(), Some("a.b"), "the same value twice is refused too");
+        assert_eq!(dup(r#"{"a":[{"x":1},{"y":1,"y":2}]}"#).as_deref(), Some("a[1].y"));
+        assert_eq!(dup(r#"[{"k":1,"k":2}]"#).as_deref(), Some("[0].k"));
+        // An escaped spelling of the same key is the same key.
+        assert_eq!(dup(r#"{"amount":"1","\u0061mount":"2"}"#).as_deref(), Some("amount"));
+    }
+
+    #[test]
+    fn unique_keys_parse_as_serde_json_would() {
+        let text = r#"{"a":1,"b":[1,2.5,-3,"x",null,true,{"a":2}],"c":{"a":{"a":3}},"big":18446744073709551615}"#;
+        let ours = parse_unique(text.as_bytes()).expect("valid");
+        let theirs: Value = serde_json::from_str(text).expect("valid");
+        assert_eq!(ours, theirs);
+        assert!(matches!(parse_unique(b"{\"a\": 1"), Err(JsonError::Malformed(_))));
+        assert!(matches!(parse_unique(b"{\"a\": 1} x"), Err(JsonError::Malformed(_))), "trailing bytes");
+    }
+
+    #[test]
+    fn a_body_with_a_repeated_key_is_a_422_naming_it() {
+        let Err(ApiError::Shared(shared::Error::Problem(p))) = Fields::parse(br#"{"note":"a","note":"b"}"#) else {
+            panic!("a repeated key must be refused");
+        };
+        assert_eq!(p.code, ErrorCode::ValidationError);
+        assert_eq!(p.errors[0].field, "note");
+    }
 }

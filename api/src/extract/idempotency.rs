@@ -1,4 +1,7 @@
-//! `Idempotency-Key`: required on job endpoints, at most 255 characters.
+//! `Idempotency-Key`: required on job endpoints, at most 255 characters of
+//! visible ASCII. A key holding a control character (a tab: hyper refuses
+//! the others before we see the request) or a byte beyond ASCII cannot be
+//! read back the same by every client and log: refused with a problem.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -18,12 +21,14 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                 "send an Idempotency-Key header (at most 255 characters)",
             ));
         };
-        let key = raw.to_str().map(str::trim).unwrap_or("");
-        if key.is_empty() {
+        let Some(key) = raw.to_str().ok().map(str::trim).filter(|k| !k.chars().any(|c| c.is_ascii_control())) else {
             return Err(ApiError::problem(
                 ErrorCode::IdempotencyKeyRequired,
-                "the Idempotency-Key header is empty or not visible ASCII",
+                "the Idempotency-Key header cannot be read: it holds a control character or a byte that is not visible ASCII",
             ));
+        };
+        if key.is_empty() {
+            return Err(ApiError::problem(ErrorCode::IdempotencyKeyRequired, "the Idempotency-Key header is empty"));
         }
         if key.len() > 255 {
             return Err(ApiError::field(

@@ -1,6 +1,7 @@
 //! Extractors: they authenticate, parse and validate at the edge so that
 //! handlers receive trusted types.
 
+pub mod client_addr;
 pub mod fields;
 pub mod idempotency;
 pub mod job;
@@ -10,6 +11,7 @@ pub mod query;
 pub mod upload;
 pub mod wait;
 
+pub use client_addr::ClientAddr;
 pub use fields::{Fields, JsonFields};
 pub use idempotency::IdempotencyKey;
 pub use job::{AdminOnly, JobRequest, JsonBody, NoteIn, Submission};

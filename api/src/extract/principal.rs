@@ -1,23 +1,38 @@
 //! `Auth`: the principal behind `Authorization: Bearer <key>` (or
-//! `X-API-Key`), rate limited per key, with the key id recorded on the
-//! request's span so every log line of the request carries it.
+//! `X-API-Key`), with the key id recorded on the request's span so every
+//! log line of the request carries it.
+//!
+//! In order: the client address over its budget of failed authentications
+//! is refused (429, no lookup), else the attempt is admitted
+//! (`crate::limits`); a missing or overlong key, a key that failed a few
+//! seconds ago (the negative cache, no lookup) or a key the database does
+//! not accept is a failed authentication that spends the address's budget;
+//! a valid key spends nothing there, then takes one request from its own
+//! budget (`RATE_LIMIT_PER_KEY`).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use governor::clock::{Clock, DefaultClock};
+use sha2::{Digest, Sha256};
 use shared::ErrorCode;
 use shared::domain::access::keys as api_keys;
 use shared::principal::Principal;
 
 use crate::error::ApiError;
+use crate::extract::ClientAddr;
 use crate::state::AppState;
 
 pub struct Auth(pub Principal);
+
+fn invalid() -> ApiError {
+    ApiError::problem(ErrorCode::AuthInvalid, "the API key is unknown, expired or revoked")
+}
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let ClientAddr(addr) = ClientAddr::from_request_parts(parts, state).await?;
+        let attempt = state.limits.admit(addr).await?;
         let bearer = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -26,16 +41,38 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim);
         let header_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
         let Some(secret) = bearer.or(header_key).filter(|s| !s.is_empty()) else {
+            attempt.failed("key").await;
             return Err(ApiError::problem(ErrorCode::AuthRequired, "send an API key as Authorization: Bearer <key>"));
         };
         if secret.len() > 256 {
-            return Err(ApiError::problem(ErrorCode::AuthInvalid, "the API key is unknown, expired or revoked"));
+            attempt.failed("key").await;
+            return Err(invalid());
         }
-        let principal = api_keys::authenticate(&state.pool, secret).await?;
+        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if state.limits.bad_keys.contains(&hash) {
+            attempt.failed("key").await;
+            return Err(invalid());
+        }
+        let principal = match api_keys::authenticate(&state.pool, secret).await {
+            Ok(principal) => principal,
+            Err(shared::Error::Problem(p)) if p.code == ErrorCode::AuthInvalid => {
+                state.limits.bad_keys.insert(hash);
+                attempt.failed("key").await;
+                return Err(p.into());
+            }
+            // Postgres away is not the client's failure: nothing is spent.
+            Err(other) => {
+                attempt.passed().await;
+                return Err(other.into());
+            }
+        };
+        attempt.passed().await;
         tracing::Span::current().record("key_id", tracing::field::display(principal.key_id));
-        if let Err(not_until) = state.limiter.check_key(&principal.key_id) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
+        if let Err(wait) = state.limits.keys.take(principal.key_id).await {
+            return Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+                detail: "too many requests for this API key",
+            });
         }
         Ok(Auth(principal))
     }

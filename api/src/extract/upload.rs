@@ -2,7 +2,9 @@
 //! The file is streamed into a staging file in the store (hashed on the
 //! way, bounded by `PROOF_MAX_BYTES`), the small fields are checked, and
 //! every field error comes in one 422. Any refusal drops the staging file,
-//! which deletes it: a refused upload leaves nothing on disk.
+//! which deletes it: a refused upload leaves nothing on disk. A form with
+//! two `file` parts is refused (422 naming `file`): which one would be the
+//! proof is anybody's guess, and a gateway may scan the other.
 
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{FromRequest, FromRequestParts, Multipart, Request};
@@ -47,6 +49,8 @@ impl FromRequest<AppState> for ProofUpload {
 #[derive(Default)]
 struct Form {
     file: Option<StagedFile>,
+    /// `file` parts seen: more than one is refused.
+    file_parts: usize,
     content_type: Option<String>,
     escrow_id: Option<EscrowId>,
     milestone_idx: Option<i32>,
@@ -59,7 +63,13 @@ impl Form {
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
             let name = field.name().unwrap_or("").to_string();
             match name.as_str() {
-                "file" => self.stage(field, state).await?,
+                "file" => {
+                    self.file_parts += 1;
+                    // Nothing of a second file is staged: the form is refused.
+                    if self.file_parts == 1 {
+                        self.stage(field, state).await?;
+                    }
+                }
                 "escrow_id" | "milestone_idx" | "source" => {
                     let text = field.text().await.map_err(multipart_error)?.trim().to_string();
                     self.small(&name, text);
@@ -107,6 +117,9 @@ impl Form {
 
     /// Every missing field, then the hash and the content-addressed key.
     async fn finish(mut self) -> ApiResult<(NewProof, StagedFile)> {
+        if self.file_parts > 1 {
+            self.errors.push(FieldError::new("file", format!("is sent {} times; send one file", self.file_parts)));
+        }
         for (present, name) in [
             (self.file.is_some(), "file"),
             (self.escrow_id.is_some(), "escrow_id"),

@@ -1,6 +1,7 @@
 //! `GET /openapi.json` (the document, see `crate::openapi`) and `GET
 //! /docs`, a reference page rendered from it in the browser. Public; every
-//! byte is in the binary (no CDN, nothing fetched but `/openapi.json`).
+//! byte is in the binary (no CDN, nothing fetched but `/openapi.json` and
+//! the page's own script and style sheet under `/assets/`).
 
 use axum::Router;
 use axum::http::header;
@@ -20,5 +21,5 @@ async fn openapi_json() -> impl IntoResponse {
 }
 
 async fn docs() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DOCS_HTML)
+    crate::routes::assets::page(DOCS_HTML)
 }

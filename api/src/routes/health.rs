@@ -20,16 +20,16 @@ async fn health() -> impl IntoResponse {
 }
 
 /// Both checks run at once, each bounded, so the answer comes within a
-/// second even when a peer hangs or is gone.
+/// second even when a peer hangs or is gone. The Postgres check is the one
+/// the breaker's probe runs (`crate::breaker`).
 /// A 503 is a problem body (like every error we answer) that carries the
 /// two fields too.
 async fn ready(State(s): State<AppState>) -> axum::response::Response {
-    let limit = std::time::Duration::from_millis(800);
     let (pg, redis) = tokio::join!(
-        tokio::time::timeout(limit, shared::db::ping(&s.pool)),
-        tokio::time::timeout(limit, s.queue.ping()),
+        crate::breaker::postgres_answers(&s.pool),
+        tokio::time::timeout(crate::breaker::PROBE_TIMEOUT, s.queue.ping()),
     );
-    let (pg, redis) = (pg.is_ok_and(|r| r.is_ok()), redis.is_ok_and(|r| r.is_ok()));
+    let redis = redis.is_ok_and(|r| r.is_ok());
     let word = |ok: bool| if ok { "ok" } else { "down" };
     let checks = json!({"postgres": word(pg), "redis": word(redis)});
     if pg && redis {
@@ -42,8 +42,5 @@ async fn ready(State(s): State<AppState>) -> axum::response::Response {
     if let (Some(map), Some(extra)) = (body.as_object_mut(), checks.as_object()) {
         map.extend(extra.clone());
     }
-    let mut res = (StatusCode::SERVICE_UNAVAILABLE, body.to_string()).into_response();
-    res.headers_mut()
-        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/problem+json"));
-    res
+    crate::error::problem_body(StatusCode::SERVICE_UNAVAILABLE, body)
 }

@@ -2,6 +2,7 @@
 
 pub mod admin_grants;
 pub mod api_keys;
+pub mod assets;
 pub mod audit;
 pub mod catalogue;
 pub mod docs;

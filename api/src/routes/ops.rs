@@ -17,12 +17,13 @@ use crate::error::ApiResult;
 use crate::extract::{Auth, QueryMap};
 use crate::state::AppState;
 
+/// The console page: public, no database.
+pub fn console() -> Router<AppState> {
+    Router::new().route("/ops", get(console_page))
+}
+
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ops", get(console))
-        .route("/ops/invariants", get(read))
-        .route("/ops/queues", get(queues))
-        .route("/ops/cron", get(cron))
+    Router::new().route("/ops/invariants", get(read)).route("/ops/queues", get(queues)).route("/ops/cron", get(cron))
 }
 
 async fn read(State(s): State<AppState>, Auth(who): Auth, q: QueryMap) -> ApiResult<impl IntoResponse> {
@@ -66,6 +67,7 @@ async fn cron(State(s): State<AppState>, Auth(who): Auth) -> ApiResult<impl Into
 const CONSOLE_HTML: &str = include_str!("../../assets/ops.html");
 
 /// The page only: public, like `/docs`; every call it makes needs a key.
-async fn console() -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], CONSOLE_HTML)
+/// Its script and style are `/assets/console.js` and `console.css`.
+async fn console_page() -> impl IntoResponse {
+    crate::routes::assets::page(CONSOLE_HTML)
 }

@@ -24,12 +24,21 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// (the job then counts an infrastructure attempt).
 const MAX_TX_ATTEMPTS: u32 = 12;
 
+/// How long a caller of [`connect`]'s pool waits for a connection.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn connect(url: &str, max: u32) -> Result<PgPool, Error> {
+    connect_with(url, max, ACQUIRE_TIMEOUT).await
+}
+
+/// A pool whose callers wait at most `acquire_timeout` for a connection
+/// (the api's request paths wait much less than the worker's jobs).
+pub async fn connect_with(url: &str, max: u32, acquire_timeout: Duration) -> Result<PgPool, Error> {
     let opts: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout)
         .connect_with(opts.application_name("kobatela"))
         .await?;
     Ok(pool)

@@ -84,7 +84,20 @@ pub enum Report {
     Superseded,
 }
 
+/// The error of a run stopped by its time limit (the lease): the one
+/// source of that text, which [`Report::timed_out`] reads back.
+pub const TIMED_OUT: &str = "job timed out";
+
 impl Report {
+    /// The run was stopped by its time limit: it finished nothing of its own
+    /// (the worker's `/health` does not count it as progress).
+    pub fn timed_out(&self) -> bool {
+        match self {
+            Report::Errored { message, .. } => message == &Error::internal(TIMED_OUT).to_string(),
+            _ => false,
+        }
+    }
+
     /// The job reached an end here (receipt waiters want to know).
     pub fn ended(&self) -> bool {
         match self {
@@ -223,7 +236,7 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
         match tokio::time::timeout(self.lease, steps).await {
             Ok(Ok(ended)) => ended,
             Ok(Err(panic)) => Err(Error::internal(format!("the rule panicked: {}", panic_text(&panic)))),
-            Err(_) => Err(Error::internal("job timed out")),
+            Err(_) => Err(Error::internal(TIMED_OUT)),
         }
     }
 
@@ -370,4 +383,18 @@ pub async fn audit_refusal(conn: &mut PgConnection, job: &JobRow, p: &Problem) -
     let data =
         serde_json::json!({"job_id": job.id, "code": p.code.as_str(), "detail": p.detail, "request": job.payload});
     audit::write(conn, &job.actor(), action, entity, job.id, data).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_run_stopped_by_its_lease_reads_as_timed_out() {
+        let timed_out = Report::Errored { status: "queued".into(), message: Error::internal(TIMED_OUT).to_string() };
+        assert!(timed_out.timed_out());
+        let failed = Report::Errored { status: "queued".into(), message: "database: pool timed out".into() };
+        assert!(!failed.timed_out());
+        assert!(!Report::Succeeded.timed_out());
+    }
 }

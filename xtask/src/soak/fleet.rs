@@ -44,6 +44,8 @@ impl Setup {
             ("PSP_BASE_URL", format!("http://127.0.0.1:{psp_port}")),
             ("STORAGE_DIR", storage.to_string_lossy().into_owned()),
             ("RATE_LIMIT_PER_KEY", "2000/s".to_string()),
+            // Every actor is 127.0.0.1, some with bad keys on purpose.
+            ("AUTH_FAILURES_PER_ADDR", "100000/s".to_string()),
             ("LOG_FORMAT", "json".to_string()),
             // Healing within seconds: the relay every second re-pushes what
             // no worker took within 3 s; a lease of 10 s; polls of 0.5 s.
