@@ -56,7 +56,11 @@ impl FromRequestParts<AppState> for Auth {
         let principal = match api_keys::authenticate(&state.pool, secret).await {
             Ok(principal) => principal,
             Err(shared::Error::Problem(p)) if p.code == ErrorCode::AuthInvalid => {
-                state.limits.bad_keys.insert(hash);
+                // A grant's key works once a second admin approves it: not
+                // remembered as bad (a miss costs this one more query).
+                if !api_keys::is_pending_grant(&state.pool, secret).await.unwrap_or(true) {
+                    state.limits.bad_keys.insert(hash);
+                }
                 attempt.failed("key").await;
                 return Err(p.into());
             }

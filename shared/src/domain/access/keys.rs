@@ -275,6 +275,18 @@ pub async fn authenticate(pool: &PgPool, presented: &str) -> Result<Principal> {
     Ok(Principal { user_id, key_id, role })
 }
 
+/// Whether a presented secret is the key of an admin grant still waiting
+/// for its second admin: refused today, a working key once approved, so a
+/// cache of bad keys must not remember it.
+pub async fn is_pending_grant(pool: &PgPool, presented: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM admin_grants WHERE key_hash = $1 AND status = 'PENDING_APPROVAL')",
+    )
+    .bind(hash(presented))
+    .fetch_one(pool)
+    .await?)
+}
+
 pub async fn list(conn: &mut PgConnection, user: Option<UserId>) -> Result<Vec<ApiKey>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1::uuid IS NULL OR user_id = $1) ORDER BY id DESC LIMIT 500"
