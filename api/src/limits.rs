@@ -5,63 +5,75 @@
 //!   spent, the address's requests are refused `429` before any key lookup,
 //!   so guessing keys costs no database query. A request with a valid key
 //!   never spends it;
-//! - a budget of **requests per API key** (`RATE_LIMIT_PER_KEY`), after
-//!   authentication;
-//! - a short **negative cache** of bad keys (the SHA-256 of secrets that
-//!   failed), so a bad key sent again costs no query either (it is still a
-//!   failed authentication and spends the address's budget).
+//! - a budget of **requests per API key** (`RATE_LIMIT_PER_KEY`), by the
+//!   SHA-256 of the presented secret, so it is checked with the address's
+//!   before the lookup, in the same round trip;
+//! - a short **negative cache** of bad keys, so a bad key sent again costs
+//!   no query either (it is still a failed authentication and spends the
+//!   address's budget).
 //!
-//! The budgets are per process for now. A later issue keeps them in Redis
-//! (one GCRA script shared by every replica) with these as the fallback
-//! while Redis is away, which is why callers see them only through the
-//! [`FailureBudget`] and [`KeyBudget`] traits.
+//! Both budgets are shared by every api replica: they live in Redis
+//! (`shared::ratelimit`, one Lua script, one round trip on the valid-key
+//! path). While Redis cannot be reached the process falls back to budgets
+//! of its own ([`LocalFailures`], [`LocalKeys`]), says so once in its log,
+//! counts every request it limited on its own
+//! (`kobatela_rate_limit_fallback_total`) and shows it in
+//! `kobatela_rate_limits_shared` (0); it tries Redis again a second later.
+//! A Redis outage must never take the api down.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use shared::config::RateLimit;
-use shared::ids::ApiKeyId;
+use shared::ratelimit::{Admission, SharedBudgets};
 
 use crate::error::ApiError;
 
-/// Failed authentications per client address.
-///
-/// Checking a budget and spending it later races: eight requests checked
-/// at once all pass, all look their key up, and only then spend (measured:
-/// 66 lookups where the budget allowed 33). So the budget also counts the
-/// authentications in flight: once an address has failed lately, a new one
-/// is admitted only while its failures and those in flight together fit
-/// the budget. An address that has not failed lately is admitted whatever
-/// it has in flight, so valid keys are never held back by each other.
-pub trait FailureBudget: Send + Sync {
-    /// Admits an authentication about to be tried, or `Err(wait)` when the
-    /// address is over its budget (refused before any lookup).
-    fn admit(&self, addr: IpAddr) -> BoxFuture<'_, Result<(), Duration>>;
+/// A key's identity for its budget: the SHA-256 of the presented secret.
+pub type KeyHash = [u8; 32];
 
-    /// Ends an admitted authentication; `failed` spends one unit. It must
-    /// take effect even when the returned future is dropped unpolled (a
-    /// dropped [`Attempt`] calls it so): an implementation over the network
-    /// spawns its work.
-    fn settle(&self, addr: IpAddr, failed: bool) -> BoxFuture<'_, ()>;
-}
+/// How long one call to the shared budgets may take before this request
+/// is limited locally instead.
+const SHARED_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// Requests per API key.
-pub trait KeyBudget: Send + Sync {
-    /// Takes one request from the key's budget; `Err(wait)` when it is spent.
-    fn take(&self, key: ApiKeyId) -> BoxFuture<'_, Result<(), Duration>>;
-}
+/// After the shared budgets failed, how long the process keeps to its own
+/// before it tries Redis again (so an outage costs one slow call a second,
+/// not one per request).
+const RETRY_SHARED_AFTER: Duration = Duration::from_secs(1);
 
-/// What the api holds: both budgets and the negative cache.
-pub struct Limits {
-    pub failures: Arc<dyn FailureBudget>,
-    pub keys: Arc<dyn KeyBudget>,
+/// Both budgets and the negative cache.
+#[derive(Clone)]
+pub struct Limits(Arc<Inner>);
+
+pub struct Inner {
+    shared: Option<SharedBudgets>,
+    failures: Arc<LocalFailures>,
+    keys: Arc<LocalKeys>,
     pub bad_keys: BadKeys,
+    /// While set, the shared budgets are skipped until this instant.
+    shared_down_until: Mutex<Option<Instant>>,
+    /// The process limits on its own now (logged on each change).
+    falling_back: AtomicBool,
+}
+
+impl std::ops::Deref for Limits {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Where an admitted authentication was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    Shared { reserved: bool },
+    Local,
 }
 
 /// An authentication admitted by [`Limits::admit`]: [`failed`](Self::failed)
@@ -69,8 +81,9 @@ pub struct Limits {
 /// went away mid-lookup, Postgres was unreachable) it ends as not failed,
 /// so nothing stays in flight for ever.
 pub struct Attempt {
-    budget: Arc<dyn FailureBudget>,
+    limits: Limits,
     addr: IpAddr,
+    counted: Counted,
     settled: bool,
 }
 
@@ -81,49 +94,182 @@ impl Attempt {
         self.settled = true;
         tracing::debug!(addr = %self.addr, kind, "failed authentication");
         metrics::counter!("kobatela_auth_failures_total", "kind" => kind).increment(1);
-        self.budget.settle(self.addr, true).await;
+        self.limits.settle(self.addr, self.counted, true);
     }
 
     /// The key (or signature) was valid: nothing is spent.
     pub async fn passed(mut self) {
         self.settled = true;
-        self.budget.settle(self.addr, false).await;
+        self.limits.settle(self.addr, self.counted, false);
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.settled {
-            drop(self.budget.settle(self.addr, false));
+            self.limits.settle(self.addr, self.counted, false);
         }
     }
 }
 
 impl Limits {
-    /// The in-process budgets, pruned in the background while they live.
-    pub fn local(failures: RateLimit, per_key: RateLimit) -> Self {
+    /// The budgets: shared through Redis when `shared` is given, with the
+    /// in-process ones as the fallback (pruned in the background).
+    pub fn new(shared: Option<SharedBudgets>, failures: RateLimit, per_key: RateLimit) -> Self {
         let local_failures = Arc::new(LocalFailures::new(failures));
         let local_keys = Arc::new(LocalKeys::new(per_key));
         prune_in_background(Arc::downgrade(&local_failures), Arc::downgrade(&local_keys));
-        Self { failures: local_failures, keys: local_keys, bad_keys: BadKeys::new(BAD_KEY_TTL, BAD_KEYS_MAX) }
+        metrics::gauge!("kobatela_rate_limits_shared").set(if shared.is_some() { 1.0 } else { 0.0 });
+        Limits(Arc::new(Inner {
+            shared,
+            failures: local_failures,
+            keys: local_keys,
+            bad_keys: BadKeys::new(BAD_KEY_TTL, BAD_KEYS_MAX),
+            shared_down_until: Mutex::new(None),
+            falling_back: AtomicBool::new(false),
+        }))
+    }
+
+    /// The in-process budgets only (tests, and a process without Redis).
+    pub fn local(failures: RateLimit, per_key: RateLimit) -> Self {
+        Self::new(None, failures, per_key)
     }
 
     /// Before anything looks a key (or a signature) up: refuses an address
-    /// over its budget of failed authentications, else admits the attempt.
-    pub async fn admit(&self, addr: IpAddr) -> Result<Attempt, ApiError> {
-        match self.failures.admit(addr).await {
-            Ok(()) => Ok(Attempt { budget: self.failures.clone(), addr, settled: false }),
-            Err(wait) => {
-                // One line per refused request would be the attacker's to
-                // write (97,282 of them in issue #15): debug only; the warn is
-                // logged once, when the address starts being throttled.
-                tracing::debug!(%addr, wait_ms = wait.as_millis() as u64, "throttled: too many failed authentications");
-                metrics::counter!("kobatela_auth_throttled_total").increment(1);
-                Err(ApiError::RateLimited {
-                    retry_after_secs: wait.as_secs_f64().ceil() as u64,
-                    detail: "too many failed authentications from this address",
-                })
+    /// over its budget of failed authentications, then a presented key over
+    /// its budget of requests; else admits the attempt.
+    pub async fn admit(&self, addr: IpAddr, key: Option<&KeyHash>) -> Result<Attempt, ApiError> {
+        let counted = match self.admit_shared(addr, key).await {
+            Some(Admission::Admitted { reserved }) => Counted::Shared { reserved },
+            Some(Admission::AddressOver(wait)) => return Err(throttled(addr, wait)),
+            Some(Admission::KeyOver(wait)) => return Err(key_over(wait)),
+            None => {
+                metrics::counter!("kobatela_rate_limit_fallback_total").increment(1);
+                self.failures.admit_now(addr).map_err(|wait| throttled(addr, wait))?;
+                if let Some(key) = key
+                    && let Err(wait) = self.keys.take(key)
+                {
+                    self.failures.settle_now(addr, false);
+                    return Err(key_over(wait));
+                }
+                Counted::Local
             }
+        };
+        Ok(Attempt { limits: self.clone(), addr, counted, settled: false })
+    }
+
+    /// The shared budgets' answer, or `None` when they cannot be asked now
+    /// (no Redis configured, or it failed within the last second).
+    async fn admit_shared(&self, addr: IpAddr, key: Option<&KeyHash>) -> Option<Admission> {
+        let shared = self.shared.as_ref()?;
+        {
+            let down = self.shared_down_until.lock().unwrap_or_else(|e| e.into_inner());
+            if down.is_some_and(|until| Instant::now() < until) {
+                return None;
+            }
+        }
+        let asked = tokio::time::timeout(SHARED_TIMEOUT, shared.admit(&budget_key(addr).to_string(), key)).await;
+        match asked {
+            Ok(Ok(admission)) => {
+                if self.falling_back.swap(false, Ordering::Relaxed) {
+                    tracing::info!("rate limits are shared again: Redis answers");
+                    metrics::gauge!("kobatela_rate_limits_shared").set(1.0);
+                }
+                Some(admission)
+            }
+            Ok(Err(e)) => self.shared_failed(&e.to_string()),
+            Err(_) => self.shared_failed("no answer within 300 ms"),
+        }
+    }
+
+    fn shared_failed(&self, why: &str) -> Option<Admission> {
+        *self.shared_down_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + RETRY_SHARED_AFTER);
+        if !self.falling_back.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = why,
+                "rate limits cannot reach Redis: this api process keeps budgets of its own until it can (each replica then allows a full budget)"
+            );
+            metrics::gauge!("kobatela_rate_limits_shared").set(0.0);
+        }
+        None
+    }
+
+    /// Ends an attempt where it was counted. The shared budget is told in
+    /// the background (a valid key with nothing reserved costs nothing); if
+    /// Redis fails then, a failure is spent locally so it still counts here.
+    fn settle(&self, addr: IpAddr, counted: Counted, failed: bool) {
+        match counted {
+            Counted::Local => self.failures.settle_now(addr, failed),
+            Counted::Shared { reserved } => {
+                if failed == reserved {
+                    // Failed and reserved: spent already. Passed, nothing reserved: nothing to do.
+                    return;
+                }
+                let (limits, key) = (self.clone(), budget_key(addr).to_string());
+                let spawned = tokio::runtime::Handle::try_current().map(|rt| {
+                    rt.spawn(async move {
+                        let Some(shared) = limits.shared.as_ref() else { return };
+                        let told = match failed {
+                            true => shared.failed(&key, reserved).await,
+                            false => shared.passed(&key, reserved).await,
+                        };
+                        if told.is_err() && failed {
+                            limits.failures.admit_now(addr).ok();
+                            limits.failures.settle_now(addr, true);
+                        }
+                    })
+                });
+                if spawned.is_err() && failed {
+                    self.failures.settle_now(addr, true);
+                }
+            }
+        }
+    }
+}
+
+fn throttled(addr: IpAddr, wait: Duration) -> ApiError {
+    // One line per refused request would be the attacker's to write (97,282
+    // of them in issue #15): debug only; the warn is logged once, when the
+    // address starts being throttled (`LocalFailures`, or here for the
+    // shared budget: its first refusal in a quiet minute).
+    tracing::debug!(%addr, wait_ms = wait.as_millis() as u64, "throttled: too many failed authentications");
+    metrics::counter!("kobatela_auth_throttled_total").increment(1);
+    episodes().note(budget_key(addr));
+    ApiError::RateLimited {
+        retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        detail: "too many failed authentications from this address",
+    }
+}
+
+fn key_over(wait: Duration) -> ApiError {
+    ApiError::RateLimited {
+        retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        detail: "too many requests for this API key",
+    }
+}
+
+/// Throttled addresses seen by this process, for one warn per episode
+/// whichever budget refused them.
+struct Episodes(Mutex<HashMap<IpAddr, Instant>>);
+
+fn episodes() -> &'static Episodes {
+    static EPISODES: std::sync::OnceLock<Episodes> = std::sync::OnceLock::new();
+    EPISODES.get_or_init(|| Episodes(Mutex::new(HashMap::new())))
+}
+
+impl Episodes {
+    fn note(&self, addr: IpAddr) {
+        let now = Instant::now();
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() > TRACKED_MAX {
+            seen.retain(|_, last| now.duration_since(*last) < EPISODE_QUIET);
+        }
+        let new = seen.insert(addr, now).is_none_or(|last| now.duration_since(last) >= EPISODE_QUIET);
+        if new {
+            tracing::warn!(
+                addr = %addr,
+                "address throttled: its failed authentications are over AUTH_FAILURES_PER_ADDR; its requests get 429 before any key lookup"
+            );
         }
     }
 }
@@ -172,13 +318,6 @@ fn quota(rate: RateLimit) -> Quota {
     }
 }
 
-fn describe(rate: RateLimit) -> String {
-    match rate {
-        RateLimit::PerSecond(n) => format!("{n}/s"),
-        RateLimit::PerMinute(n) => format!("{n}/m"),
-    }
-}
-
 /// `(N, window)` of a rate: N per second or per minute.
 fn per_window(rate: RateLimit) -> (u32, Duration) {
     match rate {
@@ -201,7 +340,6 @@ pub struct LocalFailures {
     shards: Vec<Mutex<HashMap<IpAddr, Entry>>>,
     interval: Duration,
     window: Duration,
-    budget: String,
 }
 
 struct Entry {
@@ -220,12 +358,7 @@ struct Episode {
 impl LocalFailures {
     pub fn new(rate: RateLimit) -> Self {
         let (n, window) = per_window(rate);
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            interval: window / n,
-            window,
-            budget: describe(rate),
-        }
+        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), interval: window / n, window }
     }
 
     fn shard(&self, key: &IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
@@ -266,14 +399,7 @@ impl LocalFailures {
                 episode.refused += 1;
                 episode.last_refused = now;
             }
-            None => {
-                tracing::warn!(
-                    addr = %key,
-                    budget = %self.budget,
-                    "address throttled: its failed authentications are over AUTH_FAILURES_PER_ADDR; its requests get 429 before any key lookup"
-                );
-                entry.episode = Some(Episode { since: now, last_refused: now, refused: 1 });
-            }
+            None => entry.episode = Some(Episode { since: now, last_refused: now, refused: 1 }),
         }
         Err(needed - now - self.window)
     }
@@ -323,23 +449,10 @@ impl LocalFailures {
     }
 }
 
-impl FailureBudget for LocalFailures {
-    fn admit(&self, addr: IpAddr) -> BoxFuture<'_, Result<(), Duration>> {
-        let admitted = self.admit_now(addr);
-        Box::pin(async move { admitted })
-    }
-
-    fn settle(&self, addr: IpAddr, failed: bool) -> BoxFuture<'_, ()> {
-        // Done before the future is returned: a dropped future still counts.
-        self.settle_now(addr, failed);
-        Box::pin(async {})
-    }
-}
-
 /// The in-process per-key budget: governor's GCRA, spent by every request
 /// (so no peek is needed).
 pub struct LocalKeys {
-    limiter: DefaultKeyedRateLimiter<ApiKeyId>,
+    limiter: DefaultKeyedRateLimiter<KeyHash>,
     clock: DefaultClock,
 }
 
@@ -354,10 +467,10 @@ impl LocalKeys {
     }
 }
 
-impl KeyBudget for LocalKeys {
-    fn take(&self, key: ApiKeyId) -> BoxFuture<'_, Result<(), Duration>> {
-        let taken = self.limiter.check_key(&key).map(|_| ()).map_err(|nu| nu.wait_time_from(self.clock.now()));
-        Box::pin(async move { taken })
+impl LocalKeys {
+    /// Takes one request from the key's budget; `Err(wait)` when it is spent.
+    pub fn take(&self, key: &KeyHash) -> Result<(), Duration> {
+        self.limiter.check_key(key).map(|_| ()).map_err(|nu| nu.wait_time_from(self.clock.now()))
     }
 }
 
@@ -520,9 +633,10 @@ mod tests {
     #[test]
     fn a_key_budget_refuses_past_its_burst() {
         let keys = LocalKeys::new(RateLimit::PerSecond(2));
-        let k = ApiKeyId::new();
-        assert!(keys.limiter.check_key(&k).is_ok());
-        assert!(keys.limiter.check_key(&k).is_ok());
-        assert!(keys.limiter.check_key(&k).is_err());
+        let k = [7u8; 32];
+        assert!(keys.take(&k).is_ok());
+        assert!(keys.take(&k).is_ok());
+        assert!(keys.take(&k).is_err());
+        assert!(keys.take(&[8u8; 32]).is_ok(), "another key keeps its budget");
     }
 }

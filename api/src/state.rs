@@ -41,7 +41,13 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config, waiter: JobWaiter, store: Arc<dyn ProofStore>) -> Self {
-        let limits = Limits::local(config.auth_failures_per_addr, config.rate_limit);
+        let shared = shared::ratelimit::SharedBudgets::new(
+            queue.connection(),
+            queue.prefix(),
+            config.auth_failures_per_addr,
+            config.rate_limit,
+        );
+        let limits = Limits::new(Some(shared), config.auth_failures_per_addr, config.rate_limit);
         let breaker = Arc::new(Breaker::default());
         breaker.start_probe(&pool);
         let pusher = Pusher::start(queue.clone());

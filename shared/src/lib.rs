@@ -16,6 +16,7 @@ pub mod page;
 pub mod principal;
 pub mod proofs;
 pub mod psp;
+pub mod ratelimit;
 pub mod storage;
 pub mod telemetry;
 pub mod text;

@@ -81,6 +81,18 @@ pub const METRICS: &[Metric] = {
             Api,
             "requests refused 429 before any key lookup: their address is over AUTH_FAILURES_PER_ADDR",
         ),
+        m(
+            "kobatela_rate_limit_fallback_total",
+            Counter,
+            Api,
+            "requests this api process limited with budgets of its own because Redis could not be reached",
+        ),
+        m(
+            "kobatela_rate_limits_shared",
+            Gauge,
+            Api,
+            "1 while the rate limits are shared through Redis, 0 while this process falls back to its own",
+        ),
         m("kobatela_jobs", Gauge, Api, "job rows by kind and status (queued, running, dead); sampled"),
         m("kobatela_queue_depth", Gauge, Api, "entries in each kind's stream; sampled"),
         m("kobatela_queue_pending", Gauge, Api, "stream entries delivered and not acknowledged; sampled"),

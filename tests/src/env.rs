@@ -82,6 +82,9 @@ pub struct Env {
     pub postgres: Option<PrivatePostgres>,
     vars: HashMap<String, String>,
     api: Option<Child>,
+    /// More api replicas ([`Env::start_api`]): name, process, public URL,
+    /// ops listener address.
+    more_apis: Vec<(String, Child, String, String)>,
     psp: Option<Child>,
     workers: Vec<Worker>,
     log_dir: PathBuf,
@@ -255,6 +258,7 @@ impl Env {
             postgres,
             vars,
             api: None,
+            more_apis: Vec::new(),
             psp: None,
             workers: Vec::new(),
             log_dir,
@@ -483,6 +487,28 @@ impl Env {
     }
 
     /// The api's `/metrics` text, from its ops listener (`METRICS_ADDR`).
+    /// Starts another api replica on the same database and Redis (ports of
+    /// its own) and answers its base URL once it is ready.
+    pub async fn start_api(&mut self, name: &str) -> anyhow::Result<String> {
+        let [port, metrics] = free_ports()?;
+        let (bind, ops) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{metrics}"));
+        let extra = [("PORT", port.to_string()), ("BIND_ADDR", bind), ("METRICS_ADDR", ops.clone())];
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let child = self.spawn(name, &bin("api", "KOBATELA_API_BIN"), &["serve"], &extra)?;
+        let url = format!("http://127.0.0.1:{port}");
+        self.more_apis.push((name.to_string(), child, url.clone(), ops));
+        wait_http(&format!("{url}/ready"), self.log_path(name)).await?;
+        Ok(url)
+    }
+
+    /// The `/metrics` text of an api replica started with [`Env::start_api`].
+    pub async fn replica_metrics(&self, name: &str) -> anyhow::Result<String> {
+        let ops = self.more_apis.iter().find(|a| a.0 == name).map(|a| a.3.clone()).context("no such replica")?;
+        let r =
+            reqwest::Client::new().get(format!("http://{ops}/metrics")).timeout(Duration::from_secs(5)).send().await?;
+        Ok(r.error_for_status()?.text().await?)
+    }
+
     pub async fn api_metrics(&self) -> anyhow::Result<String> {
         let addr = self.var("METRICS_ADDR").context("no METRICS_ADDR")?;
         let r =
@@ -510,6 +536,9 @@ impl Env {
         }
         if let Some(mut p) = self.psp.take() {
             let _ = p.kill().await;
+        }
+        for (_, mut child, _, _) in self.more_apis.drain(..) {
+            let _ = child.kill().await;
         }
         if let Some(mut a) = self.api.take() {
             let _ = a.kill().await;

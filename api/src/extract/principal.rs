@@ -2,13 +2,14 @@
 //! `X-API-Key`), with the key id recorded on the request's span so every
 //! log line of the request carries it.
 //!
-//! In order: the client address over its budget of failed authentications
-//! is refused (429, no lookup), else the attempt is admitted
-//! (`crate::limits`); a missing or overlong key, a key that failed a few
-//! seconds ago (the negative cache, no lookup) or a key the database does
-//! not accept is a failed authentication that spends the address's budget;
-//! a valid key spends nothing there, then takes one request from its own
-//! budget (`RATE_LIMIT_PER_KEY`).
+//! In order, before any lookup (`crate::limits`, one step shared by every
+//! replica): the client address over its budget of failed authentications
+//! is refused (429), then the presented key over its budget of requests
+//! (`RATE_LIMIT_PER_KEY`, 429); else the attempt is admitted. A missing or
+//! overlong key, a key that failed a few seconds ago (the negative cache,
+//! no lookup) or a key the database does not accept is a failed
+//! authentication that spends the address's budget; a valid key spends
+//! nothing there.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -32,7 +33,6 @@ impl FromRequestParts<AppState> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let ClientAddr(addr) = ClientAddr::from_request_parts(parts, state).await?;
-        let attempt = state.limits.admit(addr).await?;
         let bearer = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -41,14 +41,18 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim);
         let header_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
         let Some(secret) = bearer.or(header_key).filter(|s| !s.is_empty()) else {
+            let attempt = state.limits.admit(addr, None).await?;
             attempt.failed("key").await;
             return Err(ApiError::problem(ErrorCode::AuthRequired, "send an API key as Authorization: Bearer <key>"));
         };
         if secret.len() > 256 {
+            let attempt = state.limits.admit(addr, None).await?;
             attempt.failed("key").await;
             return Err(invalid());
         }
         let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        // The address's budget and the key's, in one step before the lookup.
+        let attempt = state.limits.admit(addr, Some(&hash)).await?;
         if state.limits.bad_keys.contains(&hash) {
             attempt.failed("key").await;
             return Err(invalid());
@@ -72,12 +76,6 @@ impl FromRequestParts<AppState> for Auth {
         };
         attempt.passed().await;
         tracing::Span::current().record("key_id", tracing::field::display(principal.key_id));
-        if let Err(wait) = state.limits.keys.take(principal.key_id).await {
-            return Err(ApiError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-                detail: "too many requests for this API key",
-            });
-        }
         Ok(Auth(principal))
     }
 }

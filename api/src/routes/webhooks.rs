@@ -38,7 +38,7 @@ async fn receive(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let started = std::time::Instant::now();
-    let attempt = s.limits.admit(addr).await?;
+    let attempt = s.limits.admit(addr, None).await?;
     let now = chrono::Utc::now().timestamp();
     let verified = signature::verify(
         &s.config.psp_webhook_secrets,

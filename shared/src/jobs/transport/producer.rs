@@ -61,6 +61,17 @@ impl Queue {
         Ok(Self { conn, client, prefix: prefix.replace(':', "."), maxlen })
     }
 
+    /// The queue's own connection (reconnecting), for other short calls
+    /// that share it (the api's shared rate limits).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The key prefix (`QUEUE_PREFIX`, flattened).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The client consumers open their own connections from.
     pub fn client(&self) -> &redis::Client {
         &self.client
