@@ -104,10 +104,10 @@ async fn a_valid_key_costs_one_redis_round_trip_for_both_budgets() -> anyhow::Re
     let redis = env.redis.as_ref().expect("private redis");
     // Warm: the script is loaded once.
     spread(std::slice::from_ref(&env.api_url), &env.admin_key, 1).await?;
-    redis.query::<()>(&redis::cmd("CONFIG").arg("RESETSTAT")).await?;
+    redis.query::<()>(redis::cmd("CONFIG").arg("RESETSTAT")).await?;
     let (ok, _, _) = spread(std::slice::from_ref(&env.api_url), &env.admin_key, 20).await?;
     assert_eq!(ok, 20);
-    let info: String = redis.query(&redis::cmd("INFO").arg("commandstats")).await?;
+    let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).await?;
     let scripts = calls(&info, "evalsha") + calls(&info, "eval");
     assert_eq!(scripts, 20, "one script per request, nothing to settle for a valid key:\n{info}");
     env.stop().await
