@@ -109,7 +109,8 @@ const REQUEST_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     config.require_webhook_secrets()?;
-    let pool = db::connect_with(&config.database_url, config.db_pool_size, REQUEST_ACQUIRE_TIMEOUT)
+    let bounds = db::SessionBounds::for_lease(config.job_timeout);
+    let pool = db::connect_with(&config.database_url, config.db_pool_size, REQUEST_ACQUIRE_TIMEOUT, bounds)
         .await
         .context("connecting to Postgres")?;
     if config.migrate_on_start {

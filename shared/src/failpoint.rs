@@ -4,6 +4,10 @@
 //! panics ends `dead` instead of being retried forever). Unset, a check is
 //! one load of an empty list.
 //!
+//! Points: `rule.<kind>` (before a job's rule, in its transaction),
+//! `held.<kind>` (after the rule's writes, their row locks held, before the
+//! commit), `deliver.<kind>` (a delivery taken, before its job runs).
+//!
 //! Syntax: `name=action` pairs separated by `;` or `,`. Actions: `panic`,
 //! `abort` (the whole process dies at once, as on a crash), `sleep:<ms>`.
 //! `N*action` does it on the first `N` hits only (as the `fail` crate

@@ -368,6 +368,16 @@ impl Env {
         Ok(reqwest::Client::new().get(format!("{}/metrics", w.ops_url)).send().await?.text().await?)
     }
 
+    /// Sends a signal to a worker (`-STOP` freezes it as a host that drops
+    /// off the network would: its connections stay open, it answers nothing;
+    /// `-CONT` thaws it).
+    pub async fn signal_worker(&self, name: &str, signal: &str) -> anyhow::Result<()> {
+        let pid = self.worker(name).and_then(|w| w.child.id()).with_context(|| format!("no worker {name}"))?;
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status().await?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid}");
+        Ok(())
+    }
+
     /// SIGKILL: the worker dies without finishing anything.
     pub async fn kill_worker(&mut self, name: &str) -> anyhow::Result<()> {
         if let Some(pos) = self.workers.iter().position(|w| w.name == name) {

@@ -279,6 +279,63 @@ async fn a_killed_workers_unacknowledged_messages_move_to_the_other_worker() -> 
     env.stop().await
 }
 
+/// Issue 16: a worker host that vanishes while its transactions hold row
+/// locks left its sessions open on the server (TCP keepalive: two hours),
+/// and the other workers waited behind those locks. A frozen worker
+/// (SIGSTOP: its connections stay up, it sends nothing, as a cut host)
+/// holding a mandate's lock inside a purchase: the server ends its session
+/// at the lease (`idle_in_transaction_session_timeout`), the other worker
+/// takes the job over and the next purchase on that mandate runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_holding_a_row_lock_releases_it_at_the_lease() -> anyhow::Result<()> {
+    let lease = 4;
+    let mut env = Env::with(
+        EnvOptions::default().workers(0).var("JOB_TIMEOUT_SECS", &lease.to_string()).var("RELAY_EVERY_SECS", "1"),
+    )
+    .await?;
+    let shop = shop(&env, "100.00", "USD").await?;
+    // w0 holds its first purchase's transaction open after the mandate's
+    // guarded update (its row lock taken), for far longer than the lease.
+    env.start_worker_with("w0", &[("KOBATELA_FAILPOINTS", "held.purchase=1*sleep:600000")]).await?;
+    let first = post_purchases(&shop, "a", 1, 1).await?;
+    let holder = eventually(Duration::from_secs(10), || async {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT DISTINCT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+               JOIN pg_class c ON c.oid = l.relation
+              WHERE a.datname = current_database() AND a.state = 'idle in transaction'
+                AND c.relname = 'mandates' AND l.mode = 'RowExclusiveLock'",
+        )
+        .fetch_optional(&env.pool)
+        .await?;
+        Ok(pid)
+    })
+    .await?;
+    env.signal_worker("w0", "-STOP").await?;
+    let frozen_at = Instant::now();
+    env.start_worker("w1").await?;
+    // A second purchase on the same mandate needs the lock the frozen
+    // worker holds.
+    let second = post_purchases(&shop, "b", 1, 1).await?;
+    let mut ids = first.clone();
+    ids.extend(second);
+    all_succeed(&env, &ids, Duration::from_secs(30)).await?;
+    let took = frozen_at.elapsed();
+    println!("both purchases done {} ms after the worker froze", took.as_millis());
+    assert!(took < Duration::from_secs(lease + 8), "within the lease plus the bound: {took:?}");
+    let gone: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+        .bind(holder)
+        .fetch_one(&env.pool)
+        .await?;
+    assert!(gone, "the server ended the frozen worker's session");
+    let (purchases, spent): (i64, String) =
+        sqlx::query_as("SELECT count(*), (SELECT spent_amount::text FROM mandates) FROM purchases")
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!((purchases, spent.as_str()), (2, "2.00"), "each once");
+    env.signal_worker("w0", "-CONT").await?;
+    env.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_that_panics_ends_dead_after_its_attempts() -> anyhow::Result<()> {
     let env = Env::with(

@@ -162,10 +162,14 @@ async fn run() -> anyhow::Result<()> {
         .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(shared::telemetry::GAUGE_IDLE))
         .install_recorder()?;
     shared::telemetry::describe_metrics();
-    let pool =
-        db::connect(&config.database_url, (config.worker_concurrency as u32 + 4).max(config.db_pool_size.min(64)))
-            .await
-            .context("connecting to Postgres")?;
+    let pool = db::connect_with(
+        &config.database_url,
+        (config.worker_concurrency as u32 + 4).max(config.db_pool_size.min(64)),
+        db::ACQUIRE_TIMEOUT,
+        db::SessionBounds::for_lease(config.job_timeout),
+    )
+    .await
+    .context("connecting to Postgres")?;
     if config.migrate_on_start {
         db::migrate(&pool).await?;
     }

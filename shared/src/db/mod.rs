@@ -28,18 +28,66 @@ const MAX_TX_ATTEMPTS: u32 = 12;
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn connect(url: &str, max: u32) -> Result<PgPool, Error> {
-    connect_with(url, max, ACQUIRE_TIMEOUT).await
+    connect_with(url, max, ACQUIRE_TIMEOUT, SessionBounds::default()).await
+}
+
+/// How long the server keeps a session of ours that its client no longer
+/// serves: a host that drops off the network leaves its sessions open on
+/// the server (default TCP keepalive: two hours), with their row locks,
+/// and every other replica's work on those rows waits. Set per session at
+/// connection (startup options), on every connection the product opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionBounds {
+    /// `idle_in_transaction_session_timeout`: a transaction whose client
+    /// has sent nothing for this long is ended, its locks released. The
+    /// job lease: a live worker has given up on the job by then anyway.
+    pub idle_in_transaction: Duration,
+}
+
+impl Default for SessionBounds {
+    fn default() -> Self {
+        Self { idle_in_transaction: Duration::from_secs(30) }
+    }
+}
+
+impl SessionBounds {
+    /// The bounds for a process whose jobs hold a transaction at most `lease`.
+    pub fn for_lease(lease: Duration) -> Self {
+        Self { idle_in_transaction: lease.max(Duration::from_secs(1)) }
+    }
+
+    /// TCP keepalive probes after 5 s of silence, every 2 s, 3 lost ones
+    /// end the session (a vanished client is noticed within about 11 s even
+    /// mid-statement, where `client_connection_check_interval` looks every
+    /// 2 s), and unacknowledged data is given up after 10 s.
+    fn options(&self) -> [(&'static str, String); 6] {
+        [
+            ("idle_in_transaction_session_timeout", self.idle_in_transaction.as_millis().to_string()),
+            ("tcp_keepalives_idle", "5".into()),
+            ("tcp_keepalives_interval", "2".into()),
+            ("tcp_keepalives_count", "3".into()),
+            ("tcp_user_timeout", "10000".into()),
+            ("client_connection_check_interval", "2000".into()),
+        ]
+    }
 }
 
 /// A pool whose callers wait at most `acquire_timeout` for a connection
-/// (the api's request paths wait much less than the worker's jobs).
-pub async fn connect_with(url: &str, max: u32, acquire_timeout: Duration) -> Result<PgPool, Error> {
+/// (the api's request paths wait much less than the worker's jobs), each
+/// session bounded by `bounds`.
+pub async fn connect_with(
+    url: &str,
+    max: u32,
+    acquire_timeout: Duration,
+    bounds: SessionBounds,
+) -> Result<PgPool, Error> {
     let opts: PgConnectOptions = url.parse()?;
+    let opts = opts.application_name("kobatela").options(bounds.options());
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .min_connections(1)
         .acquire_timeout(acquire_timeout)
-        .connect_with(opts.application_name("kobatela"))
+        .connect_with(opts)
         .await?;
     Ok(pool)
 }

@@ -296,6 +296,11 @@ impl<R: Runner + ?Sized> Executor<'_, R> {
                 // An `Err` (a refusal the rule keeps nothing of included)
                 // rolls the whole transaction back.
                 let Outcome { end, follow_ups } = outcome?;
+                if crate::failpoint::any() {
+                    // The rule's writes done, their row locks held, not yet
+                    // committed (tests: a host that vanishes right here).
+                    crate::failpoint::hit(&format!("held.{}", job.kind)).await;
+                }
                 // The rule's follow-up jobs commit with it (no statement when none).
                 let children = record::insert_children(tx, &job, &follow_ups).await?;
                 let end = match end {
