@@ -19,6 +19,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    shared::tls::install_crypto_provider();
     let config = Config::from_env()?;
     telemetry::init(config.log_json);
     shared::money::install_currencies(config.currencies.clone());

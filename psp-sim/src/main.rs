@@ -118,6 +118,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    shared::tls::install_crypto_provider();
     let lookup = |key: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty());
     let config = match Config::from_env() {
         Ok(c) => c,

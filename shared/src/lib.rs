@@ -20,5 +20,6 @@ pub mod ratelimit;
 pub mod storage;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 
 pub use error::{Error, ErrorCode, FieldError, Problem, Result};

@@ -149,6 +149,7 @@ impl Acker {
 }
 
 async fn run() -> anyhow::Result<()> {
+    shared::tls::install_crypto_provider();
     let config = Config::from_env()?;
     telemetry::init(config.log_json);
     shared::money::install_currencies(config.currencies.clone());
