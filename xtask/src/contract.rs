@@ -26,26 +26,38 @@ fn venv(layout: &Layout) -> PathBuf {
     layout.target.join("schemathesis-venv")
 }
 
-/// `schemathesis` in our venv, installing it when missing.
+/// The versions the contract runs with, pinned: hypothesis 6.170.27 (30
+/// November 2026) crashes schemathesis's coverage phase on this machine's
+/// Python 3.11 ("AST constructor recursion depth mismatch", a CPython bug
+/// its lambda-source parsing now reaches), failing the run with no finding.
+const PINS: [&str; 2] = ["schemathesis==4.32.5", "hypothesis==6.170.23"];
+
+/// `schemathesis` in our venv, installing it (at [`PINS`]) when missing or
+/// installed at other versions.
 async fn schemathesis(layout: &Layout) -> Result<PathBuf, String> {
     let bin = venv(layout).join("bin/schemathesis");
-    if bin.is_file() {
+    let marker = venv(layout).join(".kobatela-pins");
+    let pinned = PINS.join(" ");
+    if bin.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m == pinned) {
         return Ok(bin);
     }
     let python = which("python3").ok_or("no python3 on this machine (apt-get install -y python3 python3-venv)")?;
     let log = layout.target.join("kobatela-logs").join("schemathesis-venv.log");
     std::fs::create_dir_all(log.parent().unwrap_or(Path::new("."))).map_err(|e| e.to_string())?;
-    println!("creating {} with schemathesis", venv(layout).display());
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "venv"]).arg(venv(layout));
-    procs::run_to_end("python3 -m venv", &mut cmd, &log, Duration::from_secs(120))
-        .await
-        .map_err(|e| format!("cannot create a venv: {e:#}"))?;
+    if !bin.is_file() {
+        println!("creating {} with schemathesis", venv(layout).display());
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "venv"]).arg(venv(layout));
+        procs::run_to_end("python3 -m venv", &mut cmd, &log, Duration::from_secs(120))
+            .await
+            .map_err(|e| format!("cannot create a venv: {e:#}"))?;
+    }
     let mut cmd = Command::new(venv(layout).join("bin/pip"));
-    cmd.args(["install", "-q", "schemathesis>=4,<5"]);
+    cmd.args(["install", "-q"]).args(PINS);
     procs::run_to_end("pip install schemathesis", &mut cmd, &log, Duration::from_secs(600))
         .await
         .map_err(|e| format!("cannot install schemathesis: {e:#}"))?;
+    std::fs::write(&marker, pinned).map_err(|e| e.to_string())?;
     Ok(bin)
 }
 
